@@ -1,0 +1,89 @@
+//! Errors of the partition log: each says what failed, where, and whether the log can go on.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_proto::{DecodeError, Offset};
+
+/// An error from the partition log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed; the log may still be usable (reads, opening).
+    #[error("{op} failed on {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A write or fdatasync failed earlier. The log accepts no more appends and resolves
+    /// every pending acknowledgement with this error: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so retrying could acknowledge data that is not on disk.
+    #[error("the log is stopped: {reason}")]
+    Stopped {
+        /// The first failure, with file and operation.
+        reason: Arc<str>,
+    },
+    /// Bytes on disk are damaged somewhere other than the tail of the last segment.
+    #[error("corrupt segment {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damage in the file.
+        position: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A read asked for an offset outside `[log_start, log_end]`.
+    #[error("offset {requested} is out of range: the log holds [{log_start}, {log_end})")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: Offset,
+        /// First offset still held.
+        log_start: Offset,
+        /// Next offset to be written.
+        log_end: Offset,
+    },
+    /// The batch handed to `append` is malformed or its CRC does not match.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] DecodeError),
+    /// The batch is larger than this log accepts (`max.message.bytes`).
+    #[error("batch of {size} bytes exceeds the log's limit of {max} bytes")]
+    BatchTooLarge {
+        /// Size of the batch.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result alias for the log.
+pub type LogResult<T> = Result<T, LogError>;

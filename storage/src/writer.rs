@@ -1,0 +1,336 @@
+//! The write pipeline of one log, as state without I/O: appended bytes are copied into
+//! aligned chunks; full chunks queue for writing; the filling chunk is written as a partial
+//! block-padded write when nothing else is pending. The flusher task (in `log.rs`) asks for
+//! the next job, performs it, and reports completions back.
+//!
+//! Positions: every appended byte has a *log position*, counting from zero at open across
+//! segments. `written` is the log position below which every byte is on the device
+//! (completed writes, contiguous); acknowledgements derive from it and from `synced`.
+//!
+//! A partial block at the end of a write is written padded with zeros and written again,
+//! with more data, by the next write of the same file. Two writes to one block must not be
+//! in flight together, so while a padded write is in flight nothing is issued after it.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::aligned::{AlignedBuf, BLOCK_BYTES, align_down, align_up};
+use crate::config::WRITE_DEPTH_MAX;
+use crate::segment::SegmentFile;
+
+/// Bytes being gathered for one contiguous region of one segment file.
+pub(crate) struct Chunk {
+    /// The segment file the chunk belongs to.
+    pub file: Rc<SegmentFile>,
+    /// File position of `buf[0]` (block aligned).
+    pub file_pos: u64,
+    /// Log position of `buf[clean_len]`, the first byte not yet written.
+    pub log_pos: u64,
+    /// Bytes at the start of `buf` already on disk (a carried partial block).
+    pub clean_len: usize,
+    /// The bytes.
+    pub buf: AlignedBuf,
+}
+
+impl Chunk {
+    fn end_log_pos(&self) -> u64 {
+        self.log_pos + (self.buf.len() - self.clean_len) as u64
+    }
+
+    fn has_unwritten(&self) -> bool {
+        self.buf.len() > self.clean_len
+    }
+}
+
+enum Queued {
+    Chunk(Chunk),
+    /// The segment got its last byte: once its writes are done, close it.
+    Seal(Rc<SegmentFile>),
+}
+
+/// A write to perform.
+pub(crate) struct WriteJob {
+    /// Identifies the write in `complete_write`.
+    pub id: u64,
+    /// Target file.
+    pub file: Rc<SegmentFile>,
+    /// Block-aligned position.
+    pub file_pos: u64,
+    /// Block-padded data.
+    pub buf: AlignedBuf,
+    /// Log position up to which this write makes data durable on completion.
+    pub end_log_pos: u64,
+}
+
+/// What the flusher should do next.
+pub(crate) enum Job {
+    /// Perform this write.
+    Write(WriteJob),
+    /// The next write reaches past the file's allocated space: allocate up to `to` first.
+    Allocate {
+        /// The file.
+        file: Rc<SegmentFile>,
+        /// File position the allocation must reach.
+        to: u64,
+    },
+    /// All writes of this segment are complete: make it durable and close it.
+    Seal(Rc<SegmentFile>),
+}
+
+struct InFlight {
+    id: u64,
+    end_log_pos: u64,
+    done: bool,
+}
+
+/// The write pipeline's state.
+pub(crate) struct Pipeline {
+    chunk_bytes: usize,
+    chunks_max: usize,
+    active: Option<Chunk>,
+    queue: VecDeque<Queued>,
+    in_flight: VecDeque<InFlight>,
+    /// A padded partial write is in flight; the next write of its file rewrites that block.
+    padded_in_flight: Option<u64>,
+    next_id: u64,
+    pool: Vec<AlignedBuf>,
+    allocated: usize,
+    appended: u64,
+    written: u64,
+}
+
+impl Pipeline {
+    pub(crate) fn new(chunk_bytes: usize, chunks_max: usize) -> Self {
+        Self {
+            chunk_bytes,
+            chunks_max,
+            active: None,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            padded_in_flight: None,
+            next_id: 0,
+            pool: Vec::new(),
+            allocated: 0,
+            appended: 0,
+            written: 0,
+        }
+    }
+
+    /// Log position after the last appended byte.
+    pub(crate) fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// Log position below which every byte has been written.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Nothing appended is left to write.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.written == self.appended && self.in_flight.is_empty() && self.queue.is_empty()
+    }
+
+    /// Writes currently in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn take_buffer(&mut self) -> Option<AlignedBuf> {
+        if let Some(mut buf) = self.pool.pop() {
+            buf.clear();
+            return Some(buf);
+        }
+        if self.allocated < self.chunks_max {
+            self.allocated += 1;
+            return Some(AlignedBuf::with_capacity(self.chunk_bytes));
+        }
+        None
+    }
+
+    /// Whether `len` more bytes can be buffered now. Conservative: a chunk that starts with a
+    /// carried partial block loses up to one block of room.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        let active = self.active.as_ref().map_or(0, |c| c.buf.remaining());
+        let spare = self.pool.len() + (self.chunks_max - self.allocated);
+        active + spare * (self.chunk_bytes - BLOCK_BYTES) >= len
+    }
+
+    /// Starts the segment `file` at file position `file_pos` whose partial last block
+    /// `carry` (already on disk) will be rewritten by the first write.
+    pub(crate) fn start_segment(&mut self, file: Rc<SegmentFile>, file_pos: u64, carry: &[u8]) {
+        debug_assert!(self.active.is_none());
+        debug_assert_eq!(file_pos % BLOCK_BYTES as u64, 0);
+        debug_assert!(carry.len() < BLOCK_BYTES);
+        let mut buf = self.take_buffer().expect("a buffer is free when a segment starts");
+        buf.extend_from_slice(carry);
+        self.active = Some(Chunk {
+            file,
+            file_pos,
+            log_pos: self.appended,
+            clean_len: carry.len(),
+            buf,
+        });
+    }
+
+    /// Copies `bytes` into the buffers. The caller checked [`Pipeline::has_room`].
+    pub(crate) fn append(&mut self, file: &Rc<SegmentFile>, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let chunk = match self.active.as_mut() {
+                Some(chunk) => chunk,
+                None => unreachable!("a segment is started before appends"),
+            };
+            debug_assert!(Rc::ptr_eq(&chunk.file, file));
+            let n = rest.len().min(chunk.buf.remaining());
+            chunk.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            self.appended += n as u64;
+            if chunk.buf.remaining() == 0 {
+                let full = self.active.take().expect("active chunk");
+                let file_pos = full.file_pos + full.buf.len() as u64;
+                let log_pos = full.end_log_pos();
+                self.queue.push_back(Queued::Chunk(full));
+                let buf = self.take_buffer().expect("room was checked");
+                self.active = Some(Chunk {
+                    file: file.clone(),
+                    file_pos,
+                    log_pos,
+                    clean_len: 0,
+                    buf,
+                });
+            }
+        }
+    }
+
+    /// Ends the current segment: what is buffered for it is queued, then its seal.
+    pub(crate) fn seal_segment(&mut self) {
+        if let Some(chunk) = self.active.take() {
+            let file = chunk.file.clone();
+            if chunk.has_unwritten() {
+                self.queue.push_back(Queued::Chunk(chunk));
+            } else {
+                self.pool.push(chunk.buf);
+            }
+            self.queue.push_back(Queued::Seal(file));
+        }
+    }
+
+    fn write_job(&mut self, mut chunk: Chunk) -> Job {
+        let id = self.next_id;
+        self.next_id += 1;
+        let end_log_pos = chunk.end_log_pos();
+        chunk.buf.zero_pad_to_block();
+        self.in_flight.push_back(InFlight {
+            id,
+            end_log_pos,
+            done: false,
+        });
+        Job::Write(WriteJob {
+            id,
+            file: chunk.file,
+            file_pos: chunk.file_pos,
+            buf: chunk.buf,
+            end_log_pos,
+        })
+    }
+
+    fn allocation_needed(chunk: &Chunk) -> Option<Job> {
+        let end = chunk.file_pos + align_up(chunk.buf.len() as u64);
+        (end > chunk.file.allocated()).then(|| Job::Allocate {
+            file: chunk.file.clone(),
+            to: end,
+        })
+    }
+
+    /// The next job, if one may start now.
+    pub(crate) fn next_job(&mut self) -> Option<Job> {
+        if self.padded_in_flight.is_some() {
+            return None;
+        }
+        match self.queue.front() {
+            Some(Queued::Chunk(chunk)) => {
+                if self.in_flight.len() >= WRITE_DEPTH_MAX {
+                    return None;
+                }
+                if let Some(job) = Self::allocation_needed(chunk) {
+                    return Some(job);
+                }
+                let Some(Queued::Chunk(chunk)) = self.queue.pop_front() else {
+                    unreachable!()
+                };
+                // A sealed segment's last chunk may end mid-block: nothing follows it in
+                // this file, so it needs no ordering against later writes.
+                Some(self.write_job(chunk))
+            }
+            Some(Queued::Seal(_)) => {
+                if !self.in_flight.is_empty() {
+                    return None;
+                }
+                let Some(Queued::Seal(file)) = self.queue.pop_front() else {
+                    unreachable!()
+                };
+                Some(Job::Seal(file))
+            }
+            None => {
+                // Write the filling chunk only when nothing else is pending: meanwhile more
+                // appends gather in it (that is the group in group commit).
+                let chunk = self.active.as_ref()?;
+                if !chunk.has_unwritten() || !self.in_flight.is_empty() {
+                    return None;
+                }
+                if let Some(job) = Self::allocation_needed(chunk) {
+                    return Some(job);
+                }
+                let mut carry_buf = self.take_buffer()?;
+                let chunk = self.active.take().expect("active chunk");
+                let full = align_down(chunk.buf.len() as u64) as usize;
+                carry_buf.extend_from_slice(&chunk.buf.as_slice()[full..]);
+                let padded = full < chunk.buf.len();
+                self.active = Some(Chunk {
+                    file: chunk.file.clone(),
+                    file_pos: chunk.file_pos + full as u64,
+                    log_pos: chunk.end_log_pos(),
+                    clean_len: carry_buf.len(),
+                    buf: carry_buf,
+                });
+                let job = self.write_job(chunk);
+                if padded && let Job::Write(w) = &job {
+                    self.padded_in_flight = Some(w.id);
+                }
+                Some(job)
+            }
+        }
+    }
+
+    /// A write finished successfully; its buffer comes back. Returns the new `written`.
+    pub(crate) fn complete_write(&mut self, id: u64, buf: AlignedBuf) -> u64 {
+        self.pool.push(buf);
+        if self.padded_in_flight == Some(id) {
+            self.padded_in_flight = None;
+        }
+        let entry = self
+            .in_flight
+            .iter_mut()
+            .find(|w| w.id == id)
+            .expect("completed write was in flight");
+        entry.done = true;
+        while let Some(front) = self.in_flight.front() {
+            if !front.done {
+                break;
+            }
+            self.written = front.end_log_pos;
+            self.in_flight.pop_front();
+        }
+        self.written
+    }
+
+    /// A write failed: the log stops. The buffer is freed.
+    pub(crate) fn abandon_write(&mut self, id: u64) {
+        self.in_flight.retain(|w| w.id != id);
+        self.allocated -= 1;
+        if self.padded_in_flight == Some(id) {
+            self.padded_in_flight = None;
+        }
+    }
+}
