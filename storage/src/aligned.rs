@@ -15,12 +15,12 @@ use compio::buf::{IoBuf, IoBufMut, SetLen};
 pub const BLOCK_BYTES: usize = 4096;
 
 /// Rounds `n` up to a multiple of [`BLOCK_BYTES`].
-pub const fn align_up(n: u64) -> u64 {
+pub(crate) const fn align_up(n: u64) -> u64 {
     n.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64
 }
 
 /// Rounds `n` down to a multiple of [`BLOCK_BYTES`].
-pub const fn align_down(n: u64) -> u64 {
+pub(crate) const fn align_down(n: u64) -> u64 {
     n - n % BLOCK_BYTES as u64
 }
 
@@ -170,7 +170,10 @@ impl IoBufMut for AlignedBuf {
     fn as_uninit(&mut self) -> &mut [MaybeUninit<u8>] {
         // SAFETY: the allocation is valid for `capacity` bytes and we hold `&mut self`.
         unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<MaybeUninit<u8>>(), self.capacity)
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().cast::<MaybeUninit<u8>>(),
+                self.capacity,
+            )
         }
     }
 }

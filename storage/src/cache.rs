@@ -43,7 +43,13 @@ impl TailCache {
 
     /// Adds the newest batch, which sits at `position` in segment `segment` and ends at log
     /// position `end_log_pos`.
-    pub(crate) fn push(&mut self, batch: RecordBatch, end_log_pos: u64, segment: Offset, position: u64) {
+    pub(crate) fn push(
+        &mut self,
+        batch: RecordBatch,
+        end_log_pos: u64,
+        segment: Offset,
+        position: u64,
+    ) {
         debug_assert!(
             self.batches
                 .back()
@@ -71,16 +77,12 @@ impl TailCache {
         }
     }
 
-    /// Forgets everything (the log's positions restarted or the log is closing).
-    pub(crate) fn clear(&mut self) {
-        self.batches.clear();
-        self.bytes = 0;
-    }
-
     /// Batches holding offsets `>= from` and starting below `end`, no more than `max_bytes`
     /// in all except that the first batch is returned whatever its size.
     pub(crate) fn read(&self, from: Offset, end: Offset, max_bytes: usize) -> Vec<RecordBatch> {
-        let start = self.batches.partition_point(|c| c.batch.next_offset() <= from);
+        let start = self
+            .batches
+            .partition_point(|c| c.batch.next_offset() <= from);
         let mut out = Vec::new();
         let mut bytes = 0;
         for cached in self.batches.range(start..) {

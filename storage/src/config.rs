@@ -22,9 +22,9 @@ pub const SCAN_READ_BYTES: usize = 4 * 1024 * 1024;
 /// Largest write-buffer chunk.
 pub const WRITE_CHUNK_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-const _: () = assert!(SEGMENT_BYTES_MAX % BLOCK_BYTES as u64 == 0);
-const _: () = assert!(SCAN_READ_BYTES % BLOCK_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES as u64 == 0);
+const _: () = assert!(SEGMENT_BYTES_MAX.is_multiple_of(BLOCK_BYTES as u64));
+const _: () = assert!(SCAN_READ_BYTES.is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES as u64));
 
 /// When an appended batch counts as acknowledged, and when the log calls fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl LogConfig {
             ));
         }
         if self.write_chunk_bytes == 0
-            || self.write_chunk_bytes % BLOCK_BYTES != 0
+            || !self.write_chunk_bytes.is_multiple_of(BLOCK_BYTES)
             || self.write_chunk_bytes > WRITE_CHUNK_BYTES_MAX
         {
             return fail(format!(
@@ -135,7 +135,8 @@ impl LogConfig {
         }
         // One chunk may be filling while the others are queued or in flight; a whole batch
         // must fit in the rest, or an append could wait for space that never comes.
-        let usable = (self.write_chunks_max.saturating_sub(1)) * (self.write_chunk_bytes - BLOCK_BYTES);
+        let usable =
+            (self.write_chunks_max.saturating_sub(1)) * (self.write_chunk_bytes - BLOCK_BYTES);
         if self.write_chunks_max < 2 || usable < self.max_batch_bytes {
             return fail(format!(
                 "{} write chunks of {} bytes cannot hold a {}-byte batch beside a filling chunk",
@@ -158,7 +159,9 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        LogConfig::default().validate().expect("defaults are consistent");
+        LogConfig::default()
+            .validate()
+            .expect("defaults are consistent");
     }
 
     #[test]

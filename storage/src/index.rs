@@ -32,11 +32,11 @@ const CRC_BYTES: usize = 4;
 /// Entries one segment's index may hold: one per index interval of a largest segment with
 /// the smallest interval would be far more; this bounds what a damaged file can make us
 /// allocate.
-pub const INDEX_ENTRIES_MAX: usize = 1 << 22;
+pub(crate) const INDEX_ENTRIES_MAX: usize = 1 << 22;
 
 /// One sampled batch of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
+pub(crate) struct IndexEntry {
     /// Batch base offset minus segment base offset.
     pub relative_offset: u32,
     /// Byte position of the batch in the segment file.
@@ -47,21 +47,23 @@ pub struct IndexEntry {
 
 /// What a segment's index knows about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SegmentIndex {
+pub(crate) struct SegmentIndex {
     /// Sampled entries, increasing in offset and position.
     pub entries: Vec<IndexEntry>,
 }
 
 impl SegmentIndex {
     /// The entry with the largest offset <= `relative_offset`.
-    pub fn floor_offset(&self, relative_offset: u32) -> Option<IndexEntry> {
-        let idx = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+    pub(crate) fn floor_offset(&self, relative_offset: u32) -> Option<IndexEntry> {
+        let idx = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
         idx.checked_sub(1).map(|i| self.entries[i])
     }
 
     /// The last entry before which every batch has a timestamp below `timestamp`: scanning
     /// from it finds the first record at or after `timestamp`.
-    pub fn floor_timestamp(&self, timestamp: i64) -> Option<IndexEntry> {
+    pub(crate) fn floor_timestamp(&self, timestamp: i64) -> Option<IndexEntry> {
         let idx = self
             .entries
             .partition_point(|e| e.max_timestamp_before < timestamp);
@@ -69,7 +71,7 @@ impl SegmentIndex {
     }
 
     /// Adds an entry; entries must arrive in increasing order.
-    pub fn push(&mut self, entry: IndexEntry) {
+    pub(crate) fn push(&mut self, entry: IndexEntry) {
         debug_assert!(
             self.entries
                 .last()
@@ -82,7 +84,7 @@ impl SegmentIndex {
 
 /// Facts about a closed segment stored beside its index entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentSummary {
+pub(crate) struct SegmentSummary {
     /// Base offset (also in the file name).
     pub base_offset: Offset,
     /// Logical size of the segment file in bytes.
@@ -113,7 +115,7 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
 }
 
 /// Encodes the `.index` file.
-pub fn encode_offset_index(summary: &SegmentSummary, index: &SegmentIndex) -> Vec<u8> {
+pub(crate) fn encode_offset_index(summary: &SegmentSummary, index: &SegmentIndex) -> Vec<u8> {
     let mut out = header(OFFSET_MAGIC, summary, index.entries.len());
     for e in &index.entries {
         out.extend_from_slice(&e.relative_offset.to_le_bytes());
@@ -123,7 +125,7 @@ pub fn encode_offset_index(summary: &SegmentSummary, index: &SegmentIndex) -> Ve
 }
 
 /// Encodes the `.timeindex` file.
-pub fn encode_time_index(summary: &SegmentSummary, index: &SegmentIndex) -> Vec<u8> {
+pub(crate) fn encode_time_index(summary: &SegmentSummary, index: &SegmentIndex) -> Vec<u8> {
     let mut out = header(TIME_MAGIC, summary, index.entries.len());
     for e in &index.entries {
         out.extend_from_slice(&e.max_timestamp_before.to_le_bytes());
@@ -134,7 +136,7 @@ pub fn encode_time_index(summary: &SegmentSummary, index: &SegmentIndex) -> Vec<
 
 /// Why an index file was not usable (it is then rebuilt from the segment).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IndexDecodeError {
+pub(crate) enum IndexDecodeError {
     /// Shorter than its header or its declared entries.
     #[error("index file truncated: {have} bytes, need {need}")]
     Truncated {
@@ -198,7 +200,9 @@ fn decode_common<'a>(
         max_timestamp: u64_at(32) as i64,
     };
     if summary.next_offset < summary.base_offset {
-        return Err(IndexDecodeError::Inconsistent("next offset below base offset"));
+        return Err(IndexDecodeError::Inconsistent(
+            "next offset below base offset",
+        ));
     }
     Ok(Decoded {
         summary,
@@ -208,14 +212,16 @@ fn decode_common<'a>(
 }
 
 /// Decodes an `.index` and a `.timeindex` file of the same segment into one index.
-pub fn decode_index(
+pub(crate) fn decode_index(
     offset_file: &[u8],
     time_file: &[u8],
 ) -> Result<(SegmentSummary, SegmentIndex), IndexDecodeError> {
     let offsets = decode_common(offset_file, OFFSET_MAGIC, OFFSET_ENTRY_BYTES)?;
     let times = decode_common(time_file, TIME_MAGIC, TIME_ENTRY_BYTES)?;
     if offsets.summary != times.summary || offsets.count != times.count {
-        return Err(IndexDecodeError::Inconsistent("offset and time index disagree"));
+        return Err(IndexDecodeError::Inconsistent(
+            "offset and time index disagree",
+        ));
     }
     let summary = offsets.summary;
     let mut index = SegmentIndex {
@@ -229,9 +235,12 @@ pub fn decode_index(
         let position = u32::from_le_bytes(o[4..].try_into().expect("4 bytes"));
         let max_timestamp_before = i64::from_le_bytes(t[..8].try_into().expect("8 bytes"));
         if u32::from_le_bytes(t[8..].try_into().expect("4 bytes")) != relative_offset {
-            return Err(IndexDecodeError::Inconsistent("offset and time index disagree"));
+            return Err(IndexDecodeError::Inconsistent(
+                "offset and time index disagree",
+            ));
         }
-        if u64::from(relative_offset) >= span.max(1) || u64::from(position) >= summary.segment_bytes {
+        if u64::from(relative_offset) >= span.max(1) || u64::from(position) >= summary.segment_bytes
+        {
             return Err(IndexDecodeError::Inconsistent("entry beyond the segment"));
         }
         if let Some(last) = index.entries.last()
@@ -249,7 +258,7 @@ pub fn decode_index(
 }
 
 /// File names of a segment: `{base_offset:020}.log`, `.index`, `.timeindex`.
-pub fn segment_file_names(base: Offset) -> (String, String, String) {
+pub(crate) fn segment_file_names(base: Offset) -> (String, String, String) {
     let stem = format!("{:020}", base.get());
     (
         format!("{stem}.log"),
@@ -259,7 +268,7 @@ pub fn segment_file_names(base: Offset) -> (String, String, String) {
 }
 
 /// Parses the base offset out of a segment file name, if it is one.
-pub fn parse_segment_name(path: &Path) -> Option<Offset> {
+pub(crate) fn parse_segment_name(path: &Path) -> Option<Offset> {
     let name = path.file_name()?.to_str()?;
     let stem = name.strip_suffix(".log")?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
@@ -325,7 +334,10 @@ mod tests {
         assert_eq!(index.floor_offset(39).map(|e| e.position), Some(0));
         assert_eq!(index.floor_offset(40).map(|e| e.position), Some(40_000));
         assert_eq!(index.floor_timestamp(1_000).map(|e| e.position), Some(0));
-        assert_eq!(index.floor_timestamp(2_001).map(|e| e.position), Some(40_000));
+        assert_eq!(
+            index.floor_timestamp(2_001).map(|e| e.position),
+            Some(40_000)
+        );
     }
 
     #[test]

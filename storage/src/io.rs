@@ -85,7 +85,7 @@ impl FaultInjector {
 
 /// One file of the log, opened for direct I/O, with the path kept for error messages.
 #[derive(Debug)]
-pub struct DirectFile {
+pub(crate) struct DirectFile {
     file: File,
     path: PathBuf,
     faults: Option<Arc<FaultInjector>>,
@@ -93,7 +93,7 @@ pub struct DirectFile {
 
 impl DirectFile {
     /// Opens (or creates) `path` for O_DIRECT reads and writes.
-    pub async fn open(
+    pub(crate) async fn open(
         path: &Path,
         create: bool,
         faults: Option<Arc<FaultInjector>>,
@@ -113,18 +113,18 @@ impl DirectFile {
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Current size of the file in bytes.
-    pub async fn len(&self) -> io::Result<u64> {
+    pub(crate) async fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata().await?.len())
     }
 
     /// Allocates `[offset, offset + len)` (the file grows to cover it), so later direct
     /// writes do not extend the file: ext4 serialises size-extending O_DIRECT writes.
-    pub async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+    pub(crate) async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         let op = Fallocate {
             fd: self.file.to_shared_fd(),
             mode: 0,
@@ -135,13 +135,17 @@ impl DirectFile {
     }
 
     /// Sets the file size to `len` bytes.
-    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+    pub(crate) async fn set_len(&self, len: u64) -> io::Result<()> {
         let op = TruncateFile::new(self.file.to_shared_fd(), len);
         compio::runtime::submit(op).await.0.map(|_| ())
     }
 
     /// Writes the whole aligned buffer at `pos` (a block multiple), looping on short writes.
-    pub async fn write_all_at(&self, buf: AlignedBuf, pos: u64) -> (io::Result<()>, AlignedBuf) {
+    pub(crate) async fn write_all_at(
+        &self,
+        buf: AlignedBuf,
+        pos: u64,
+    ) -> (io::Result<()>, AlignedBuf) {
         debug_assert_eq!(pos % BLOCK_BYTES as u64, 0);
         debug_assert_eq!(buf.len() % BLOCK_BYTES, 0);
         if let Some(faults) = &self.faults
@@ -171,7 +175,7 @@ impl DirectFile {
 
     /// Reads up to `len` bytes (rounded up to blocks) at the block-aligned `pos` into a new
     /// buffer. The result may be shorter at the end of the file.
-    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<AlignedBuf> {
+    pub(crate) async fn read_at(&self, pos: u64, len: usize) -> io::Result<AlignedBuf> {
         debug_assert_eq!(pos % BLOCK_BYTES as u64, 0);
         let buf = AlignedBuf::with_capacity(len.max(1));
         let BufResult(res, buf) = self.file.read_at(buf, pos).await;
@@ -180,7 +184,7 @@ impl DirectFile {
     }
 
     /// fdatasync: makes every completed write durable.
-    pub async fn sync_data(&self) -> io::Result<()> {
+    pub(crate) async fn sync_data(&self) -> io::Result<()> {
         if let Some(faults) = &self.faults {
             FaultInjector::trip(&faults.syncs_until_failure)?;
         }
@@ -188,7 +192,7 @@ impl DirectFile {
     }
 
     /// fsync: data and metadata (the file size after a truncation).
-    pub async fn sync_all(&self) -> io::Result<()> {
+    pub(crate) async fn sync_all(&self) -> io::Result<()> {
         if let Some(faults) = &self.faults {
             FaultInjector::trip(&faults.syncs_until_failure)?;
         }
@@ -197,7 +201,7 @@ impl DirectFile {
 }
 
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub async fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
     let file = File::open(dir).await?;
     file.sync_all().await
 }

@@ -252,7 +252,11 @@ impl PartitionLog {
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let recovered = recover(&dir, &config).await?;
         let mut pipeline = Pipeline::new(config.write_chunk_bytes, config.write_chunks_max);
-        let active = recovered.segments.values().next_back().expect("recovery leaves a segment");
+        let active = recovered
+            .segments
+            .values()
+            .next_back()
+            .expect("recovery leaves a segment");
         pipeline.start_segment(
             active.file.clone(),
             align_down(active.size),
@@ -327,7 +331,13 @@ impl PartitionLog {
 
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<Offset> {
-        self.shared.state.borrow().segments.keys().copied().collect()
+        self.shared
+            .state
+            .borrow()
+            .segments
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Appends one batch: checks it (header, size, CRC), stamps the next offset on it in
@@ -534,7 +544,10 @@ impl PartitionLog {
                 .next_back()
                 .expect("from >= log_start, the first segment's base");
             let relative = (from.get() - segment.base().get()) as u32;
-            let position = segment.index.floor_offset(relative).map_or(0, |e| u64::from(e.position));
+            let position = segment
+                .index
+                .floor_offset(relative)
+                .map_or(0, |e| u64::from(e.position));
             // Everything before the cache is written; read no further than where it starts.
             let end_position = match st.cache.first_position() {
                 Some((base, position)) if base == segment.base() => position,
@@ -736,7 +749,10 @@ async fn seal_segment(shared: &Shared, file: &Rc<SegmentFile>) -> LogResult<()> 
         shared.state.borrow_mut().stop(op, path, &e);
         LogError::io(op, path, e)
     };
-    file.file.sync_data().await.map_err(|e| fatal("fdatasync", e))?;
+    file.file
+        .sync_data()
+        .await
+        .map_err(|e| fatal("fdatasync", e))?;
     file.file
         .set_len(summary.segment_bytes)
         .await
@@ -787,7 +803,6 @@ async fn perform_write(job: WriteJob) -> Event {
         file,
         file_pos,
         buf,
-        ..
     } = job;
     let (res, buf) = file.file.write_all_at(buf, file_pos).await;
     Event::Write(id, file, res, buf)
@@ -820,7 +835,10 @@ async fn run_flusher(shared: Rc<Shared>) {
                     let target = align_up(to.max(from + config.preallocate_bytes));
                     match file.file.allocate(from, target - from).await {
                         Ok(()) => file.set_allocated(target),
-                        Err(e) => shared.state.borrow_mut().stop("fallocate", file.file.path(), &e),
+                        Err(e) => shared
+                            .state
+                            .borrow_mut()
+                            .stop("fallocate", file.file.path(), &e),
                     }
                 }
                 Some(Job::Seal(file)) => {
@@ -869,7 +887,9 @@ async fn run_flusher(shared: Rc<Shared>) {
                 }));
             }
             let finished = st.stopped.is_some()
-                || (st.closing && st.pipeline.is_idle() && st.acks.synced_pos == st.pipeline.appended());
+                || (st.closing
+                    && st.pipeline.is_idle()
+                    && st.acks.synced_pos == st.pipeline.appended());
             if finished && writes.is_empty() && sync.is_none() {
                 st.wake_all();
                 return;

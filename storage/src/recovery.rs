@@ -64,7 +64,12 @@ async fn open_file(dir: &Path, base: Offset, config: &LogConfig) -> LogResult<(D
     Ok((file, len))
 }
 
-async fn scan_all(file: &DirectFile, base: Offset, len: u64, config: &LogConfig) -> LogResult<ScanOutcome> {
+async fn scan_all(
+    file: &DirectFile,
+    base: Offset,
+    len: u64,
+    config: &LogConfig,
+) -> LogResult<ScanOutcome> {
     scan_segment(
         file,
         ScanFrom {
@@ -91,7 +96,9 @@ async fn scan_tail(
     len: u64,
     config: &LogConfig,
 ) -> LogResult<ScanOutcome> {
-    let Some((summary, index)) = load_index(dir, base).await.filter(|(s, _)| s.segment_bytes == len)
+    let Some((summary, index)) = load_index(dir, base)
+        .await
+        .filter(|(s, _)| s.segment_bytes == len)
     else {
         return scan_all(file, base, len, config).await;
     };
@@ -211,7 +218,10 @@ async fn recover_closed(
         if !clean_end {
             let (position, reason) = match outcome.stop {
                 ScanStop::Invalid { position, reason } => (position, reason),
-                _ => (outcome.valid_end, "non-zero bytes after the last batch".to_string()),
+                _ => (
+                    outcome.valid_end,
+                    "non-zero bytes after the last batch".to_string(),
+                ),
             };
             return Err(LogError::corrupt(path, position, reason));
         }

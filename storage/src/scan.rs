@@ -13,7 +13,7 @@ use crate::io::DirectFile;
 
 /// Where and why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScanStop {
+pub(crate) enum ScanStop {
     /// Reached the end of the file exactly on a batch boundary.
     EndOfFile,
     /// Reached a header of zeros: preallocated space that was never written.
@@ -29,7 +29,7 @@ pub enum ScanStop {
 
 /// What a scan learned about the valid prefix of a segment.
 #[derive(Debug, Clone)]
-pub struct ScanOutcome {
+pub(crate) struct ScanOutcome {
     /// Position just after the last valid batch.
     pub valid_end: u64,
     /// Offset after the last valid batch.
@@ -94,7 +94,7 @@ async fn ensure(
 }
 
 /// Parameters of a scan.
-pub struct ScanFrom<'a> {
+pub(crate) struct ScanFrom<'a> {
     /// Base offset of the segment (for relative offsets in the index).
     pub segment_base: Offset,
     /// Position to start at (a batch boundary).
@@ -116,7 +116,7 @@ pub struct ScanFrom<'a> {
 /// Checks batches from `from.position` on until the file ends or a batch is not valid:
 /// header sane, length within the file, CRC matching, base offset continuing the previous
 /// batch. Rebuilds the sparse index on the way.
-pub async fn scan_segment(file: &DirectFile, from: ScanFrom<'_>) -> io::Result<ScanOutcome> {
+pub(crate) async fn scan_segment(file: &DirectFile, from: ScanFrom<'_>) -> io::Result<ScanOutcome> {
     let mut window = None;
     let mut pos = from.position;
     let mut expected = from.offset;
@@ -190,7 +190,7 @@ pub async fn scan_segment(file: &DirectFile, from: ScanFrom<'_>) -> io::Result<S
 }
 
 /// Whether every byte of `[pos, file_len)` is zero.
-pub async fn all_zero_from(file: &DirectFile, pos: u64, file_len: u64) -> io::Result<bool> {
+pub(crate) async fn all_zero_from(file: &DirectFile, pos: u64, file_len: u64) -> io::Result<bool> {
     let mut at = align_down(pos);
     while at < file_len {
         let len = (SCAN_READ_BYTES as u64).min(align_up(file_len - at)) as usize;
@@ -209,7 +209,7 @@ pub async fn all_zero_from(file: &DirectFile, pos: u64, file_len: u64) -> io::Re
 }
 
 /// Batches read from a segment file, or why the read stopped early.
-pub struct DiskRead {
+pub(crate) struct DiskRead {
     /// Whole, CRC-checked batches in offset order.
     pub batches: Vec<RecordBatch>,
     /// Bytes in `batches`.
@@ -217,7 +217,7 @@ pub struct DiskRead {
 }
 
 /// A read request against one segment file.
-pub struct ReadFrom<'a> {
+pub(crate) struct ReadFrom<'a> {
     /// Position of a batch at or before the wanted offset (from the sparse index).
     pub position: u64,
     /// First offset wanted.
@@ -236,7 +236,7 @@ pub struct ReadFrom<'a> {
 /// aligned buffers; batches are returned as slices of them (no per-batch copies). A batch
 /// that fails its checks is an error naming the file and position: below the end of written
 /// data, damage is never a reason to return less.
-pub async fn read_batches(
+pub(crate) async fn read_batches(
     file: &DirectFile,
     req: ReadFrom<'_>,
 ) -> Result<DiskRead, crate::LogError> {
@@ -261,7 +261,8 @@ pub async fn read_batches(
         let mut at = (pos - start) as usize;
         let first_at = at;
         loop {
-            let corrupt = |reason: String| crate::LogError::corrupt(file.path(), start + at as u64, reason);
+            let corrupt =
+                |reason: String| crate::LogError::corrupt(file.path(), start + at as u64, reason);
             if start + at as u64 >= req.end_position || out.bytes >= max_bytes {
                 break 'reads;
             }

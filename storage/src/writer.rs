@@ -58,8 +58,6 @@ pub(crate) struct WriteJob {
     pub file_pos: u64,
     /// Block-padded data.
     pub buf: AlignedBuf,
-    /// Log position up to which this write makes data durable on completion.
-    pub end_log_pos: u64,
 }
 
 /// What the flusher should do next.
@@ -131,11 +129,6 @@ impl Pipeline {
         self.written == self.appended && self.in_flight.is_empty() && self.queue.is_empty()
     }
 
-    /// Writes currently in flight.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
     fn take_buffer(&mut self) -> Option<AlignedBuf> {
         if let Some(mut buf) = self.pool.pop() {
             buf.clear();
@@ -162,7 +155,9 @@ impl Pipeline {
         debug_assert!(self.active.is_none());
         debug_assert_eq!(file_pos % BLOCK_BYTES as u64, 0);
         debug_assert!(carry.len() < BLOCK_BYTES);
-        let mut buf = self.take_buffer().expect("a buffer is free when a segment starts");
+        let mut buf = self
+            .take_buffer()
+            .expect("a buffer is free when a segment starts");
         buf.extend_from_slice(carry);
         self.active = Some(Chunk {
             file,
@@ -231,7 +226,6 @@ impl Pipeline {
             file: chunk.file,
             file_pos: chunk.file_pos,
             buf: chunk.buf,
-            end_log_pos,
         })
     }
 

@@ -14,10 +14,15 @@ fn append_read_reopen() {
         ..LogConfig::default()
     };
     run(async {
-        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("open");
+        let log = PartitionLog::open(dir.path(), config.clone())
+            .await
+            .expect("open");
         let mut acks = Vec::new();
         for tag in 0..200u64 {
-            let a = log.append(make_batch(tag, 3, 500, 1000 + tag as i64)).await.expect("append");
+            let a = log
+                .append(make_batch(tag, 3, 500, 1000 + tag as i64))
+                .await
+                .expect("append");
             assert_eq!(a.base_offset, Offset(tag * 3));
             acks.push(a.durable);
         }
@@ -31,9 +36,14 @@ fn append_read_reopen() {
             assert_eq!(batches.len(), 1);
             check_batch(&batches[0], tag, Offset(tag * 3));
         }
-        assert_eq!(log.offset_for_timestamp(1050).await.expect("ts"), Some(Offset(146)));
+        assert_eq!(
+            log.offset_for_timestamp(1050).await.expect("ts"),
+            Some(Offset(146))
+        );
         log.close().await.expect("close");
-        let log = PartitionLog::open(dir.path(), config.clone()).await.expect("reopen");
+        let log = PartitionLog::open(dir.path(), config.clone())
+            .await
+            .expect("reopen");
         assert_eq!(log.offsets().log_end, Offset(600));
         let all = log.read(Offset(0), 10 << 20).await.expect("read all");
         let mut next = Offset(0);
@@ -45,13 +55,18 @@ fn append_read_reopen() {
             let batches = log.read(Offset(tag * 3), 1).await.expect("read");
             check_batch(&batches[0], tag, Offset(tag * 3));
         }
-        let a = log.append(make_batch(999, 1, 10, 5000)).await.expect("append after reopen");
+        let a = log
+            .append(make_batch(999, 1, 10, 5000))
+            .await
+            .expect("append after reopen");
         assert_eq!(a.base_offset, Offset(600));
         a.durable.await.expect("durable");
         drop(log);
     });
     run(async {
-        let log = PartitionLog::open(dir.path(), config).await.expect("reopen after drop");
+        let log = PartitionLog::open(dir.path(), config)
+            .await
+            .expect("reopen after drop");
         assert_eq!(log.offsets().log_end, Offset(601));
     });
 }

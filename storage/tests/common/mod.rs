@@ -13,7 +13,8 @@ pub fn run<F: std::future::Future>(fut: F) -> F::Output {
 
 /// Deterministic value bytes for record `i` of a batch tagged `tag`.
 pub fn value_for(tag: u64, i: usize, len: usize) -> Vec<u8> {
-    let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut x =
+        tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -30,8 +31,13 @@ pub fn make_batch(tag: u64, records: usize, value_len: usize, ts: i64) -> BytesM
     let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
     for i in 0..records {
         let key = format!("k{tag}-{i}");
-        b.push(ts + i as i64, Some(key.as_bytes()), Some(&value_for(tag, i, value_len)), &[])
-            .expect("within limits");
+        b.push(
+            ts + i as i64,
+            Some(key.as_bytes()),
+            Some(&value_for(tag, i, value_len)),
+            &[],
+        )
+        .expect("within limits");
     }
     b.build().expect("non-empty batch")
 }
