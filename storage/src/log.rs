@@ -251,7 +251,11 @@ impl PartitionLog {
             .await
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let recovered = recover(&dir, &config).await?;
-        let mut pipeline = Pipeline::new(config.write_chunk_bytes, config.write_chunks_max);
+        let mut pipeline = Pipeline::new(
+            config.write_chunk_bytes,
+            config.write_chunks_max,
+            config.preallocate_bytes,
+        );
         let active = recovered
             .segments
             .values()
@@ -793,6 +797,7 @@ async fn write_file_atomically(dir: &Path, name: &str, bytes: Vec<u8>) -> io::Re
 enum Event {
     Write(u64, Rc<SegmentFile>, io::Result<()>, AlignedBuf),
     Synced(u64, io::Result<()>, Rc<SegmentFile>),
+    Allocated(Rc<SegmentFile>, u64, io::Result<()>),
     FlushTimer,
     Kick,
 }
@@ -815,6 +820,7 @@ async fn run_flusher(shared: Rc<Shared>) {
     let mut writes: FuturesUnordered<LocalFuture<Event>> = FuturesUnordered::new();
     let mut sync: Option<LocalFuture<Event>> = None;
     let mut timer: Option<LocalFuture<Event>> = None;
+    let mut allocation: Option<LocalFuture<Event>> = None;
     let mut last_sync = Instant::now();
     loop {
         // Start every job the pipeline allows now.
@@ -831,15 +837,12 @@ async fn run_flusher(shared: Rc<Shared>) {
                 None => break,
                 Some(Job::Write(job)) => writes.push(Box::pin(perform_write(job))),
                 Some(Job::Allocate { file, to }) => {
-                    let from = file.allocated();
-                    let target = align_up(to.max(from + config.preallocate_bytes));
-                    match file.file.allocate(from, target - from).await {
-                        Ok(()) => file.set_allocated(target),
-                        Err(e) => shared
-                            .state
-                            .borrow_mut()
-                            .stop("fallocate", file.file.path(), &e),
-                    }
+                    debug_assert!(allocation.is_none(), "one fallocate at a time per log");
+                    allocation = Some(Box::pin(async move {
+                        let from = file.allocated();
+                        let res = file.file.allocate(from, to - from).await;
+                        Event::Allocated(file, to, res)
+                    }));
                 }
                 Some(Job::Seal(file)) => {
                     if seal_segment(&shared, &file).await.is_ok() {
@@ -890,7 +893,7 @@ async fn run_flusher(shared: Rc<Shared>) {
                 || (st.closing
                     && st.pipeline.is_idle()
                     && st.acks.synced_pos == st.pipeline.appended());
-            if finished && writes.is_empty() && sync.is_none() {
+            if finished && writes.is_empty() && sync.is_none() && allocation.is_none() {
                 st.wake_all();
                 return;
             }
@@ -909,6 +912,12 @@ async fn run_flusher(shared: Rc<Shared>) {
                 && let Poll::Ready(event) = fut.as_mut().poll(cx)
             {
                 timer = None;
+                return Poll::Ready(event);
+            }
+            if let Some(fut) = allocation.as_mut()
+                && let Poll::Ready(event) = fut.as_mut().poll(cx)
+            {
+                allocation = None;
                 return Poll::Ready(event);
             }
             let mut st = shared.state.borrow_mut();
@@ -936,6 +945,13 @@ async fn run_flusher(shared: Rc<Shared>) {
                 st.acks.advance_synced(target);
             }
             Event::Synced(_, Err(e), file) => st.stop("fdatasync", file.file.path(), &e),
+            Event::Allocated(file, to, res) => {
+                file.set_allocating(false);
+                match res {
+                    Ok(()) => file.set_allocated(to),
+                    Err(e) => st.stop("fallocate", file.file.path(), &e),
+                }
+            }
             Event::FlushTimer => st.flush_due = true,
             Event::Kick => {}
         }

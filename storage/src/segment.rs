@@ -17,6 +17,8 @@ pub(crate) struct SegmentFile {
     pub base: Offset,
     /// Bytes of the file allocated so far (writes must stay below).
     allocated: Cell<u64>,
+    /// An fallocate extending the file is in flight.
+    allocating: Cell<bool>,
 }
 
 impl SegmentFile {
@@ -25,6 +27,7 @@ impl SegmentFile {
             file,
             base,
             allocated: Cell::new(allocated),
+            allocating: Cell::new(false),
         }
     }
 
@@ -34,6 +37,14 @@ impl SegmentFile {
 
     pub(crate) fn set_allocated(&self, bytes: u64) {
         self.allocated.set(bytes);
+    }
+
+    pub(crate) fn allocating(&self) -> bool {
+        self.allocating.get()
+    }
+
+    pub(crate) fn set_allocating(&self, allocating: bool) {
+        self.allocating.set(allocating);
     }
 }
 

@@ -64,7 +64,8 @@ pub(crate) struct WriteJob {
 pub(crate) enum Job {
     /// Perform this write.
     Write(WriteJob),
-    /// The next write reaches past the file's allocated space: allocate up to `to` first.
+    /// Writes are nearing the end of the file's allocated space: allocate up to `to`, in
+    /// the background (writes below the allocated end go on meanwhile).
     Allocate {
         /// The file.
         file: Rc<SegmentFile>,
@@ -73,6 +74,12 @@ pub(crate) enum Job {
     },
     /// All writes of this segment are complete: make it durable and close it.
     Seal(Rc<SegmentFile>),
+}
+
+enum Allocation {
+    Ready,
+    Blocked,
+    Start(Job),
 }
 
 struct InFlight {
@@ -85,6 +92,9 @@ struct InFlight {
 pub(crate) struct Pipeline {
     chunk_bytes: usize,
     chunks_max: usize,
+    /// Allocation step: the file is extended by this much whenever the writes come within
+    /// half of it of the allocated end, so they rarely wait for an fallocate.
+    allocate_ahead: u64,
     active: Option<Chunk>,
     queue: VecDeque<Queued>,
     in_flight: VecDeque<InFlight>,
@@ -98,10 +108,11 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn new(chunk_bytes: usize, chunks_max: usize) -> Self {
+    pub(crate) fn new(chunk_bytes: usize, chunks_max: usize, allocate_ahead: u64) -> Self {
         Self {
             chunk_bytes,
             chunks_max,
+            allocate_ahead,
             active: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -229,12 +240,21 @@ impl Pipeline {
         })
     }
 
-    fn allocation_needed(chunk: &Chunk) -> Option<Job> {
+    fn allocation(&self, chunk: &Chunk) -> Allocation {
         let end = chunk.file_pos + align_up(chunk.buf.len() as u64);
-        (end > chunk.file.allocated()).then(|| Job::Allocate {
-            file: chunk.file.clone(),
-            to: end,
-        })
+        let file = &chunk.file;
+        if !file.allocating() && end + self.allocate_ahead / 2 > file.allocated() {
+            file.set_allocating(true);
+            return Allocation::Start(Job::Allocate {
+                file: file.clone(),
+                to: align_up(end.max(file.allocated()) + self.allocate_ahead),
+            });
+        }
+        if end > file.allocated() {
+            Allocation::Blocked
+        } else {
+            Allocation::Ready
+        }
     }
 
     /// The next job, if one may start now.
@@ -247,8 +267,10 @@ impl Pipeline {
                 if self.in_flight.len() >= WRITE_DEPTH_MAX {
                     return None;
                 }
-                if let Some(job) = Self::allocation_needed(chunk) {
-                    return Some(job);
+                match self.allocation(chunk) {
+                    Allocation::Ready => {}
+                    Allocation::Blocked => return None,
+                    Allocation::Start(job) => return Some(job),
                 }
                 let Some(Queued::Chunk(chunk)) = self.queue.pop_front() else {
                     unreachable!()
@@ -257,8 +279,9 @@ impl Pipeline {
                 // this file, so it needs no ordering against later writes.
                 Some(self.write_job(chunk))
             }
-            Some(Queued::Seal(_)) => {
-                if !self.in_flight.is_empty() {
+            Some(Queued::Seal(file)) => {
+                // The seal truncates the file: no write nor fallocate may be in flight.
+                if !self.in_flight.is_empty() || file.allocating() {
                     return None;
                 }
                 let Some(Queued::Seal(file)) = self.queue.pop_front() else {
@@ -273,8 +296,10 @@ impl Pipeline {
                 if !chunk.has_unwritten() || !self.in_flight.is_empty() {
                     return None;
                 }
-                if let Some(job) = Self::allocation_needed(chunk) {
-                    return Some(job);
+                match self.allocation(chunk) {
+                    Allocation::Ready => {}
+                    Allocation::Blocked => return None,
+                    Allocation::Start(job) => return Some(job),
                 }
                 let mut carry_buf = self.take_buffer()?;
                 let chunk = self.active.take().expect("active chunk");
