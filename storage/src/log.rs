@@ -379,7 +379,7 @@ impl PartitionLog {
                 if st.rolling {
                     Step::Wait
                 } else if !active.is_empty() && (too_big || too_old) {
-                    if st.pipeline.has_room(BLOCK_BYTES) {
+                    if st.pipeline.can_start_segment() {
                         st.rolling = true;
                         Step::Roll(st.next_offset)
                     } else {
@@ -496,7 +496,7 @@ impl PartitionLog {
                 if st.active().is_empty() {
                     return Ok(());
                 }
-                if st.rolling || !st.pipeline.has_room(BLOCK_BYTES) {
+                if st.rolling || !st.pipeline.can_start_segment() {
                     None
                 } else {
                     st.rolling = true;
