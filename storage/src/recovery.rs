@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use sluice_proto::Offset;
+use sluice_proto::{BatchHeader, Offset};
 
-use crate::aligned::align_up;
+use crate::aligned::{BLOCK_BYTES, align_up};
 use crate::config::LogConfig;
 use crate::error::{LogError, LogResult};
 use crate::index::{
@@ -128,7 +128,20 @@ async fn scan_tail(
     }
     // Batches before the last entry were not counted: the segment is non-empty either way.
     outcome.batches += u64::from(last.position > 0);
-    outcome.first_timestamp = None;
+    if last.position > 0 {
+        // The segment's age (`segment.ms`) counts from its first batch, which the scan above
+        // did not see: read its header. (Leaving it unknown restarted the age at the first
+        // append after every clean reopen, so a log restarted more often than `segment.ms`
+        // never rolled its active segment, and retention never deleted its data.)
+        let block = file
+            .read_at(0, BLOCK_BYTES)
+            .await
+            .map_err(|e| LogError::io("read segment", file.path(), e))?;
+        match BatchHeader::parse(block.as_slice(), &config.limits) {
+            Ok(header) => outcome.first_timestamp = Some(header.max_timestamp),
+            Err(_) => return scan_all(file, base, len, config).await,
+        }
+    }
     Ok(outcome)
 }
 
@@ -233,16 +246,8 @@ async fn recover_closed(
                 .await
                 .map_err(|e| LogError::io("fsync segment", &path, e))?;
         }
-        let segment = Segment {
-            file: Rc::new(SegmentFile::new(file, base, outcome.valid_end)),
-            size: outcome.valid_end,
-            next_offset: outcome.next_offset,
-            max_timestamp: outcome.max_timestamp,
-            first_append_ms: outcome.first_timestamp,
-            last_indexed: outcome.index.entries.last().map(|e| u64::from(e.position)),
-            index: outcome.index,
-            state: SegmentState::Closed,
-        };
+        let allocated = outcome.valid_end;
+        let segment = from_scan(file, base, allocated, outcome, SegmentState::Closed);
         write_index(dir, &segment).await?;
         tracing::info!(dir = %dir.display(), segment = base.get(), "rebuilt segment index");
         segment
@@ -258,6 +263,26 @@ async fn recover_closed(
         ));
     }
     Ok(segment)
+}
+
+/// The segment a scan of its file describes.
+fn from_scan(
+    file: DirectFile,
+    base: Offset,
+    allocated: u64,
+    outcome: ScanOutcome,
+    state: SegmentState,
+) -> Segment {
+    Segment {
+        file: Rc::new(SegmentFile::new(file, base, allocated)),
+        size: outcome.valid_end,
+        next_offset: outcome.next_offset,
+        max_timestamp: outcome.max_timestamp,
+        first_append_ms: outcome.first_timestamp,
+        last_indexed: outcome.index.entries.last().map(|e| u64::from(e.position)),
+        index: outcome.index,
+        state,
+    }
 }
 
 async fn write_index(dir: &Path, segment: &Segment) -> LogResult<()> {
@@ -338,16 +363,13 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
     sync_dir(dir)
         .await
         .map_err(|e| LogError::io("sync directory", dir, e))?;
-    let tail = Segment {
-        file: Rc::new(SegmentFile::new(tail_file, tail_segment_base, allocated)),
-        size: outcome.valid_end,
-        next_offset: outcome.next_offset,
-        max_timestamp: outcome.max_timestamp,
-        first_append_ms: outcome.first_timestamp,
-        last_indexed: outcome.index.entries.last().map(|e| u64::from(e.position)),
-        index: outcome.index,
-        state: SegmentState::Active,
-    };
+    let tail = from_scan(
+        tail_file,
+        tail_segment_base,
+        allocated,
+        outcome,
+        SegmentState::Active,
+    );
     segments.insert(tail_segment_base, tail);
     Ok(Recovered {
         segments,
