@@ -161,10 +161,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                 let batch = prebuilt.borrow_mut().pop();
                 let batch = batch.unwrap_or_else(|| template.clone());
                 let t0 = Instant::now();
-                let appended = log
-                    .append(batch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let appended = log.append(batch).await.map_err(|e| e.to_string())?;
                 appended.durable.await.map_err(|e| e.to_string())?;
                 let us = t0.elapsed().as_micros().max(1) as u64;
                 histogram

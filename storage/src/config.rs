@@ -83,6 +83,9 @@ pub struct LogConfig {
     pub limits: Limits,
     /// Time source for segment age.
     pub clock: Clock,
+    /// How long opening a segment waits for its lock: another log instance has it open, or a
+    /// crashed one still has writes in flight to it (see `io::lock_exclusive`).
+    pub lock_wait_ms: u64,
     /// Fault injection for tests; `None` in production.
     pub faults: Option<Arc<FaultInjector>>,
 }
@@ -103,6 +106,7 @@ impl Default for LogConfig {
             tail_cache_bytes: 4 << 20,
             limits: Limits::DEFAULT,
             clock: system_clock_ms,
+            lock_wait_ms: 10_000,
             faults: None,
         }
     }

@@ -96,6 +96,7 @@ impl DirectFile {
     pub(crate) async fn open(
         path: &Path,
         create: bool,
+        lock_wait_ms: u64,
         faults: Option<Arc<FaultInjector>>,
     ) -> io::Result<Self> {
         let file = OpenOptions::new()
@@ -105,6 +106,7 @@ impl DirectFile {
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path)
             .await?;
+        lock_exclusive(&file, path, lock_wait_ms).await?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -197,6 +199,39 @@ impl DirectFile {
             FaultInjector::trip(&faults.syncs_until_failure)?;
         }
         self.file.sync_all().await
+    }
+}
+
+/// Takes an exclusive `flock` on a segment file, waiting up to `wait_ms` for another holder.
+///
+/// Two things hold it: another process (or log) that has the segment open, and the writes of
+/// a log that died with writes in flight. An io_uring request keeps a reference to its file,
+/// and a flock lasts until the last reference is gone, so after a crash the lock is released
+/// only once the dead process's last write has reached the file. Recovery must not read the
+/// tail and rewrite its last block before then: a late write of the old process would land on
+/// top of the new one.
+async fn lock_exclusive(file: &File, path: &Path, wait_ms: u64) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        // SAFETY: plain syscall on an open fd.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is locked by another process or log instance (is another broker using this data directory?)",
+                    path.display()
+                ),
+            ));
+        }
+        compio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

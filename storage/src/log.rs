@@ -472,7 +472,7 @@ impl PartitionLog {
         let config = &self.shared.config;
         let (name, _, _) = segment_file_names(base);
         let path = self.shared.dir.join(name);
-        let file = DirectFile::open(&path, true, config.faults.clone())
+        let file = DirectFile::open(&path, true, config.lock_wait_ms, config.faults.clone())
             .await
             .map_err(|e| LogError::io("create segment", &path, e))?;
         let step = align_up(config.preallocate_bytes.min(config.segment_bytes));
@@ -527,7 +527,7 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> LogResult<Vec<RecordBatch>> {
         let max_bytes = max_bytes.min(READ_BYTES_MAX);
-        let (file, position, end_position) = {
+        let (file, position, position_offset, end_position) = {
             let st = self.shared.state.borrow();
             if from < st.log_start || from > st.next_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -548,22 +548,35 @@ impl PartitionLog {
                 .next_back()
                 .expect("from >= log_start, the first segment's base");
             let relative = (from.get() - segment.base().get()) as u32;
-            let position = segment
-                .index
-                .floor_offset(relative)
-                .map_or(0, |e| u64::from(e.position));
+            // The batch the index entry points at, and the offset it must have.
+            let (position, position_offset) =
+                segment
+                    .index
+                    .floor_offset(relative)
+                    .map_or((0, segment.base()), |e| {
+                        (
+                            u64::from(e.position),
+                            Offset(segment.base().get() + u64::from(e.relative_offset)),
+                        )
+                    });
             // Everything before the cache is written; read no further than where it starts.
             let end_position = match st.cache.first_position() {
                 Some((base, position)) if base == segment.base() => position,
                 _ => segment.size,
             };
-            (segment.file.clone(), position, end_position)
+            (
+                segment.file.clone(),
+                position,
+                position_offset,
+                end_position,
+            )
         };
         let cache_start = self.shared.state.borrow().cache.first_offset();
         let read = read_batches(
             &file.file,
             ReadFrom {
                 position,
+                position_offset,
                 offset: from,
                 end_position,
                 end_offset: cache_start.map_or(end, |c| c.min(end)),
@@ -573,7 +586,11 @@ impl PartitionLog {
         )
         .await?;
         let batches = read.batches;
-        if batches.is_empty() {
+        // Only when `end` did not cut the read: with `end <= from` nothing is due, and when
+        // `from` is a segment base the retry below would find the same segment and recurse
+        // forever (stack overflow on `read_until(base, base, _)`, e.g. a fetch at the high
+        // watermark when the high watermark is a segment base).
+        if batches.is_empty() && from < end {
             // The segment ended right before `from` (the next segment starts there) or the
             // cache starts there: read again from the new place.
             let next_segment_base = {
@@ -929,10 +946,17 @@ async fn run_flusher(shared: Rc<Shared>) {
         })
         .await;
         let mut st = shared.state.borrow_mut();
+        // Once stopped, nothing more is acknowledged: every acknowledgement pending at the
+        // stop resolves with the error (see `LogError::Stopped`). A write or fdatasync
+        // issued before the stop may still complete; without this its completion would
+        // acknowledge some of them, or not, depending on when their `Durable` is polled.
+        let acking = st.stopped.is_none();
         match event {
             Event::Write(id, file, Ok(()), buf) => {
                 let written = st.pipeline.complete_write(id, buf);
-                st.acks.advance_written(written);
+                if acking {
+                    st.acks.advance_written(written);
+                }
                 st.cache.evict(written);
                 st.dirty_file = Some(file);
             }
@@ -942,7 +966,9 @@ async fn run_flusher(shared: Rc<Shared>) {
             }
             Event::Synced(target, Ok(()), _) => {
                 last_sync = Instant::now();
-                st.acks.advance_synced(target);
+                if acking {
+                    st.acks.advance_synced(target);
+                }
             }
             Event::Synced(_, Err(e), file) => st.stop("fdatasync", file.file.path(), &e),
             Event::Allocated(file, to, res) => {

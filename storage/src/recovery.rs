@@ -32,7 +32,8 @@ pub(crate) struct Recovered {
     pub tail_block: Vec<u8>,
 }
 
-fn list_segments(dir: &Path) -> LogResult<Vec<Offset>> {
+/// The segment base offsets in `dir`, oldest first, and leftover temporary files.
+fn list_segments(dir: &Path) -> LogResult<(Vec<Offset>, Vec<std::path::PathBuf>)> {
     let io_err = |e| LogError::io("list directory", dir, e);
     let mut bases = Vec::new();
     let mut leftovers = Vec::new();
@@ -44,17 +45,13 @@ fn list_segments(dir: &Path) -> LogResult<Vec<Offset>> {
             leftovers.push(path);
         }
     }
-    // Half-written index files from a crash during a seal: the index is rebuilt.
-    for path in leftovers {
-        std::fs::remove_file(&path).map_err(|e| LogError::io("remove temporary file", &path, e))?;
-    }
     bases.sort();
-    Ok(bases)
+    Ok((bases, leftovers))
 }
 
 async fn open_file(dir: &Path, base: Offset, config: &LogConfig) -> LogResult<(DirectFile, u64)> {
     let path = dir.join(segment_file_names(base).0);
-    let file = DirectFile::open(&path, false, config.faults.clone())
+    let file = DirectFile::open(&path, false, config.lock_wait_ms, config.faults.clone())
         .await
         .map_err(|e| LogError::io("open segment", &path, e))?;
     let len = file
@@ -304,7 +301,7 @@ async fn write_index(dir: &Path, segment: &Segment) -> LogResult<()> {
 
 /// Recovers the log in `dir`, creating its first segment if it has none.
 pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recovered> {
-    let mut bases = list_segments(dir)?;
+    let (mut bases, leftovers) = list_segments(dir)?;
     // Scan the last segment; drop it while it holds no valid batch and others precede it.
     let (tail_file, tail_len, outcome) = loop {
         let Some(&base) = bases.last() else {
@@ -321,6 +318,11 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
         }
         break (file, len, outcome);
     };
+    // Half-written index files from a crash during a seal (the index is rebuilt). Removed
+    // only now that the tail's lock is held: another live instance would still own them.
+    for path in leftovers {
+        std::fs::remove_file(&path).map_err(|e| LogError::io("remove temporary file", &path, e))?;
+    }
     let mut segments = BTreeMap::new();
     let tail_segment_base = bases.last().copied().unwrap_or(Offset::ZERO);
     for pair in bases.windows(2) {
@@ -379,7 +381,7 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
 
 async fn create_first(dir: &Path, config: &LogConfig) -> LogResult<(DirectFile, u64, ScanOutcome)> {
     let path = dir.join(segment_file_names(Offset::ZERO).0);
-    let file = DirectFile::open(&path, true, config.faults.clone())
+    let file = DirectFile::open(&path, true, config.lock_wait_ms, config.faults.clone())
         .await
         .map_err(|e| LogError::io("create segment", &path, e))?;
     let outcome = ScanOutcome {

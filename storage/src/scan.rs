@@ -220,6 +220,8 @@ pub(crate) struct DiskRead {
 pub(crate) struct ReadFrom<'a> {
     /// Position of a batch at or before the wanted offset (from the sparse index).
     pub position: u64,
+    /// Base offset of the batch at `position` (from the same index entry).
+    pub position_offset: Offset,
     /// First offset wanted.
     pub offset: Offset,
     /// Nothing at or past this position is read (the end of written data).
@@ -246,9 +248,16 @@ pub(crate) async fn read_batches(
     };
     let max_bytes = req.max_bytes.max(1);
     let mut pos = req.position;
+    // Base offset the batch at `pos` must have. The base offset is outside the CRC (the
+    // broker stamps it in place), so a damaged one passes the CRC check: without this a
+    // flipped bit served a batch under offsets it does not hold (two batches claiming the
+    // same offsets, the real ones missing) from a segment whose index was trusted at open.
+    let mut expected = req.position_offset;
     // The first read covers the wanted bytes; a batch larger than what was read makes the
-    // next read start at it and cover all of it.
-    let mut want = max_bytes;
+    // next read start at it and cover all of it. It covers at least a header: with a tiny
+    // `max_bytes` the read could end inside the first header (a batch starting near the end
+    // of a block), and that is reported below as a short read, i.e. a corrupt segment.
+    let mut want = max_bytes.max(BATCH_HEADER_BYTES);
     'reads: while pos < req.end_position && out.bytes < max_bytes {
         let start = align_down(pos);
         let len = align_up(pos - start + want as u64).min(align_up(req.end_position - start));
@@ -279,6 +288,12 @@ pub(crate) async fn read_batches(
             }
             let header = BatchHeader::parse(&buf[at..header_end], req.limits)
                 .map_err(|e| corrupt(e.to_string()))?;
+            if header.base_offset != expected {
+                return Err(corrupt(format!(
+                    "offset gap: expected base offset {expected}, found {}",
+                    header.base_offset
+                )));
+            }
             let batch_len = header.batch_length as usize;
             if start + (at + batch_len) as u64 > req.end_position {
                 return Err(corrupt(format!(
@@ -307,6 +322,7 @@ pub(crate) async fn read_batches(
             }
             at += batch_len;
             pos = start + at as u64;
+            expected = header.next_offset();
         }
     }
     Ok(out)

@@ -354,9 +354,12 @@ impl Pipeline {
         self.written
     }
 
-    /// A write failed: the log stops. The buffer is freed.
+    /// A write failed: the log stops. The buffer is freed. The write stays in `in_flight`,
+    /// never done: `written` must not move past the bytes it failed to write. (Removing it
+    /// let later writes that were already in flight complete and advance `written` over the
+    /// hole, acknowledging, under `FlushPolicy::Interval`, batches that are not on disk.)
     pub(crate) fn abandon_write(&mut self, id: u64) {
-        self.in_flight.retain(|w| w.id != id);
+        debug_assert!(self.in_flight.iter().any(|w| w.id == id && !w.done));
         self.allocated -= 1;
         if self.padded_in_flight == Some(id) {
             self.padded_in_flight = None;
@@ -379,7 +382,7 @@ mod tests {
         compio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(async {
-                let direct = DirectFile::open(&dir.path().join("seg"), true, None)
+                let direct = DirectFile::open(&dir.path().join("seg"), true, 0, None)
                     .await
                     .expect("open");
                 let file = Rc::new(SegmentFile::new(direct, Offset::ZERO, 64 * 1024));

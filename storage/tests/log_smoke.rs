@@ -70,3 +70,38 @@ fn append_read_reopen() {
         assert_eq!(log.offsets().log_end, Offset(601));
     });
 }
+
+/// A second log instance cannot open a directory another one is using: every segment file is
+/// locked by the log that has it open, and the lock goes with that log.
+#[test]
+fn a_log_in_use_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        lock_wait_ms: 200,
+        ..LogConfig::default()
+    };
+    run(async {
+        let log = PartitionLog::open(dir.path(), config.clone())
+            .await
+            .expect("open");
+        log.append(make_batch(1, 1, 10, 0))
+            .await
+            .expect("append")
+            .durable
+            .await
+            .expect("durable");
+        let second = PartitionLog::open(dir.path(), config.clone()).await;
+        match second {
+            Err(sluice_storage::LogError::Io { source, .. }) => {
+                assert!(source.to_string().contains("locked"), "{source}");
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("opened a log that is in use"),
+        }
+        log.close().await.expect("close");
+        let again = PartitionLog::open(dir.path(), config)
+            .await
+            .expect("open after close");
+        assert_eq!(again.offsets().log_end, Offset(1));
+    });
+}

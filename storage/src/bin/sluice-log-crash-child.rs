@@ -61,14 +61,17 @@ fn mix(tag: u64) -> u64 {
 }
 
 /// Records and value length of the batch tagged `tag`: 1..=4 records, sizes from about
-/// [`BATCH_BYTES_MIN`] to [`BATCH_BYTES_MAX`], skewed towards small (each doubling of the
-/// size is equally likely, then the top is cut at the maximum).
+/// [`BATCH_BYTES_MIN`] to [`BATCH_BYTES_MAX`], skewed towards small: the number of doublings
+/// of the minimum is the smallest of three uniform draws from 0..10 (mean about 2 KB; about
+/// one batch in 140 is over 38 KB), so that hundreds of kills leave a few tens of MB, which
+/// the parent reads back after every kill.
 /// `tests/crash.rs` has the same function: keep them in step.
 fn shape_for(tag: u64) -> (usize, usize) {
     let h = mix(tag);
     let records = 1 + (h % 4) as usize;
-    let low = BATCH_BYTES_MIN << ((h >> 8) % 10);
-    let bytes = (low + ((h >> 16) as usize % low)).min(BATCH_BYTES_MAX);
+    let doublings = ((h >> 8) % 10).min((h >> 12) % 10).min((h >> 16) % 10);
+    let low = BATCH_BYTES_MIN << doublings;
+    let bytes = (low + ((h >> 24) as usize % low)).min(BATCH_BYTES_MAX);
     let value_len = (bytes / records).saturating_sub(24).max(1);
     (records, value_len)
 }

@@ -52,3 +52,28 @@ pub fn check_batch(batch: &RecordBatch, tag: u64, base: Offset) {
         assert_eq!(&value[..], &value_for(tag, i, value.len())[..]);
     }
 }
+
+thread_local! {
+    /// Wall time seen by logs whose `LogConfig::clock` is [`fake_clock_ms`]. The log runs on
+    /// the compio runtime of the thread that calls [`run`], so a thread-local is enough.
+    static FAKE_NOW_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(1_700_000_000_000) };
+}
+
+/// A `LogConfig::clock` that returns the time set with [`set_fake_clock_ms`].
+pub fn fake_clock_ms() -> i64 {
+    FAKE_NOW_MS.with(std::cell::Cell::get)
+}
+
+/// Sets the time [`fake_clock_ms`] returns on this thread.
+pub fn set_fake_clock_ms(now_ms: i64) {
+    FAKE_NOW_MS.with(|c| c.set(now_ms));
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `secs` seconds: a hang or a
+/// deadlock fails the test instead of stalling it.
+pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match compio::time::timeout(std::time::Duration::from_secs(secs), fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: no progress within {secs} s (hang or deadlock)"),
+    }
+}
