@@ -800,7 +800,11 @@ async fn seal_segment(shared: &Shared, file: &Rc<SegmentFile>) -> LogResult<()> 
 
 /// Writes `name` in `dir` through a temporary file and a rename, so a crash leaves either
 /// the old or the new file whole.
-async fn write_file_atomically(dir: &Path, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+pub(crate) async fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: Vec<u8>,
+) -> io::Result<()> {
     use compio::io::AsyncWriteAtExt;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = compio::fs::File::create(&tmp).await?;

@@ -22,7 +22,7 @@ use crate::index::{
     SegmentIndex, encode_offset_index, encode_time_index, parse_segment_name, segment_file_names,
 };
 use crate::io::{DirectFile, sync_dir};
-use crate::log::{load_index, read_tail_block};
+use crate::log::{load_index, read_tail_block, write_file_atomically};
 use crate::scan::{ScanFrom, ScanOutcome, ScanStop, all_zero_from, scan_segment};
 use crate::segment::{Segment, SegmentFile, SegmentState};
 
@@ -289,12 +289,9 @@ async fn write_index(dir: &Path, segment: &Segment) -> LogResult<()> {
         (index_name, encode_offset_index(&summary, &segment.index)),
         (time_name, encode_time_index(&summary, &segment.index)),
     ] {
-        let path = dir.join(&name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| LogError::io("write index", &path, e))?;
+        write_file_atomically(dir, &name, bytes)
+            .await
+            .map_err(|e| LogError::io("write index", dir.join(&name), e))?;
     }
     Ok(())
 }
