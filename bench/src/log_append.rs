@@ -120,6 +120,11 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
     }
     let chunk = args.chunk_bytes as usize;
     let in_flight_bytes = args.appenders * batch_len;
+    let max_batch_bytes = batch_len.max(LogConfig::default().max_batch_bytes);
+    // Room for every appender's batch, and for one largest batch beside a filling chunk.
+    let chunks_max = (in_flight_bytes.div_ceil(chunk) + 4)
+        .max(8)
+        .max(max_batch_bytes.div_ceil(chunk - sluice_storage::BLOCK_BYTES) + 2);
     let config = LogConfig {
         segment_bytes: args.segment_bytes,
         flush: match args.durability {
@@ -129,12 +134,10 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
                 ms: Some(args.flush_ms),
             },
         },
-        max_batch_bytes: batch_len.max(LogConfig::default().max_batch_bytes),
+        max_batch_bytes,
         write_chunk_bytes: chunk,
         preallocate_bytes: args.preallocate_bytes,
-        write_chunks_max: (in_flight_bytes.div_ceil(chunk) + 4)
-            .max(8)
-            .max(2 * batch_len.div_ceil(chunk) + 2),
+        write_chunks_max: chunks_max,
         ..LogConfig::default()
     };
     let runtime = compio::runtime::Runtime::new().map_err(|e| format!("io_uring runtime: {e}"))?;
