@@ -244,6 +244,11 @@ impl PartitionLog {
     /// Opens the log in `dir` (created if missing), recovering it: the last segment is
     /// checked batch by batch and truncated after its last valid batch; damage elsewhere is
     /// an error naming the file and position.
+    ///
+    /// The log belongs to the compio runtime (the shard) that opens it: its flusher is a task
+    /// there, so use it only from that runtime and `close` it before the runtime shuts down.
+    /// Every segment file is `flock`ed while open; a second instance waits up to
+    /// `lock_wait_ms` and then fails.
     pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> LogResult<Self> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();

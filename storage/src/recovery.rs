@@ -6,8 +6,10 @@
 //!   run cleanly to its end, or do not lead to the next segment's base offset, is an error
 //!   naming the file and position: damage before the tail is never dropped silently.
 //! - The last segment is scanned batch by batch and truncated after its last valid batch
-//!   (torn write, bad CRC, offset gap). Trailing segments with no valid batch (a crash right
-//!   after a roll) are removed first.
+//!   (torn write, bad CRC, offset gap). Trailing segments that were never written (a crash
+//!   right after a roll) are removed first. After a clean close the last segment has an intact
+//!   index recording its exact size: then no write can be torn, only its last indexed stretch
+//!   is scanned, and a mismatch there is an error like damage in a closed segment.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,6 +86,21 @@ async fn scan_all(
     .map_err(|e| LogError::io("read segment", file.path(), e))
 }
 
+/// The error for an indexed stretch that does not run exactly to the file's end.
+fn stretch_mismatch(file: &DirectFile, outcome: &ScanOutcome, indexed_next: Offset) -> LogError {
+    let (position, reason) = match &outcome.stop {
+        ScanStop::Invalid { position, reason } => (*position, reason.clone()),
+        _ => (
+            outcome.valid_end,
+            format!(
+                "segment's batches end at offset {} but its index says {indexed_next}",
+                outcome.next_offset
+            ),
+        ),
+    };
+    LogError::corrupt(file.path(), position, reason)
+}
+
 /// Scans the last segment. After a clean close its index is intact and records the file's
 /// exact size: then only the stretch after the last index entry is scanned.
 async fn scan_tail(
@@ -120,8 +137,10 @@ async fn scan_tail(
     .await
     .map_err(|e| LogError::io("read segment", file.path(), e))?;
     if outcome.stop != ScanStop::EndOfFile || outcome.next_offset != summary.next_offset {
-        // Not the segment the index describes: trust nothing, scan it all.
-        return scan_all(file, base, len, config).await;
+        // The index is intact and the file has exactly the size it records: the log was
+        // closed cleanly and not written since, so no write can have been torn. What does not
+        // match is damage, reported like damage in a closed segment, not truncated away.
+        return Err(stretch_mismatch(file, &outcome, summary.next_offset));
     }
     // Batches before the last entry were not counted: the segment is non-empty either way.
     outcome.batches += u64::from(last.position > 0);
@@ -136,7 +155,13 @@ async fn scan_tail(
             .map_err(|e| LogError::io("read segment", file.path(), e))?;
         match BatchHeader::parse(block.as_slice(), &config.limits) {
             Ok(header) => outcome.first_timestamp = Some(header.max_timestamp),
-            Err(_) => return scan_all(file, base, len, config).await,
+            Err(err) => {
+                return Err(LogError::corrupt(
+                    file.path(),
+                    0,
+                    format!("bad first batch header in a cleanly closed segment: {err}"),
+                ));
+            }
         }
     }
     Ok(outcome)
@@ -193,17 +218,7 @@ async fn recover_closed(
         .await
         .map_err(|e| LogError::io("read segment", &path, e))?;
         if outcome.stop != ScanStop::EndOfFile || outcome.next_offset != summary.next_offset {
-            let (position, reason) = match outcome.stop {
-                ScanStop::Invalid { position, reason } => (position, reason),
-                _ => (
-                    outcome.valid_end,
-                    format!(
-                        "segment's batches end at offset {} but its index says {}",
-                        outcome.next_offset, summary.next_offset
-                    ),
-                ),
-            };
-            return Err(LogError::corrupt(path, position, reason));
+            return Err(stretch_mismatch(&file, &outcome, summary.next_offset));
         }
         Segment {
             file: Rc::new(SegmentFile::new(file, base, len)),
@@ -306,7 +321,17 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
         };
         let (file, len) = open_file(dir, base, config).await?;
         let outcome = scan_tail(dir, &file, base, len, config).await?;
-        if outcome.batches == 0 && bases.len() > 1 {
+        // Only a segment that was never written (zeros, or nothing) is removed: a crash right
+        // after a roll. One whose first batch is damaged is a tail like any other.
+        let never_written = outcome.valid_end == 0
+            && match outcome.stop {
+                ScanStop::EndOfFile => true,
+                ScanStop::Zeros => all_zero_from(&file, 0, len)
+                    .await
+                    .map_err(|e| LogError::io("read segment", file.path(), e))?,
+                ScanStop::Invalid { .. } => false,
+            };
+        if never_written && bases.len() > 1 {
             tracing::warn!(dir = %dir.display(), segment = base.get(), "removing empty last segment left by a crash");
             drop(file);
             remove_segment_files(dir, base).await?;

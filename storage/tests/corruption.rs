@@ -3,13 +3,14 @@
 //! reopened.
 //!
 //! What each damage must lead to (the log's recovery rules, `src/recovery.rs`):
-//! - Tail damage: the log opens, truncated just before the first damaged batch: the batches
-//!   before it read back exactly, nothing after it is returned, `log_end` is its base offset,
-//!   and appends continue from there. One designed exception: after a clean close the tail's
-//!   index records its exact size and only the stretch after the index's last entry (and
-//!   the first batch's header) is checked at open, so damage *before* that entry may be
-//!   found at read time instead, as `Corrupt` (as for a closed segment), with nothing
-//!   truncated. For such damage either outcome is accepted, each checked in full.
+//! - Tail damage after a crash (the log dropped without `close`, or a tail whose size no
+//!   longer matches its index): the log opens, truncated just before the first damaged batch:
+//!   the batches before it read back exactly, nothing after it is returned, `log_end` is its
+//!   base offset, and appends continue from there.
+//! - Tail damage after a clean close: the tail's index records its exact size, so no write
+//!   can have been torn and damage is damage: `Corrupt` at open (in the stretch after the
+//!   index's last entry, or the first batch's header) or at read of the damaged batch, as
+//!   for a closed segment; nothing is truncated away.
 //! - Closed-segment damage: either open fails with `Corrupt` naming the file and a position
 //!   in the damaged area, or it opens and every read of the damaged batch fails with
 //!   `Corrupt`; the other segments read back exactly.
@@ -367,13 +368,8 @@ enum Expect {
     EpochOnly(usize),
     /// Tail damage: truncated before this batch.
     Truncated(usize),
-    /// Damage before the last index entry of a cleanly closed tail: opens whole, reads of
-    /// this batch fail with `Corrupt`.
-    CorruptOnRead(usize),
-    /// Damage before the last index entry of a cleanly closed tail: either `Truncated` or
-    /// `CorruptOnRead`, whichever the log chose (see the file's doc).
-    TruncatedOrCorruptOnRead(usize),
-    /// Closed-segment damage: `Corrupt` at open or at read of this batch.
+    /// Closed-segment damage, or damage in a cleanly closed tail: `Corrupt` at open or at
+    /// read of this batch.
     Corrupt(usize),
 }
 
@@ -411,9 +407,7 @@ fn expect(fix: &Fixture, d: &Damage) -> Expect {
         Expect::EpochOnly(k)
     } else if s == fix.tail() {
         match fix.tail_index_last {
-            Some(last) if !d.resized && fix.written[k].position < last => {
-                Expect::TruncatedOrCorruptOnRead(k)
-            }
+            Some(_) if !d.resized => Expect::Corrupt(k),
             _ => Expect::Truncated(k),
         }
     } else {
@@ -593,13 +587,6 @@ impl Checker<'_> {
             };
             let offsets = log.offsets();
             assert_eq!(offsets.log_start, Offset(0), "{ctx}");
-            let expect = match expect {
-                Expect::TruncatedOrCorruptOnRead(k) if offsets.log_end == fix.written[k].base => {
-                    Expect::Truncated(k)
-                }
-                Expect::TruncatedOrCorruptOnRead(k) => Expect::CorruptOnRead(k),
-                other => other,
-            };
             let seen = match expect {
                 Expect::Intact | Expect::EpochOnly(_) => {
                     let epoch_of = match expect {
@@ -642,8 +629,7 @@ impl Checker<'_> {
                     }
                     Seen::Truncated
                 }
-                Expect::TruncatedOrCorruptOnRead(_) => unreachable!("resolved above"),
-                Expect::CorruptOnRead(k) | Expect::Corrupt(k) => {
+                Expect::Corrupt(k) => {
                     assert_eq!(offsets.log_end, fix.log_end, "{ctx}: log_end");
                     let s = fix.written[k].segment;
                     let seg = &fix.segs[s];
@@ -715,9 +701,7 @@ fn case(fix: &Fixture, name: &str, what: &str, edit: impl FnOnce(&mut Vec<u8>)) 
         focus: d.segment,
     };
     let seen = checker.check(&d, expect);
-    if let (Seen::Truncated, Expect::Truncated(k) | Expect::TruncatedOrCorruptOnRead(k)) =
-        (seen, expect)
-    {
+    if let (Seen::Truncated, Expect::Truncated(k)) = (seen, expect) {
         // The truncation and the batch appended after it survive a reopen.
         run(async {
             let log = PartitionLog::open(dir.path(), config())
@@ -829,10 +813,12 @@ fn tail_bit_flips() {
             ),
         ] {
             let what = format!("flip a bit in the {field} of the tail's last batch");
-            assert_eq!(
-                case(&fix, &name, &what, flip_bit(pos, bit)),
-                Seen::Truncated
-            );
+            let seen = case(&fix, &name, &what, flip_bit(pos, bit));
+            match fix.shutdown {
+                // The last indexed stretch of a cleanly closed tail is checked at open.
+                Shutdown::Close => assert_eq!(seen, Seen::CorruptAtOpen, "{what}"),
+                Shutdown::Drop => assert_eq!(seen, Seen::Truncated, "{what}"),
+            }
         }
         // Before the tail index's last entry: after a clean close found at read time.
         let early = early_tail_batch(&fix);
@@ -843,11 +829,7 @@ fn tail_bit_flips() {
             flip_bit(inside_records(&fix, early), 0),
         );
         match fix.shutdown {
-            // Before the clean tail's last index entry: either outcome (see the file's doc).
-            Shutdown::Close => assert!(
-                matches!(seen, Seen::CorruptAtRead | Seen::Truncated),
-                "{seen:?}"
-            ),
+            Shutdown::Close => assert_eq!(seen, Seen::CorruptAtRead),
             Shutdown::Drop => assert_eq!(seen, Seen::Truncated),
         }
         // The leader epoch is outside the CRC: served as flipped, nothing else changes.
@@ -877,10 +859,15 @@ fn tail_zeroed_blocks() {
         ] {
             let end = (start + BLOCK).min(data_len);
             let seen = case(&fix, &name, what, zero(start..end));
-            assert!(
-                matches!(seen, Seen::Truncated | Seen::CorruptAtRead),
-                "{what}: {seen:?}"
-            );
+            match fix.shutdown {
+                // A cleanly closed tail reports damage: at open where it checks (the first
+                // header, the last indexed stretch), otherwise at read.
+                Shutdown::Close => assert!(
+                    matches!(seen, Seen::CorruptAtOpen | Seen::CorruptAtRead),
+                    "{what}: {seen:?}"
+                ),
+                Shutdown::Drop => assert_eq!(seen, Seen::Truncated, "{what}"),
+            }
         }
     }
 }
