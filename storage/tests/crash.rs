@@ -23,9 +23,10 @@ use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_proto::{Offset, RecordBatch};
-use sluice_storage::{FlushPolicy, LogConfig, PartitionLog};
+use sluice_storage::PartitionLog;
 
-use common::{make_batch, run};
+use common::run;
+use common::workload::{batch_for, config};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_sluice-log-crash-child");
 const ITERATIONS_DEFAULT: usize = 200;
@@ -41,47 +42,9 @@ const WALK_READ_BYTES: usize = 4 << 20;
 /// Tags of iteration `i` are `(i + 1) << TAG_ITERATION_SHIFT` and up.
 const TAG_ITERATION_SHIFT: u32 = 32;
 
-// The child's log settings and batch contents (src/bin/sluice-log-crash-child.rs): keep in
-// step. A mismatch cannot hide a bug: batches are compared byte for byte, so it fails.
-const SEGMENT_BYTES: u64 = 256 * 1024;
-const PREALLOCATE_BYTES: u64 = 64 * 1024;
-const INDEX_INTERVAL_BYTES: u32 = 16 * 1024;
-const BATCH_BYTES_MIN: usize = 100;
-const BATCH_BYTES_MAX: usize = 64 * 1024;
-const TIMESTAMP_BASE_MS: i64 = 1_600_000_000_000;
-
-fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: SEGMENT_BYTES,
-        preallocate_bytes: PREALLOCATE_BYTES,
-        index_interval_bytes: INDEX_INTERVAL_BYTES,
-        flush: FlushPolicy::EveryBatch,
-        ..LogConfig::default()
-    }
-}
-
-fn mix(tag: u64) -> u64 {
-    let mut z = tag.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn shape_for(tag: u64) -> (usize, usize) {
-    let h = mix(tag);
-    let records = 1 + (h % 4) as usize;
-    let doublings = ((h >> 8) % 10).min((h >> 12) % 10).min((h >> 16) % 10);
-    let low = BATCH_BYTES_MIN << doublings;
-    let bytes = (low + ((h >> 24) as usize % low)).min(BATCH_BYTES_MAX);
-    let value_len = (bytes / records).saturating_sub(24).max(1);
-    (records, value_len)
-}
-
 /// The exact bytes the log must hold for the batch tagged `tag` stamped at `base`.
 fn expected_bytes(tag: u64, base: Offset) -> BytesMut {
-    let (records, value_len) = shape_for(tag);
-    let ts = TIMESTAMP_BASE_MS + (tag % (1 << 32)) as i64;
-    let mut bytes = make_batch(tag, records, value_len, ts);
+    let mut bytes = batch_for(tag);
     sluice_proto::stamp_base_offset(&mut bytes, base);
     bytes
 }

@@ -1,45 +1,18 @@
 //! Helpers shared by the storage integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use bytes::BytesMut;
-use sluice_proto::{BatchBuilder, Compression, Limits, Offset, RecordBatch};
+use sluice_proto::{Offset, RecordBatch};
+
+pub mod workload;
+
+#[allow(unused_imports)]
+pub(crate) use workload::{make_batch, value_for};
 
 /// Runs a future on a fresh compio runtime (its own io_uring ring).
 pub fn run<F: std::future::Future>(fut: F) -> F::Output {
     compio::runtime::Runtime::new()
         .expect("io_uring runtime")
         .block_on(fut)
-}
-
-/// Deterministic value bytes for record `i` of a batch tagged `tag`.
-pub fn value_for(tag: u64, i: usize, len: usize) -> Vec<u8> {
-    let mut x =
-        tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A batch of `records` records of `value_len` bytes, content derived from `tag`,
-/// timestamps starting at `ts`.
-pub fn make_batch(tag: u64, records: usize, value_len: usize, ts: i64) -> BytesMut {
-    let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
-    for i in 0..records {
-        let key = format!("k{tag}-{i}");
-        b.push(
-            ts + i as i64,
-            Some(key.as_bytes()),
-            Some(&value_for(tag, i, value_len)),
-            &[],
-        )
-        .expect("within limits");
-    }
-    b.build().expect("non-empty batch")
 }
 
 /// Checks that `batch` is the one made by `make_batch(tag, ..)` and was stamped at `base`.
