@@ -1,4 +1,4 @@
-//! Sluice wire and disk formats: the record batch.
+//! Sluice wire and disk formats: the record batch and the native protocol ([`protocol`]).
 //!
 //! One byte format serves the network and the disk, so a produced batch is validated once,
 //! stamped with its base offset and leader epoch in place, and written and served without
@@ -23,6 +23,7 @@ mod batch;
 mod error;
 mod limits;
 mod offset;
+pub mod protocol;
 
 pub use batch::attributes::{Attributes, Compression, TimestampType};
 pub use batch::builder::BatchBuilder;

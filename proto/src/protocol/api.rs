@@ -1,0 +1,101 @@
+//! The table of APIs: key, name, supported versions. One table drives dispatch and the
+//! ApiVersions answer.
+
+use super::messages::ApiVersionRange;
+
+/// An API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// Handshake.
+    ApiVersions = 0,
+    /// Brokers, shards, partition placement.
+    Metadata = 1,
+    /// Create topics.
+    CreateTopics = 2,
+    /// Delete topics.
+    DeleteTopics = 3,
+    /// List topic names.
+    ListTopics = 4,
+    /// Topic configs and partition offsets.
+    DescribeTopics = 5,
+    /// Append batches.
+    Produce = 6,
+    /// Read batches.
+    Fetch = 7,
+    /// Earliest, latest, or by-timestamp offsets.
+    ListOffsets = 8,
+}
+
+/// One row of the API table.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSpec {
+    /// The key.
+    pub key: ApiKey,
+    /// Its name in logs.
+    pub name: &'static str,
+    /// Oldest version supported.
+    pub min_version: u16,
+    /// Newest version supported.
+    pub max_version: u16,
+}
+
+/// Every API this build speaks.
+pub const APIS: &[ApiSpec] = &[
+    spec(ApiKey::ApiVersions, "ApiVersions"),
+    spec(ApiKey::Metadata, "Metadata"),
+    spec(ApiKey::CreateTopics, "CreateTopics"),
+    spec(ApiKey::DeleteTopics, "DeleteTopics"),
+    spec(ApiKey::ListTopics, "ListTopics"),
+    spec(ApiKey::DescribeTopics, "DescribeTopics"),
+    spec(ApiKey::Produce, "Produce"),
+    spec(ApiKey::Fetch, "Fetch"),
+    spec(ApiKey::ListOffsets, "ListOffsets"),
+];
+
+const fn spec(key: ApiKey, name: &'static str) -> ApiSpec {
+    ApiSpec {
+        key,
+        name,
+        min_version: 0,
+        max_version: 0,
+    }
+}
+
+const _: () = {
+    // The table is indexed by key.
+    let mut i = 0;
+    while i < APIS.len() {
+        assert!(APIS[i].key as usize == i);
+        i += 1;
+    }
+};
+
+impl ApiKey {
+    /// The key for a raw value, if known.
+    pub fn from_u16(raw: u16) -> Option<ApiKey> {
+        APIS.get(usize::from(raw)).map(|spec| spec.key)
+    }
+
+    /// This API's row of the table.
+    pub fn spec(self) -> &'static ApiSpec {
+        &APIS[self as usize]
+    }
+
+    /// Whether `version` of this API is supported.
+    pub fn supports(self, version: u16) -> bool {
+        let spec = self.spec();
+        (spec.min_version..=spec.max_version).contains(&version)
+    }
+}
+
+/// The table as ApiVersions reports it.
+pub fn api_version_ranges() -> Vec<ApiVersionRange> {
+    APIS.iter()
+        .map(|s| ApiVersionRange {
+            api_key: s.key as u16,
+            min_version: s.min_version,
+            max_version: s.max_version,
+        })
+        .collect()
+}

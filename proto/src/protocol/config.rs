@@ -1,0 +1,32 @@
+//! Topic config names, as in Kafka.
+
+/// Partition count is not a config, but `topic describe` shows it next to them.
+pub const PARTITIONS: &str = "partitions";
+/// Delete closed segments older than this (ms); `-1` keeps forever.
+pub const RETENTION_MS: &str = "retention.ms";
+/// Delete oldest closed segments while the partition is larger than this; `-1` unbounded.
+pub const RETENTION_BYTES: &str = "retention.bytes";
+/// Roll the active segment at this size.
+pub const SEGMENT_BYTES: &str = "segment.bytes";
+/// Roll the active segment at this age (ms).
+pub const SEGMENT_MS: &str = "segment.ms";
+/// Largest batch accepted.
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+/// `delete` (retention) or `compact`.
+pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// fdatasync after this many records; unset (with `flush.ms` unset): every batch.
+pub const FLUSH_MESSAGES: &str = "flush.messages";
+/// fdatasync at least this often (ms); unset (with `flush.messages` unset): every batch.
+pub const FLUSH_MS: &str = "flush.ms";
+
+/// Every topic config this build knows.
+pub const TOPIC_CONFIGS: &[&str] = &[
+    RETENTION_MS,
+    RETENTION_BYTES,
+    SEGMENT_BYTES,
+    SEGMENT_MS,
+    MAX_MESSAGE_BYTES,
+    CLEANUP_POLICY,
+    FLUSH_MESSAGES,
+    FLUSH_MS,
+];

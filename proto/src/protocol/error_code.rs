@@ -1,0 +1,95 @@
+//! Error codes: every failure the broker reports is one of these plus a message. Numbers are
+//! Kafka's where Kafka has the same error, so people who know Kafka recognise them; Sluice's
+//! own start at 1000.
+
+use std::fmt;
+
+/// A protocol error code. Unknown codes (from a newer broker) are kept as they are.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub i16);
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $value:expr, retriable: $retriable:expr;)*) => {
+        impl ErrorCode {
+            $($(#[$doc])* pub const $name: ErrorCode = ErrorCode($value);)*
+
+            /// The code's name, `UNKNOWN_CODE` for codes this build does not know.
+            pub fn name(self) -> &'static str {
+                match self.0 {
+                    $($value => stringify!($name),)*
+                    _ => "UNKNOWN_CODE",
+                }
+            }
+
+            /// Whether the same request may succeed if retried later.
+            pub fn is_retriable(self) -> bool {
+                match self.0 {
+                    $($value => $retriable,)*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// Success.
+    NONE = 0, retriable: false;
+    /// An unexpected failure inside the broker (its log says more).
+    UNKNOWN_SERVER_ERROR = -1, retriable: false;
+    /// The offset is outside the partition's `[log start, log end]`.
+    OFFSET_OUT_OF_RANGE = 1, retriable: false;
+    /// A record batch failed validation (CRC, lengths, layout).
+    CORRUPT_MESSAGE = 2, retriable: false;
+    /// No such topic or partition.
+    UNKNOWN_TOPIC_OR_PARTITION = 3, retriable: false;
+    /// This broker (shard) does not lead the partition; refresh metadata.
+    NOT_LEADER_OR_FOLLOWER = 6, retriable: true;
+    /// The request did not complete within its timeout.
+    REQUEST_TIMED_OUT = 7, retriable: true;
+    /// A batch is larger than the topic's `max.message.bytes`.
+    MESSAGE_TOO_LARGE = 10, retriable: false;
+    /// The topic name is not valid.
+    INVALID_TOPIC = 17, retriable: false;
+    /// `acks` is not 0, 1 or -1 (all).
+    INVALID_REQUIRED_ACKS = 21, retriable: false;
+    /// The API version is not supported (see ApiVersions).
+    UNSUPPORTED_VERSION = 35, retriable: false;
+    /// A topic with this name exists.
+    TOPIC_ALREADY_EXISTS = 36, retriable: false;
+    /// The partition count is not valid.
+    INVALID_PARTITIONS = 37, retriable: false;
+    /// A topic config is unknown or its value invalid.
+    INVALID_CONFIG = 40, retriable: false;
+    /// The request is malformed.
+    INVALID_REQUEST = 42, retriable: false;
+    /// The partition's log failed (a write or fsync error stops it for good).
+    STORAGE_ERROR = 56, retriable: false;
+    /// The frame is larger than the broker accepts; the connection is closed.
+    FRAME_TOO_LARGE = 1000, retriable: false;
+    /// The API key is unknown.
+    UNSUPPORTED_API = 1001, retriable: false;
+    /// The broker is shutting down.
+    SHUTTING_DOWN = 1002, retriable: true;
+    /// The shard is at its memory or queue limit; retry after the throttle time.
+    THROTTLED = 1003, retriable: true;
+}
+
+impl ErrorCode {
+    /// Whether this is success.
+    pub fn is_ok(self) -> bool {
+        self == ErrorCode::NONE
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name(), self.0)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
