@@ -1,0 +1,38 @@
+//! `sluice`: the broker (`sluice serve`) and the command-line client (`topic`, `produce`,
+//! `consume`).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: a thread-per-core event-streaming broker.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(sluice_broker::ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic(cli::TopicArgs),
+    /// Produce records read from stdin, one per line.
+    Produce(cli::ProduceArgs),
+    /// Consume records and print them.
+    Consume(cli::ConsumeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => sluice_broker::serve_main(args),
+        Command::Topic(args) => cli::run_topic(args),
+        Command::Produce(args) => cli::run_produce(args),
+        Command::Consume(args) => cli::run_consume(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! The native Sluice client (work in progress).
