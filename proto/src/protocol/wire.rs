@@ -72,6 +72,15 @@ impl Wire for ErrorCode {
     }
 }
 
+/// Room to reserve for `count` decoded elements: the count, but never more memory than the
+/// bytes left in the frame. A decoded element can be far larger than its encoding (an empty
+/// string: 2 bytes on the wire, 24 in memory), so reserving `count` up front would let a
+/// declared count alone claim memory for elements that are not there; past this, the `Vec`
+/// grows only as elements really decode.
+fn capacity_for<T>(count: usize, r: &Reader) -> usize {
+    count.min(r.remaining() / size_of::<T>().max(1))
+}
+
 impl<T: Wire> Wire for Vec<T> {
     const MIN_BYTES: usize = 4;
     fn encode(&self, w: &mut Writer) {
@@ -82,7 +91,7 @@ impl<T: Wire> Wire for Vec<T> {
     }
     fn decode(r: &mut Reader, field: &'static str) -> Result<Self, ProtocolError> {
         let n = r.count(field, ARRAY_LEN_MAX, T::MIN_BYTES)?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(capacity_for::<T>(n, r));
         for _ in 0..n {
             out.push(T::decode(r, field)?);
         }
@@ -103,7 +112,7 @@ impl<T: Wire> Wire for Option<Vec<T>> {
         let Some(n) = r.optional_count(field, ARRAY_LEN_MAX, T::MIN_BYTES)? else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(capacity_for::<T>(n, r));
         for _ in 0..n {
             out.push(T::decode(r, field)?);
         }
