@@ -1,1 +1,38 @@
-//! The native Sluice client (work in progress).
+//! The native Sluice client for tokio applications: admin ([`Client`]), [`Producer`] and
+//! [`Consumer`].
+//!
+//! - [`Client`] holds one connection per broker or shard address and the metadata cache.
+//!   With [`ClientConfig::shard_aware`] each partition's requests go straight to the shard
+//!   that owns it; otherwise everything goes to the bootstrap address and the broker forwards.
+//! - [`Producer`] batches records per partition (`linger`, `batch_bytes`, lz4/zstd),
+//!   partitions by key like Kafka (murmur2), retries retriable failures, and bounds its memory.
+//!   Retries after a lost connection may duplicate records: there is no idempotence yet.
+//! - [`Consumer`] reads assigned partitions from a position, with long polling.
+//!
+//! Every failure is a [`ClientError`] whose message reads like a sentence.
+
+mod client;
+mod config;
+mod connection;
+mod consumer;
+mod error;
+pub mod limits;
+mod metadata;
+mod partitioner;
+mod producer;
+mod topic_partition;
+
+pub use client::Client;
+pub use config::ClientConfig;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use error::ClientError;
+pub use partitioner::{murmur2, partition_for_key, to_positive};
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
+pub use sluice_proto::Compression;
+pub use sluice_proto::protocol::{
+    ConfigEntry, EARLIEST_TIMESTAMP, ErrorCode, LATEST_TIMESTAMP, PartitionDescription,
+    TopicDescription, TopicListing,
+};
+pub use topic_partition::TopicPartition;

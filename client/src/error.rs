@@ -1,0 +1,239 @@
+//! `ClientError`: every way a client call can fail, typed, with a message that reads like a
+//! sentence ("broker not reachable at 127.0.0.1:9092: connection refused").
+//!
+//! The error is `Clone` because one failure (a lost connection, a rejected batch) is handed
+//! to every record or waiter it affects; I/O errors are shared behind an `Arc` for that.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use sluice_proto::protocol::{ErrorCode, FrameTooLarge, ProtocolError};
+use sluice_proto::{BuildError, DecodeError};
+
+/// Why a client call failed.
+#[derive(thiserror::Error, Debug, Clone)]
+pub enum ClientError {
+    /// No TCP connection could be made to a broker address (refused, unresolvable, timed out).
+    #[error("broker not reachable at {addr}: {}", IoReason(source))]
+    BrokerUnreachable {
+        /// The address dialled.
+        addr: String,
+        /// What the operating system reported.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// An established connection failed; requests waiting on it get this error. The next
+    /// request to that address dials again.
+    #[error("connection to {addr} lost: {reason}")]
+    ConnectionLost {
+        /// The broker address.
+        addr: String,
+        /// What happened (end of stream, I/O error, bad frame).
+        reason: String,
+    },
+    /// The topic does not exist.
+    #[error("unknown topic '{topic}'")]
+    UnknownTopic {
+        /// The topic name.
+        topic: String,
+    },
+    /// The topic exists but has no such partition.
+    #[error("unknown partition {partition} of topic '{topic}' (it has {partitions})")]
+    UnknownPartition {
+        /// The topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many partitions the topic has.
+        partitions: u32,
+    },
+    /// The broker refused the request with an error code.
+    #[error("{}", BrokerText(code, message))]
+    Broker {
+        /// The code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// A record or batch is larger than a limit (the client's, or the topic's
+    /// `max.message.bytes` as reported with `MESSAGE_TOO_LARGE`).
+    #[error("{what} of {bytes} bytes is too large: {reason}")]
+    TooLarge {
+        /// "record" or "record batch".
+        what: &'static str,
+        /// Its size in bytes.
+        bytes: usize,
+        /// Which limit, in words (`MESSAGE_TOO_LARGE: ...` when the broker refused it).
+        reason: String,
+    },
+    /// A fetch position is outside what the partition holds.
+    #[error(
+        "offset {offset} is out of range for partition {partition} of topic '{topic}' \
+         (it holds offsets {start} to {end})"
+    )]
+    OffsetOutOfRange {
+        /// The topic name.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        offset: u64,
+        /// The partition's log start offset.
+        start: u64,
+        /// The partition's high watermark.
+        end: u64,
+    },
+    /// The consumer was asked about a partition it is not assigned.
+    #[error("partition {partition} of topic '{topic}' is not assigned to this consumer")]
+    NotAssigned {
+        /// The topic name.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
+    /// Something did not complete in time.
+    #[error("{what} timed out after {after_ms} ms")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after_ms: u64,
+    },
+    /// The broker sent bytes that are not a valid response.
+    #[error("invalid response from the broker: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The broker announced a response frame over the client's limit.
+    #[error("response from the broker is too large: {0}")]
+    FrameTooLarge(#[from] FrameTooLarge),
+    /// A record batch fetched from the broker does not decode.
+    #[error("invalid record batch from the broker: {0}")]
+    Decode(#[from] DecodeError),
+    /// A record batch could not be built (a limit of the format, or compression).
+    #[error("cannot build a record batch: {0}")]
+    Build(#[from] BuildError),
+    /// The broker does not speak a needed API version.
+    #[error("broker at {addr} does not support {api} version {version}")]
+    Unsupported {
+        /// The broker address.
+        addr: String,
+        /// The API's name.
+        api: &'static str,
+        /// The version this client speaks.
+        version: u16,
+    },
+    /// A local I/O error (not on a broker connection).
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// The producer or client was closed.
+    #[error("the producer is closed")]
+    Closed,
+    /// A configuration value is not valid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl ClientError {
+    /// Whether a retry may succeed: retriable broker codes, timeouts and connection failures.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Broker { code, .. } => code.is_retriable(),
+            ClientError::BrokerUnreachable { .. }
+            | ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the error means a connection or the routing may be stale, so metadata should
+    /// be refreshed before a retry.
+    pub(crate) fn wants_metadata_refresh(&self) -> bool {
+        match self {
+            ClientError::Broker { code, .. } => {
+                *code == ErrorCode::NOT_LEADER_OR_FOLLOWER
+                    || *code == ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+            }
+            ClientError::BrokerUnreachable { .. } | ClientError::ConnectionLost { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A broker error code and message as the matching typed error.
+    pub(crate) fn from_code(code: ErrorCode, message: &str, topic: &str) -> ClientError {
+        if code == ErrorCode::UNKNOWN_TOPIC_OR_PARTITION {
+            return ClientError::UnknownTopic {
+                topic: topic.to_owned(),
+            };
+        }
+        ClientError::Broker {
+            code,
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(Arc::new(e))
+    }
+}
+
+/// An I/O error as a short lower-case reason: "connection refused", not
+/// "Connection refused (os error 111)".
+struct IoReason<'a>(&'a io::Error);
+
+impl fmt::Display for IoReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.kind() {
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable => write!(f, "{}", self.0.kind()),
+            _ => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// "MESSAGE_TOO_LARGE: batch of 2000 bytes ..." or just the code when there is no message.
+struct BrokerText<'a>(&'a ErrorCode, &'a String);
+
+impl fmt::Display for BrokerText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.1.is_empty() {
+            write!(f, "the broker answered {}", self.0)
+        } else {
+            write!(f, "the broker answered {}: {}", self.0, self.1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_reads_like_a_sentence() {
+        let e = ClientError::BrokerUnreachable {
+            addr: "127.0.0.1:9092".into(),
+            source: Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "broker not reachable at 127.0.0.1:9092: connection refused"
+        );
+        assert!(e.is_retriable());
+    }
+
+    #[test]
+    fn unknown_topic_code_becomes_typed() {
+        let e = ClientError::from_code(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, "", "foo");
+        assert_eq!(e.to_string(), "unknown topic 'foo'");
+        let e = ClientError::from_code(ErrorCode::TOPIC_ALREADY_EXISTS, "topic 'x' exists", "x");
+        assert_eq!(
+            e.to_string(),
+            "the broker answered TOPIC_ALREADY_EXISTS: topic 'x' exists"
+        );
+    }
+}

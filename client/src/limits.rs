@@ -1,0 +1,45 @@
+//! Named bounds of the client: every queue and buffer it keeps has one, and the relations
+//! between them are checked at compile time.
+
+use sluice_proto::BATCH_BYTES_MAX;
+use sluice_proto::protocol::{FETCH_BYTES_MAX, REQUEST_FRAME_BYTES_MAX};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// Requests one connection may have sent (or queued to send) without a response yet. A
+/// caller past this waits for a permit, so a slow broker cannot make the client queue
+/// without bound.
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 64;
+/// Depth of a connection's queue of frames handed to its writer task.
+pub const WRITE_QUEUE_DEPTH: usize = IN_FLIGHT_REQUESTS_MAX;
+/// Frames the writer takes off its queue before one flush (write coalescing).
+pub const WRITE_COALESCE_FRAMES_MAX: usize = 16;
+/// Write buffer of a connection; larger chunks (record sets) bypass it.
+pub const WRITE_BUFFER_BYTES: usize = 64 * KIB;
+/// Most batch bytes one produce request carries (at least one batch always goes, and a
+/// batch is at most `BATCH_BYTES_MAX`).
+pub const PRODUCE_REQUEST_BYTES_MAX: usize = 32 * MIB;
+/// Room in a produce request for everything that is not batch bytes.
+pub const PRODUCE_REQUEST_OVERHEAD_BYTES_MAX: usize = 4 * MIB;
+/// Largest `buffer_bytes` a producer may be given (permits of a semaphore are `u32`).
+pub const PRODUCER_BUFFER_BYTES_MAX: usize = u32::MAX as usize;
+/// Largest `max_in_flight_per_partition`.
+pub const IN_FLIGHT_PER_PARTITION_MAX: usize = IN_FLIGHT_REQUESTS_MAX;
+/// Bytes a record costs in the producer's buffer on top of its key, value and headers
+/// (record framing, bookkeeping).
+pub const RECORD_OVERHEAD_BYTES: usize = 64;
+/// Pause before a consumer retries a round whose fetches all hit retriable errors.
+pub const CONSUMER_RETRY_BACKOFF_MS: u64 = 50;
+
+const _: () = {
+    assert!(WRITE_COALESCE_FRAMES_MAX <= WRITE_QUEUE_DEPTH);
+    assert!(IN_FLIGHT_PER_PARTITION_MAX <= IN_FLIGHT_REQUESTS_MAX);
+    // The largest batch fits a produce request, which fits a request frame.
+    assert!(BATCH_BYTES_MAX as usize <= PRODUCE_REQUEST_BYTES_MAX);
+    assert!(
+        PRODUCE_REQUEST_BYTES_MAX + BATCH_BYTES_MAX as usize + PRODUCE_REQUEST_OVERHEAD_BYTES_MAX
+            <= REQUEST_FRAME_BYTES_MAX
+    );
+    assert!(FETCH_BYTES_MAX <= u32::MAX as usize);
+};

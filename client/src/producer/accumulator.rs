@@ -1,0 +1,545 @@
+//! The accumulator: per partition an open batch being filled, the closed batches waiting to
+//! be sent (in order), and how many requests are in flight. No I/O: the sender task drains
+//! it and reports outcomes back.
+//!
+//! Every batch gets a sequence number when it is opened; the set of unfinished numbers lets
+//! `flush` wait for exactly the batches that existed when it was called.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_proto::{BatchBuilder, BuildError, Limits};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::config::ProducerConfig;
+use super::record::{DeliveryFuture, DeliverySender, ProducerRecord, RecordMetadata};
+use crate::config::millis_u64;
+use crate::error::ClientError;
+use crate::partitioner::pick_sticky;
+use crate::topic_partition::TopicPartition;
+
+/// One record's place in a batch: who to tell, and its timestamp.
+pub(crate) struct RecordSlot {
+    reply: DeliverySender,
+    timestamp: i64,
+}
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    records: Vec<RecordSlot>,
+    created: Instant,
+    memory: Option<OwnedSemaphorePermit>,
+    seq: u64,
+}
+
+/// A built batch, waiting to be sent or in flight.
+pub(crate) struct ReadyBatch {
+    pub(crate) tp: TopicPartition,
+    pub(crate) bytes: Bytes,
+    records: Vec<RecordSlot>,
+    /// Deadline for delivery (`delivery_timeout` after the batch opened).
+    pub(crate) deadline: Instant,
+    /// Sends so far.
+    pub(crate) attempts: u32,
+    retry_at: Option<Instant>,
+    /// Whether metadata was already refreshed once for an unknown topic.
+    pub(crate) refreshed_unknown: bool,
+    /// The error of the last attempt, reported if the deadline passes.
+    last_error: Option<ClientError>,
+    _memory: Option<OwnedSemaphorePermit>,
+    seq: u64,
+}
+
+impl ReadyBatch {
+    /// Number of records.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Tells every record where it landed. `base_offset` is `None` for `acks=0`.
+    pub(crate) fn complete(self, base_offset: Option<u64>) -> u64 {
+        for (i, slot) in self.records.into_iter().enumerate() {
+            let offset = match base_offset {
+                Some(base) => i64::try_from(base + i as u64).unwrap_or(i64::MAX),
+                None => -1,
+            };
+            let _ = slot.reply.send(Ok(RecordMetadata {
+                topic: self.tp.topic.clone(),
+                partition: self.tp.partition,
+                offset,
+                timestamp: slot.timestamp,
+            }));
+        }
+        self.seq
+    }
+
+    /// Fails every record with `error`.
+    pub(crate) fn fail(self, error: &ClientError) -> u64 {
+        for slot in self.records {
+            let _ = slot.reply.send(Err(error.clone()));
+        }
+        self.seq
+    }
+
+    /// Schedules another attempt after `retry_backoff` if retries and time are left; else
+    /// hands the error back for the batch to be failed.
+    pub(crate) fn schedule_retry(
+        &mut self,
+        error: ClientError,
+        config: &ProducerConfig,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        if self.attempts > config.retries || now + config.retry_backoff >= self.deadline {
+            return Err(error);
+        }
+        self.retry_at = Some(now + config.retry_backoff);
+        self.last_error = Some(error);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<ReadyBatch>,
+    in_flight: usize,
+}
+
+/// What [`Accumulator::drain`] hands the sender.
+#[derive(Default)]
+pub(crate) struct Drained {
+    /// Batches to send now, in order per partition.
+    pub(crate) send: Vec<ReadyBatch>,
+    /// Sequence numbers of batches that were failed (delivery timeout passed).
+    pub(crate) failed: Vec<u64>,
+    /// When to look again if nothing else happens.
+    pub(crate) next_wake: Option<Instant>,
+}
+
+/// The accumulator.
+pub(crate) struct Accumulator {
+    config: ProducerConfig,
+    partitions: BTreeMap<TopicPartition, PartitionQueue>,
+    sticky: HashMap<String, u32>,
+    next_seq: u64,
+    unfinished: BTreeSet<u64>,
+    closed: bool,
+}
+
+impl Accumulator {
+    pub(crate) fn new(config: ProducerConfig) -> Self {
+        Accumulator {
+            config,
+            partitions: BTreeMap::new(),
+            sticky: HashMap::new(),
+            next_seq: 0,
+            unfinished: BTreeSet::new(),
+            closed: false,
+        }
+    }
+
+    /// The partition keyless records of `topic` stick to now.
+    pub(crate) fn sticky_partition(&mut self, topic: &str, partitions: u32) -> u32 {
+        if let Some(&p) = self.sticky.get(topic)
+            && p < partitions
+        {
+            return p;
+        }
+        let p = pick_sticky(partitions, None);
+        self.sticky.insert(topic.to_owned(), p);
+        p
+    }
+
+    /// Adds a record to `tp`'s open batch. Returns its future and whether the sender should
+    /// look (a batch became ready, or a new one started its linger clock).
+    pub(crate) fn append(
+        &mut self,
+        tp: TopicPartition,
+        record: &ProducerRecord,
+        timestamp: i64,
+        memory: OwnedSemaphorePermit,
+        now: Instant,
+    ) -> Result<(DeliveryFuture, bool), ClientError> {
+        let estimate = record.payload_bytes() + crate::limits::RECORD_OVERHEAD_BYTES;
+        let batch_bytes = self.config.batch_bytes;
+        let mut wake = false;
+        let too_full = self
+            .partitions
+            .get(&tp)
+            .and_then(|q| q.open.as_ref())
+            .is_some_and(|o| {
+                !o.builder.is_empty() && o.builder.estimated_bytes() + estimate > batch_bytes
+            });
+        if too_full {
+            self.close_open(&tp);
+            wake = true;
+        }
+        let headers: Vec<(&[u8], Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
+            .collect();
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        for fresh_try in [false, true] {
+            if self.partitions.get(&tp).is_none_or(|q| q.open.is_none()) {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.unfinished.insert(seq);
+                self.partitions.entry(tp.clone()).or_default().open = Some(OpenBatch {
+                    builder: BatchBuilder::new(self.config.compression, Limits::DEFAULT),
+                    records: Vec::new(),
+                    created: now,
+                    memory: None,
+                    seq,
+                });
+                wake = true;
+            }
+            let open = self
+                .partitions
+                .get_mut(&tp)
+                .and_then(|q| q.open.as_mut())
+                .expect("an open batch was just ensured");
+            match open.builder.push(timestamp, key, value, &headers) {
+                Ok(()) => {
+                    let (reply, future) = DeliveryFuture::new();
+                    open.records.push(RecordSlot { reply, timestamp });
+                    match open.memory.as_mut() {
+                        Some(held) => held.merge(memory),
+                        None => open.memory = Some(memory),
+                    }
+                    if open.builder.estimated_bytes() >= batch_bytes {
+                        self.close_open(&tp);
+                        wake = true;
+                    }
+                    return Ok((future, wake));
+                }
+                Err(e) if open.builder.is_empty() || fresh_try => {
+                    if open.builder.is_empty() {
+                        self.discard_empty_open(&tp);
+                    }
+                    return Err(too_large(e, estimate));
+                }
+                // The batch is full by some limit other than our estimate: start another.
+                Err(_) => {
+                    self.close_open(&tp);
+                    wake = true;
+                }
+            }
+        }
+        unreachable!("the second try runs on a fresh batch and returns")
+    }
+
+    fn discard_empty_open(&mut self, tp: &TopicPartition) {
+        if let Some(q) = self.partitions.get_mut(tp)
+            && let Some(open) = q.open.take()
+        {
+            self.unfinished.remove(&open.seq);
+        }
+    }
+
+    /// Closes `tp`'s open batch: builds it and queues it to send. A batch that fails to
+    /// build fails its records here.
+    fn close_open(&mut self, tp: &TopicPartition) {
+        let Some(q) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let Some(open) = q.open.take() else {
+            return;
+        };
+        if self.sticky.get(&tp.topic) == Some(&tp.partition) {
+            self.sticky.remove(&tp.topic);
+        }
+        let deadline = open.created + self.config.delivery_timeout;
+        match open.builder.build() {
+            Ok(bytes) => q.ready.push_back(ReadyBatch {
+                tp: tp.clone(),
+                bytes: bytes.freeze(),
+                records: open.records,
+                deadline,
+                attempts: 0,
+                retry_at: None,
+                refreshed_unknown: false,
+                last_error: None,
+                _memory: open.memory,
+                seq: open.seq,
+            }),
+            Err(e) => {
+                let error = ClientError::Build(e);
+                tracing::warn!(%tp, %error, "batch could not be built");
+                for slot in open.records {
+                    let _ = slot.reply.send(Err(error.clone()));
+                }
+                self.unfinished.remove(&open.seq);
+            }
+        }
+    }
+
+    /// Closes every open batch (flush, close). Returns the sequence number every batch
+    /// existing now is below.
+    pub(crate) fn close_all(&mut self) -> u64 {
+        let open: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, q)| q.open.is_some())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in open {
+            self.close_open(&tp);
+        }
+        self.next_seq
+    }
+
+    /// Takes what can be sent now: lingered or full batches, respecting backoff and the
+    /// per-partition in-flight cap; fails batches past their delivery deadline.
+    pub(crate) fn drain(&mut self, now: Instant) -> Drained {
+        let mut out = Drained::default();
+        let linger = self.config.linger;
+        let max_in_flight = self.config.max_in_flight_per_partition;
+        let lingered: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter_map(|(tp, q)| {
+                let open = q.open.as_ref()?;
+                (self.closed || now >= open.created + linger).then(|| tp.clone())
+            })
+            .collect();
+        for tp in &lingered {
+            self.close_open(tp);
+        }
+        let delivery_timeout_ms = millis_u64(self.config.delivery_timeout);
+        for q in self.partitions.values_mut() {
+            if let Some(open) = &q.open {
+                wake_at(&mut out.next_wake, open.created + linger);
+            }
+            while let Some(front) = q.ready.front() {
+                if now >= front.deadline {
+                    let batch = q.ready.pop_front().expect("front exists");
+                    let error = batch.last_error.clone().unwrap_or(ClientError::Timeout {
+                        what: format!(
+                            "delivery of {} records to {}",
+                            batch.record_count(),
+                            batch.tp
+                        ),
+                        after_ms: delivery_timeout_ms,
+                    });
+                    out.failed.push(batch.fail(&error));
+                    continue;
+                }
+                if q.in_flight >= max_in_flight {
+                    wake_at(&mut out.next_wake, front.deadline);
+                    break;
+                }
+                if let Some(at) = front.retry_at
+                    && at > now
+                {
+                    wake_at(&mut out.next_wake, at);
+                    break;
+                }
+                let mut batch = q.ready.pop_front().expect("front exists");
+                batch.attempts += 1;
+                batch.retry_at = None;
+                q.in_flight += 1;
+                out.send.push(batch);
+            }
+        }
+        for seq in &out.failed {
+            self.unfinished.remove(seq);
+        }
+        out
+    }
+
+    /// A sent batch is done (acknowledged or failed for good).
+    pub(crate) fn finished(&mut self, tp: &TopicPartition, seq: u64) {
+        if let Some(q) = self.partitions.get_mut(tp) {
+            q.in_flight = q.in_flight.saturating_sub(1);
+        }
+        self.unfinished.remove(&seq);
+    }
+
+    /// A sent batch goes back to the front of its queue for another attempt.
+    pub(crate) fn requeue(&mut self, batch: ReadyBatch) {
+        let q = self.partitions.entry(batch.tp.clone()).or_default();
+        q.in_flight = q.in_flight.saturating_sub(1);
+        q.ready.push_front(batch);
+    }
+
+    /// The lowest unfinished batch number, `u64::MAX` when all are done.
+    pub(crate) fn min_unfinished(&self) -> u64 {
+        self.unfinished.first().copied().unwrap_or(u64::MAX)
+    }
+
+    /// Stops taking records; the remaining batches go out without lingering.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether nothing is open, queued or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+
+    /// The config.
+    #[cfg(test)]
+    fn config(&self) -> &ProducerConfig {
+        &self.config
+    }
+
+    /// The linger, for tests.
+    #[cfg(test)]
+    fn linger(&self) -> std::time::Duration {
+        self.config.linger
+    }
+}
+
+fn wake_at(slot: &mut Option<Instant>, at: Instant) {
+    *slot = Some(slot.map_or(at, |s| s.min(at)));
+}
+
+fn too_large(e: BuildError, estimate: usize) -> ClientError {
+    match e {
+        BuildError::LimitExceeded { what, size, max } => ClientError::TooLarge {
+            what: "record",
+            bytes: estimate,
+            reason: format!("{what} {size} exceeds the limit of {max}"),
+        },
+        other => ClientError::Build(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    fn permit(sem: &Arc<Semaphore>, n: u32) -> OwnedSemaphorePermit {
+        sem.clone().try_acquire_many_owned(n).expect("permits")
+    }
+
+    fn config(batch_bytes: usize) -> ProducerConfig {
+        ProducerConfig {
+            batch_bytes,
+            linger: Duration::from_millis(10),
+            ..ProducerConfig::default()
+        }
+    }
+
+    #[test]
+    fn full_batch_closes_and_linger_releases_the_rest() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(config(1024));
+        let tp = TopicPartition::new("t", 0);
+        let now = Instant::now();
+        let record = ProducerRecord::new("t", vec![7u8; 250]);
+        for _ in 0..3 {
+            acc.append(tp.clone(), &record, 1, permit(&sem, 364), now)
+                .expect("append");
+        }
+        // 3 x ~260 bytes fit in 1024 with the header; the fourth does not and closes the
+        // first batch.
+        let (_f, wake) = acc
+            .append(tp.clone(), &record, 1, permit(&sem, 364), now)
+            .expect("append");
+        assert!(wake);
+        let drained = acc.drain(now);
+        assert_eq!(drained.send.len(), 1);
+        assert_eq!(drained.send[0].record_count(), 3);
+        assert!(drained.send[0].bytes.len() <= 1024);
+        assert_eq!(drained.next_wake, Some(now + acc.linger()));
+        // After the linger the open batch goes too.
+        let later = acc.drain(now + acc.linger());
+        assert_eq!(later.send.len(), 1);
+        assert_eq!(later.send[0].record_count(), 1);
+        // Memory stays held until the batches finish.
+        assert_eq!(sem.available_permits(), (1 << 20) - 4 * 364);
+        for b in drained.send.into_iter().chain(later.send) {
+            let tp = b.tp.clone();
+            let seq = b.complete(Some(0));
+            acc.finished(&tp, seq);
+        }
+        assert!(acc.is_idle());
+        assert_eq!(sem.available_permits(), 1 << 20);
+    }
+
+    #[test]
+    fn in_flight_cap_and_order_per_partition() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(ProducerConfig {
+            max_in_flight_per_partition: 2,
+            ..config(100)
+        });
+        let tp = TopicPartition::new("t", 0);
+        let now = Instant::now();
+        for i in 0..5u8 {
+            // Each record is over batch_bytes, so each is its own batch.
+            let record = ProducerRecord::new("t", vec![i; 200]);
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .expect("append");
+        }
+        let first = acc.drain(now);
+        assert_eq!(first.send.len(), 2);
+        assert!(acc.drain(now).send.is_empty(), "cap of 2 in flight");
+        let mut sent = first.send.into_iter();
+        let mut a = sent.next().expect("a");
+        let seq_a = a.seq;
+        // A retriable failure puts the batch back at the front.
+        a.schedule_retry(ClientError::Closed, acc.config(), now)
+            .expect("retry allowed");
+        acc.requeue(a);
+        let again = acc.drain(now + Duration::from_secs(1));
+        assert_eq!(again.send.len(), 1);
+        assert_eq!(again.send[0].seq, seq_a, "the retried batch goes first");
+        assert_eq!(again.send[0].attempts, 2);
+    }
+
+    #[test]
+    fn oversized_record_is_a_typed_error_and_leaves_nothing_behind() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(config(1024));
+        let tp = TopicPartition::new("t", 0);
+        let huge_key = vec![0u8; sluice_proto::KEY_BYTES_MAX as usize + 1];
+        let record = ProducerRecord::new("t", "v").key(huge_key);
+        let err = acc
+            .append(tp, &record, 1, permit(&sem, 1), Instant::now())
+            .expect_err("too large");
+        assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("key bytes"), "{err}");
+        assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn delivery_deadline_fails_waiting_batches() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(ProducerConfig {
+            delivery_timeout: Duration::from_millis(50),
+            ..config(1024)
+        });
+        let now = Instant::now();
+        let (mut fut, _) = acc
+            .append(
+                TopicPartition::new("t", 0),
+                &ProducerRecord::new("t", "v"),
+                1,
+                permit(&sem, 1),
+                now,
+            )
+            .expect("append");
+        let drained = acc.drain(now + Duration::from_millis(60));
+        assert_eq!(drained.failed.len(), 1);
+        assert!(acc.is_idle());
+        match fut.rx_try() {
+            Some(Err(ClientError::Timeout { .. })) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `ProducerConfig` and `Acks`: how records are batched, acknowledged and retried.
+
+use std::time::Duration;
+
+use sluice_proto::protocol::{ACKS_ALL, ACKS_LEADER, ACKS_NONE};
+use sluice_proto::{BATCH_BYTES_MAX, Compression};
+
+use crate::error::ClientError;
+use crate::limits::{IN_FLIGHT_PER_PARTITION_MAX, PRODUCER_BUFFER_BYTES_MAX};
+
+/// When the broker acknowledges a produce request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No acknowledgement: a record counts as delivered once written to the socket, and its
+    /// offset is reported as -1.
+    None,
+    /// Once the leader has appended the batch.
+    Leader,
+    /// Once the batch is committed (durable under the topic's flush policy on every in-sync
+    /// replica).
+    All,
+}
+
+impl Acks {
+    /// The wire value.
+    pub fn wire(self) -> i8 {
+        match self {
+            Acks::None => ACKS_NONE,
+            Acks::Leader => ACKS_LEADER,
+            Acks::All => ACKS_ALL,
+        }
+    }
+}
+
+/// How a [`crate::Producer`] batches and sends.
+///
+/// Retries after a lost connection can write a batch twice: the broker may have appended it
+/// before the connection failed. There is no idempotent producer yet, so use `retries: 0`
+/// where duplicates are worse than loss. With `max_in_flight_per_partition > 1`, a retried
+/// batch can also land after a later batch of the same partition.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Acknowledgement level.
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this size (a record larger than this goes alone).
+    pub batch_bytes: usize,
+    /// Codec for the batches.
+    pub compression: Compression,
+    /// How many times a batch is retried after a retriable error.
+    pub retries: u32,
+    /// Pause before a retry.
+    pub retry_backoff: Duration,
+    /// Longest a record may take from `send` to its acknowledgement, retries included.
+    pub delivery_timeout: Duration,
+    /// Most bytes of records waiting to be sent or acknowledged; `send` waits past this.
+    pub buffer_bytes: usize,
+    /// Most produce requests in flight per partition.
+    pub max_in_flight_per_partition: usize,
+}
+
+impl Default for ProducerConfig {
+    /// acks all, linger 5 ms, batches of 256 KiB, no compression, 5 retries 100 ms apart,
+    /// 120 s delivery timeout, 32 MiB buffer, 5 requests in flight per partition.
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes: 256 * 1024,
+            compression: Compression::None,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
+            buffer_bytes: 32 * 1024 * 1024,
+            max_in_flight_per_partition: 5,
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks the values make sense.
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
+        let bad = |msg: String| Err(ClientError::InvalidConfig(msg));
+        if self.batch_bytes == 0 || self.batch_bytes > BATCH_BYTES_MAX as usize {
+            return bad(format!(
+                "batch_bytes {} is outside 1..={BATCH_BYTES_MAX}",
+                self.batch_bytes
+            ));
+        }
+        if self.buffer_bytes < self.batch_bytes || self.buffer_bytes > PRODUCER_BUFFER_BYTES_MAX {
+            return bad(format!(
+                "buffer_bytes {} is outside batch_bytes ({})..={PRODUCER_BUFFER_BYTES_MAX}",
+                self.buffer_bytes, self.batch_bytes
+            ));
+        }
+        if self.max_in_flight_per_partition == 0
+            || self.max_in_flight_per_partition > IN_FLIGHT_PER_PARTITION_MAX
+        {
+            return bad(format!(
+                "max_in_flight_per_partition {} is outside 1..={IN_FLIGHT_PER_PARTITION_MAX}",
+                self.max_in_flight_per_partition
+            ));
+        }
+        if self.delivery_timeout.is_zero() {
+            return bad("delivery_timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The sender task: drains the accumulator, groups batches into one produce request per
+//! destination connection, writes the requests in order, and settles each batch from the
+//! response (acknowledge, retry with backoff, or fail).
+//!
+//! Requests are put on a connection's queue one after another from this single task, so
+//! batches of one partition reach the wire in the order they were closed; only waiting for
+//! the responses happens in spawned tasks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_proto::protocol::{
+    ApiKey, ErrorCode, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, RecordSet,
+};
+
+use super::ProducerShared;
+use super::accumulator::ReadyBatch;
+use crate::config::millis_u32;
+use crate::connection::Connection;
+use crate::error::ClientError;
+use crate::limits::PRODUCE_REQUEST_BYTES_MAX;
+
+/// Runs until the producer is closed and everything is settled.
+pub(crate) async fn run(shared: Arc<ProducerShared>) {
+    loop {
+        let (drained, done) = {
+            let mut acc = shared.lock();
+            let drained = acc.drain(Instant::now());
+            let done = acc.is_closed() && acc.is_idle();
+            (drained, done)
+        };
+        if !drained.failed.is_empty() {
+            shared.publish_progress();
+        }
+        if !drained.send.is_empty() {
+            dispatch(&shared, drained.send).await;
+        }
+        if done {
+            break;
+        }
+        match drained.next_wake {
+            Some(at) => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => shared.wake.notified().await,
+        }
+    }
+    tracing::debug!("producer sender stopped");
+}
+
+/// One produce request: at most one batch per partition, within the request byte cap.
+#[derive(Default)]
+struct Request {
+    batches: Vec<ReadyBatch>,
+    bytes: usize,
+}
+
+impl Request {
+    fn accepts(&self, batch: &ReadyBatch) -> bool {
+        self.batches.is_empty()
+            || (self.bytes + batch.bytes.len() <= PRODUCE_REQUEST_BYTES_MAX
+                && !self.batches.iter().any(|b| b.tp == batch.tp))
+    }
+}
+
+async fn dispatch(shared: &Arc<ProducerShared>, batches: Vec<ReadyBatch>) {
+    let mut by_addr: BTreeMap<String, Vec<Request>> = BTreeMap::new();
+    for batch in batches {
+        let addr = match shared
+            .client
+            .partition_address(&batch.tp.topic, batch.tp.partition)
+            .await
+        {
+            Ok(addr) => addr,
+            Err(e) => {
+                settle_failure(shared, batch, e);
+                continue;
+            }
+        };
+        let requests = by_addr.entry(addr).or_default();
+        // A partition's batches go in successive requests, which are queued in order.
+        let index = requests
+            .iter()
+            .rposition(|r| r.batches.iter().any(|b| b.tp == batch.tp))
+            .map_or(0, |i| i + 1);
+        let slot = match requests[index.min(requests.len())..]
+            .iter()
+            .position(|r| r.accepts(&batch))
+        {
+            Some(i) => index + i,
+            None => {
+                requests.push(Request::default());
+                requests.len() - 1
+            }
+        };
+        requests[slot].bytes += batch.bytes.len();
+        requests[slot].batches.push(batch);
+    }
+    let mut touched = false;
+    for (addr, requests) in by_addr {
+        let conn = match shared.client.connection(&addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                for r in requests {
+                    for b in r.batches {
+                        settle_failure(shared, b, e.clone());
+                    }
+                }
+                touched = true;
+                continue;
+            }
+        };
+        for request in requests {
+            send_request(shared, &conn, request).await;
+        }
+    }
+    if touched {
+        shared.after_settle();
+    }
+}
+
+async fn send_request(shared: &Arc<ProducerShared>, conn: &Arc<Connection>, request: Request) {
+    let acks = shared.config.acks;
+    let timeout = shared.client.request_timeout();
+    let mut topics: BTreeMap<&str, Vec<ProducePartition>> = BTreeMap::new();
+    for b in &request.batches {
+        topics
+            .entry(b.tp.topic.as_str())
+            .or_default()
+            .push(ProducePartition {
+                partition: b.tp.partition,
+                records: RecordSet::Chunks(vec![b.bytes.clone()]),
+            });
+    }
+    let body = ProduceRequest {
+        acks: acks.wire(),
+        timeout_ms: millis_u32(timeout),
+        topics: topics
+            .into_iter()
+            .map(|(name, partitions)| ProduceTopic {
+                name: name.to_owned(),
+                partitions,
+            })
+            .collect(),
+    };
+    let expects_response = acks != super::Acks::None;
+    let started = conn
+        .start(ApiKey::Produce, &body, expects_response, timeout)
+        .await;
+    let shared = shared.clone();
+    match started {
+        Err(e) => settle_request(&shared, request.batches, Err(e)),
+        Ok(pending) => {
+            tokio::spawn(async move {
+                let result = pending.wait::<ProduceResponse>(timeout).await;
+                settle_request(&shared, request.batches, result);
+            });
+        }
+    }
+}
+
+/// Settles every batch of one request from its outcome.
+fn settle_request(
+    shared: &Arc<ProducerShared>,
+    batches: Vec<ReadyBatch>,
+    result: Result<Option<ProduceResponse>, ClientError>,
+) {
+    match result {
+        Ok(None) => {
+            for b in batches {
+                let tp = b.tp.clone();
+                let seq = b.complete(None);
+                shared.lock().finished(&tp, seq);
+            }
+        }
+        Ok(Some(response)) => {
+            for b in batches {
+                let found = response
+                    .topics
+                    .iter()
+                    .filter(|t| t.name == b.tp.topic)
+                    .flat_map(|t| t.partitions.iter())
+                    .find(|p| p.partition == b.tp.partition);
+                match found {
+                    Some(p) if p.error == ErrorCode::NONE => {
+                        let tp = b.tp.clone();
+                        let seq = b.complete(Some(p.base_offset));
+                        shared.lock().finished(&tp, seq);
+                    }
+                    Some(p) => {
+                        let error = partition_error(&b, p.error, &p.message);
+                        settle_failure(shared, b, error);
+                    }
+                    None => {
+                        let error = ClientError::Broker {
+                            code: ErrorCode::UNKNOWN_SERVER_ERROR,
+                            message: format!("produce response has no result for {}", b.tp),
+                        };
+                        settle_failure(shared, b, error);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            if matches!(e, ClientError::Timeout { .. }) {
+                tracing::debug!(error = %e, "produce request timed out");
+            }
+            for b in batches {
+                settle_failure(shared, b, e.clone());
+            }
+        }
+    }
+    shared.after_settle();
+}
+
+fn partition_error(batch: &ReadyBatch, code: ErrorCode, message: &str) -> ClientError {
+    if code == ErrorCode::MESSAGE_TOO_LARGE {
+        let what = if batch.record_count() == 1 {
+            "record"
+        } else {
+            "record batch"
+        };
+        return ClientError::TooLarge {
+            what,
+            bytes: batch.bytes.len(),
+            reason: if message.is_empty() {
+                "MESSAGE_TOO_LARGE".to_owned()
+            } else {
+                format!("MESSAGE_TOO_LARGE ({message})")
+            },
+        };
+    }
+    ClientError::from_code(code, message, &batch.tp.topic)
+}
+
+/// Retries a batch if the error allows, else fails its records.
+fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: ClientError) {
+    let unknown = matches!(error, ClientError::UnknownTopic { .. });
+    if error.wants_metadata_refresh() || unknown {
+        shared.client.forget_topic(&batch.tp.topic);
+    }
+    // An unknown topic may be a stale cache (topic just created elsewhere): one retry.
+    let retriable = error.is_retriable() || (unknown && !batch.refreshed_unknown);
+    if unknown {
+        batch.refreshed_unknown = true;
+    }
+    if retriable {
+        tracing::debug!(tp = %batch.tp, attempt = batch.attempts, %error, "produce will retry");
+        match batch.schedule_retry(error, &shared.config, Instant::now()) {
+            Ok(()) => shared.lock().requeue(batch),
+            Err(error) => fail(shared, batch, &error),
+        }
+    } else {
+        fail(shared, batch, &error);
+    }
+}
+
+fn fail(shared: &Arc<ProducerShared>, batch: ReadyBatch, error: &ClientError) {
+    tracing::debug!(tp = %batch.tp, records = batch.record_count(), %error, "produce failed");
+    let tp = batch.tp.clone();
+    let seq = batch.fail(error);
+    shared.lock().finished(&tp, seq);
+}
