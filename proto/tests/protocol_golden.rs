@@ -77,7 +77,12 @@ fn annotate(title: &str, frame: &[u8], request: bool) -> String {
         *at += len;
     };
     let string_len = |at: usize| usize::from(u16::from_le_bytes([frame[at], frame[at + 1]]));
-    line(&mut out, &mut at, 4, "frame length u32 (bytes after this field)");
+    line(
+        &mut out,
+        &mut at,
+        4,
+        "frame length u32 (bytes after this field)",
+    );
     if request {
         line(&mut out, &mut at, 2, "api_key u16");
         line(&mut out, &mut at, 2, "api_version u16");
@@ -131,7 +136,8 @@ fn request_frames_match_the_fixtures() {
         );
         assert_eq!(to_hex(&built), to_hex(&golden), "{name} request");
 
-        let mut r = protocol_common::open_frame(BytesMut::from(&golden[..]), REQUEST_FRAME_BYTES_MAX);
+        let mut r =
+            protocol_common::open_frame(BytesMut::from(&golden[..]), REQUEST_FRAME_BYTES_MAX);
         let header = RequestHeader::decode(&mut r).expect("header");
         assert_eq!(
             header,
@@ -142,7 +148,10 @@ fn request_frames_match_the_fixtures() {
                 client_id: "golden".into(),
             }
         );
-        assert!(samples::request_matches(api, r), "{name} request decodes to the sample");
+        assert!(
+            samples::request_matches(api, r),
+            "{name} request decodes to the sample"
+        );
     }
 }
 
@@ -170,7 +179,10 @@ fn response_frames_match_the_fixtures() {
                 message: String::new(),
             }
         );
-        assert!(samples::response_matches(api, r), "{name} response decodes to the sample");
+        assert!(
+            samples::response_matches(api, r),
+            "{name} response decodes to the sample"
+        );
     }
 }
 

@@ -115,11 +115,11 @@ fn decode_frame(frame: &[u8]) {
     if let Ok(len) = frame_length(prefix, REQUEST_FRAME_BYTES_MAX) {
         let payload = &payload[..len.min(payload.len())];
         let mut r = Reader::new(BytesMut::from(payload));
-        if let Ok(header) = RequestHeader::decode(&mut r) {
-            if let Some(api) = ApiKey::from_u16(header.api_key) {
-                let body = &payload[r.position()..];
-                with_api_types!(api, Req, _Resp => { let _ = decode_as::<Req>(body); });
-            }
+        if let Ok(header) = RequestHeader::decode(&mut r)
+            && let Some(api) = ApiKey::from_u16(header.api_key)
+        {
+            let body = &payload[r.position()..];
+            with_api_types!(api, Req, _Resp => { let _ = decode_as::<Req>(body); });
         }
         let mut r = Reader::new(BytesMut::from(payload));
         if let Ok(header) = ResponseHeader::decode(&mut r) {

@@ -76,11 +76,13 @@ fn record_set() -> impl Strategy<Value = RecordSet> {
 
 fn api_versions_response() -> impl Strategy<Value = ApiVersionsResponse> {
     (
-        few((any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(k, a, b)| ApiVersionRange {
-            api_key: k,
-            min_version: a,
-            max_version: b,
-        })),
+        few(
+            (any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(k, a, b)| ApiVersionRange {
+                api_key: k,
+                min_version: a,
+                max_version: b,
+            }),
+        ),
         any::<u32>(),
         any::<u16>(),
         any::<u16>(),
@@ -98,9 +100,8 @@ fn metadata_request() -> impl Strategy<Value = MetadataRequest> {
 }
 
 fn metadata_response() -> impl Strategy<Value = MetadataResponse> {
-    let shard = (any::<u16>(), string(), any::<u16>()).prop_map(|(shard, host, port)| {
-        ShardAddress { shard, host, port }
-    });
+    let shard = (any::<u16>(), string(), any::<u16>())
+        .prop_map(|(shard, host, port)| ShardAddress { shard, host, port });
     let broker = (any::<u32>(), string(), any::<u16>(), few(shard)).prop_map(
         |(node_id, host, port, shards)| BrokerMetadata {
             node_id,
@@ -147,13 +148,14 @@ fn config_entry() -> impl Strategy<Value = ConfigEntry> {
 }
 
 fn create_topics_request() -> impl Strategy<Value = CreateTopicsRequest> {
-    let topic = (string(), any::<u32>(), few(config_entry())).prop_map(
-        |(name, partitions, configs)| NewTopic {
-            name,
-            partitions,
-            configs,
-        },
-    );
+    let topic =
+        (string(), any::<u32>(), few(config_entry())).prop_map(|(name, partitions, configs)| {
+            NewTopic {
+                name,
+                partitions,
+                configs,
+            }
+        });
     (few(topic), any::<bool>()).prop_map(|(topics, validate_only)| CreateTopicsRequest {
         topics,
         validate_only,
@@ -236,14 +238,12 @@ fn describe_topics_response() -> impl Strategy<Value = DescribeTopicsResponse> {
 fn produce_request() -> impl Strategy<Value = ProduceRequest> {
     let partition = (any::<u32>(), record_set())
         .prop_map(|(partition, records)| ProducePartition { partition, records });
-    let topic = (string(), few(partition))
-        .prop_map(|(name, partitions)| ProduceTopic { name, partitions });
-    (any::<i8>(), any::<u32>(), few(topic)).prop_map(|(acks, timeout_ms, topics)| {
-        ProduceRequest {
-            acks,
-            timeout_ms,
-            topics,
-        }
+    let topic =
+        (string(), few(partition)).prop_map(|(name, partitions)| ProduceTopic { name, partitions });
+    (any::<i8>(), any::<u32>(), few(topic)).prop_map(|(acks, timeout_ms, topics)| ProduceRequest {
+        acks,
+        timeout_ms,
+        topics,
     })
 }
 
@@ -255,15 +255,15 @@ fn produce_response() -> impl Strategy<Value = ProduceResponse> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(|(partition, error, message, base_offset, log_start_offset)| {
-            ProducePartitionResult {
+        .prop_map(
+            |(partition, error, message, base_offset, log_start_offset)| ProducePartitionResult {
                 partition,
                 error,
                 message,
                 base_offset,
                 log_start_offset,
-            }
-        });
+            },
+        );
     let topic = (string(), few(partition))
         .prop_map(|(name, partitions)| ProduceTopicResult { name, partitions });
     (any::<u32>(), few(topic)).prop_map(|(throttle_ms, topics)| ProduceResponse {
@@ -570,12 +570,21 @@ fn fetch_response_with(records: RecordSet) -> FetchResponse {
 fn fetch_response_record_chunks_are_not_copied() {
     let first = protocol_common::batch(Compression::None, 4, 300);
     let second = protocol_common::batch(Compression::Lz4, 2, 700);
-    assert!(first.len() >= 512 && second.len() >= 512, "over the copy threshold");
+    assert!(
+        first.len() >= 512 && second.len() >= 512,
+        "over the copy threshold"
+    );
     let response = fetch_response_with(RecordSet::Chunks(vec![first.clone(), second.clone()]));
 
     let chunks = encode_response(9, &response);
-    assert!(chunks.iter().any(|c| same_memory(c, &first)), "first batch copied");
-    assert!(chunks.iter().any(|c| same_memory(c, &second)), "second batch copied");
+    assert!(
+        chunks.iter().any(|c| same_memory(c, &first)),
+        "first batch copied"
+    );
+    assert!(
+        chunks.iter().any(|c| same_memory(c, &second)),
+        "second batch copied"
+    );
     // The frame around them is intact.
     let mut r = open_frame(concat(&chunks), RESPONSE_FRAME_BYTES_MAX);
     ResponseHeader::decode(&mut r).expect("header");
@@ -607,7 +616,10 @@ fn small_record_chunks_are_copied_into_one_contiguous_frame() {
     // Under 512 bytes a chunk costs more as its own iovec than as a copy.
     let small = protocol_common::batch(Compression::None, 1, 4);
     assert!(small.len() < 512);
-    let chunks = encode_response(9, &fetch_response_with(RecordSet::Chunks(vec![small.clone()])));
+    let chunks = encode_response(
+        9,
+        &fetch_response_with(RecordSet::Chunks(vec![small.clone()])),
+    );
     assert_eq!(chunks.len(), 1, "a small frame is one buffer");
     assert!(!same_memory(&chunks[0], &small));
 }

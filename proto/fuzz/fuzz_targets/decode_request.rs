@@ -11,12 +11,12 @@ use sluice_proto::protocol::*;
 
 fuzz_target!(|data: &[u8]| {
     // As a whole frame: prefix, then a payload the prefix may or may not describe.
-    if let Some((prefix, payload)) = data.split_first_chunk::<FRAME_PREFIX_BYTES>() {
-        if let Ok(len) = frame_length(*prefix, REQUEST_FRAME_BYTES_MAX) {
-            let payload = &payload[..len.min(payload.len())];
-            request(payload);
-            response(payload);
-        }
+    if let Some((prefix, payload)) = data.split_first_chunk::<FRAME_PREFIX_BYTES>()
+        && let Ok(len) = frame_length(*prefix, REQUEST_FRAME_BYTES_MAX)
+    {
+        let payload = &payload[..len.min(payload.len())];
+        request(payload);
+        response(payload);
     }
     // As a payload with no prefix.
     request(data);

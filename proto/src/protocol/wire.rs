@@ -126,10 +126,7 @@ impl Wire for RecordSet {
         w.records(self);
     }
     fn decode(r: &mut Reader, field: &'static str) -> Result<Self, ProtocolError> {
-        r.records(
-            field,
-            REQUEST_FRAME_BYTES_MAX.max(RESPONSE_FRAME_BYTES_MAX),
-        )
+        r.records(field, REQUEST_FRAME_BYTES_MAX.max(RESPONSE_FRAME_BYTES_MAX))
     }
 }
 

@@ -80,7 +80,10 @@ pub(crate) fn concat(chunks: &[Bytes]) -> BytesMut {
 
 /// Checks a whole frame's length prefix against `max` and returns a reader over its payload.
 pub(crate) fn open_frame(mut frame: BytesMut, max: usize) -> Reader {
-    assert!(frame.len() >= FRAME_PREFIX_BYTES, "frame shorter than its prefix");
+    assert!(
+        frame.len() >= FRAME_PREFIX_BYTES,
+        "frame shorter than its prefix"
+    );
     let prefix: [u8; FRAME_PREFIX_BYTES] = frame[..FRAME_PREFIX_BYTES]
         .try_into()
         .expect("prefix bytes");
