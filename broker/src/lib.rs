@@ -1,12 +1,21 @@
-//! The Sluice broker (stub, being written).
+//! The Sluice broker: thread-per-core shards serving the native protocol.
+//!
+//! `serve` starts it; `shard` is one core's world (its partitions, connections, budgets);
+//! `net` reads and writes frames; `handlers` split requests per owning shard and merge the
+//! answers; the controller (shard 0) owns topic metadata. See `docs/ARCHITECTURE.md`,
+//! "Broker: shards and the data path".
 
-use std::process::ExitCode;
+mod budget;
+mod config;
+mod handlers;
+mod limits;
+mod metadata;
+mod net;
+mod placement;
+mod serve;
+mod shard;
+mod ticket;
+mod topic_config;
 
-/// `sluice serve` arguments.
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
-
-/// Runs `sluice serve`.
-pub fn serve_main(_args: ServeArgs) -> ExitCode {
-    ExitCode::FAILURE
-}
+pub use config::ServeArgs;
+pub use serve::serve_main;

@@ -54,6 +54,10 @@ pub struct Durable {
     shared: Rc<Shared>,
     next: Offset,
     needs_sync: bool,
+    /// A watch ([`PartitionLog::durable_at`]) rather than an append's acknowledgement: it
+    /// also ends (with [`LogError::Closed`]) once the log is closing, since no more data can
+    /// arrive to satisfy it.
+    watch: bool,
 }
 
 impl Future for Durable {
@@ -73,6 +77,9 @@ impl Future for Durable {
             return Poll::Ready(Err(LogError::Stopped {
                 reason: reason.clone(),
             }));
+        }
+        if self.watch && st.closing {
+            return Poll::Ready(Err(LogError::Closed));
         }
         st.waiters.push(cx.waker().clone());
         Poll::Pending
@@ -329,6 +336,19 @@ impl PartitionLog {
         }
     }
 
+    /// A future that resolves once every offset below `next` is durable under the flush
+    /// policy (`offsets().durable_end >= next`): a long-polling reader waits on it for new
+    /// committed data. It resolves with the stop error if the log stops, and with
+    /// [`LogError::Closed`] once the log is closing. It holds no claim on the log itself.
+    pub fn durable_at(&self, next: Offset) -> Durable {
+        Durable {
+            shared: self.shared.clone(),
+            next,
+            needs_sync: self.shared.config.flush == FlushPolicy::EveryBatch,
+            watch: true,
+        }
+    }
+
     /// Segment count and bytes.
     pub fn stats(&self) -> LogStats {
         let st = self.shared.state.borrow();
@@ -435,6 +455,7 @@ impl PartitionLog {
                 shared: self.shared.clone(),
                 next,
                 needs_sync: config.flush == FlushPolicy::EveryBatch,
+                watch: false,
             },
         })
     }
@@ -731,6 +752,8 @@ impl PartitionLog {
             let mut st = self.shared.state.borrow_mut();
             st.closing = true;
             st.kick_flusher();
+            // Watches (`durable_at`) end now; appends' acknowledgements still complete.
+            st.wake_all();
         }
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.await;

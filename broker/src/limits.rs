@@ -1,0 +1,54 @@
+//! Named bounds of the broker and their relations, checked at compile time.
+//!
+//! Memory of one shard is bounded by: the request budget (request bytes read and not yet
+//! answered), the fetch budget (record bytes of fetch responses not yet written), and per
+//! partition its write buffers and tail cache (see `topic_config`).
+
+use sluice_proto::BATCH_BYTES_MAX;
+use sluice_proto::protocol::{FETCH_BYTES_MAX, REQUEST_FRAME_BYTES_MAX};
+
+const MIB: usize = 1024 * 1024;
+
+/// Default bytes of requests a shard holds in flight (read, not yet answered). A connection
+/// acquires a frame's size before reading its body; while the budget is spent it stops
+/// reading, and TCP pushes back on the client.
+pub(crate) const SHARD_REQUEST_BYTES_DEFAULT: usize = 64 * MIB;
+/// Default bytes of fetched records a shard holds for responses not yet written.
+pub(crate) const SHARD_FETCH_BYTES_DEFAULT: usize =
+    2 * (FETCH_BYTES_MAX + BATCH_BYTES_MAX as usize);
+/// Requests one connection may have in flight (read, not yet answered).
+pub(crate) const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// Connections one shard serves at once; more are accepted and closed with a log line.
+pub(crate) const SHARD_CONNECTIONS_MAX: usize = 4096;
+/// Messages waiting in one shard's inbox; senders wait when it is full.
+pub(crate) const SHARD_INBOX_CAPACITY: usize = 1024;
+/// Longest a graceful shutdown waits for in-flight requests before cutting connections.
+pub(crate) const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
+/// Default interval between retention passes.
+pub(crate) const RETENTION_CHECK_MS_DEFAULT: u64 = 60_000;
+/// Most shards a broker runs (shard ids are u16 on the wire).
+pub(crate) const SHARDS_MAX: usize = 1024;
+/// Write-buffer chunk of a partition log.
+pub(crate) const LOG_WRITE_CHUNK_BYTES: usize = MIB;
+/// Write-buffer chunks of a partition log with the default `max.message.bytes`.
+pub(crate) const LOG_WRITE_CHUNKS_DEFAULT: usize = 4;
+/// Tail cache of a partition log.
+pub(crate) const LOG_TAIL_CACHE_BYTES: usize = 4 * MIB;
+/// Default `max.message.bytes` (Kafka's order of magnitude).
+pub(crate) const MAX_MESSAGE_BYTES_DEFAULT: usize = MIB;
+
+const _: () = {
+    // One whole frame always fits the request budget, or a connection could wait forever.
+    assert!(SHARD_REQUEST_BYTES_DEFAULT >= REQUEST_FRAME_BYTES_MAX);
+    // One whole fetch (its budget plus one oversized batch) always fits the fetch budget.
+    assert!(SHARD_FETCH_BYTES_DEFAULT >= FETCH_BYTES_MAX + BATCH_BYTES_MAX as usize);
+    assert!(SHARDS_MAX <= u16::MAX as usize);
+    assert!(CONNECTION_REQUESTS_IN_FLIGHT_MAX >= 1);
+    assert!(MAX_MESSAGE_BYTES_DEFAULT <= BATCH_BYTES_MAX as usize);
+    // The default batch fits the default write buffers beside a filling chunk (the storage
+    // layer checks the same relation at open).
+    assert!(
+        (LOG_WRITE_CHUNKS_DEFAULT - 1) * (LOG_WRITE_CHUNK_BYTES - 4096)
+            >= MAX_MESSAGE_BYTES_DEFAULT
+    );
+};

@@ -1,0 +1,308 @@
+//! `sluice serve`: start-up (config, data directory, metadata, listeners, one pinned thread
+//! per shard), the `listening on HOST:PORT` line, and the shutdown on SIGINT/SIGTERM (drain
+//! every shard, then close every log, then exit 0).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::protocol::ShardAddress;
+
+use crate::config::{BrokerConfig, ServeArgs};
+use crate::limits::SHARD_INBOX_CAPACITY;
+use crate::metadata::{Metadata, meta_dir};
+use crate::net::listener;
+use crate::shard::Cluster;
+use crate::shard::msg::{ShardMsg, reply_channel};
+use crate::shard::run::{ShardStart, run_shard};
+
+/// Exit code for an unusable configuration or data directory.
+const EXIT_CONFIG: u8 = 2;
+/// How often the main thread checks on the shard threads while waiting for a signal.
+const SIGNAL_POLL_MS: i64 = 200;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sluice serve: {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Runs `sluice serve`.
+pub fn serve_main(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let config = match BrokerConfig::resolve(&args) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let _lock = match prepare_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => return fail(e),
+    };
+    let metadata = match Metadata::load(&config.data_dir) {
+        Ok(meta) => meta,
+        Err(e) => return fail(e),
+    };
+    remove_orphans(&config.data_dir, &metadata);
+    let (shared, own, shared_addr, shard_addresses) = match bind_all(&config) {
+        Ok(bound) => bound,
+        Err(e) => return fail(e),
+    };
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
+        .map(|_| flume::bounded::<ShardMsg>(SHARD_INBOX_CAPACITY))
+        .unzip();
+    let cluster = Arc::new(Cluster {
+        config: config.clone(),
+        inboxes: senders.clone(),
+        shared_port: shared_addr.port(),
+        shard_addresses,
+    });
+    let signals = block_signals();
+    let metadata = Arc::new(metadata);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::with_capacity(config.shards);
+    for (id, ((inbox, shared_listener), own_listener)) in
+        receivers.into_iter().zip(shared).zip(own).enumerate()
+    {
+        let start = ShardStart {
+            id,
+            cluster: cluster.clone(),
+            inbox,
+            metadata: metadata.clone(),
+            shared_listener,
+            own_listener,
+            ready: ready_tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || run_shard(start));
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_all(&senders);
+                return fail(format!("cannot start shard thread {id}: {e}"));
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop_all(&senders);
+                return fail(e);
+            }
+            Err(_) => {
+                stop_all(&senders);
+                return fail("a shard thread ended during start-up");
+            }
+        }
+    }
+    tracing::info!(
+        shards = config.shards,
+        data_dir = %config.data_dir.display(),
+        topics = metadata.topics.len(),
+        "broker started"
+    );
+    println!("listening on {shared_addr}");
+    let _ = std::io::stdout().flush();
+
+    let signal = wait_for_signal(&signals, &threads);
+    tracing::info!(signal, "shutting down");
+    let mut replies = Vec::new();
+    for inbox in &senders {
+        let (reply, rx) = reply_channel();
+        if inbox.send(ShardMsg::Drain { reply }).is_ok() {
+            replies.push(rx);
+        }
+    }
+    for rx in replies {
+        let _ = rx.recv();
+    }
+    let clean = stop_all(&senders);
+    for t in threads {
+        let _ = t.join();
+    }
+    if clean && signal != "shard failure" {
+        tracing::info!("broker stopped cleanly");
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("broker stopped with errors");
+        ExitCode::FAILURE
+    }
+}
+
+/// Phase 2 of shutdown: every shard closes its logs and stops. Returns whether all were clean.
+fn stop_all(inboxes: &[flume::Sender<ShardMsg>]) -> bool {
+    let mut replies = Vec::new();
+    for inbox in inboxes {
+        let (reply, rx) = reply_channel();
+        if inbox.send(ShardMsg::Stop { reply }).is_ok() {
+            replies.push(rx);
+        }
+    }
+    replies.into_iter().all(|rx| rx.recv().unwrap_or(false))
+}
+
+/// A data directory the broker holds for itself (an exclusive `flock` on `meta/lock`).
+struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+fn prepare_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
+    let meta = meta_dir(data_dir);
+    for dir in [data_dir.join("topics"), meta.clone()] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot use data directory {}: {e}", dir.display()))?;
+    }
+    let path = meta.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot use data directory {}: {e}", data_dir.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "data directory {} is in use by another broker ({})",
+            data_dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(DataDirLock(file))
+}
+
+/// Deletes topic and partition directories the metadata does not list: what a crash in the
+/// middle of a delete (or a failed create) left behind.
+fn remove_orphans(data_dir: &Path, metadata: &Metadata) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("topics")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let orphan = match metadata.topics.get(&name) {
+            None => true,
+            Some(meta) => {
+                // Partitions beyond the count, too.
+                if let Ok(parts) = std::fs::read_dir(&path) {
+                    for part in parts.flatten() {
+                        let index = part.file_name().to_string_lossy().parse::<u32>();
+                        if index.map_or(true, |i| i >= meta.partitions) {
+                            tracing::warn!(dir = %part.path().display(), "removing a partition directory no topic owns");
+                            let _ = std::fs::remove_dir_all(part.path());
+                        }
+                    }
+                }
+                false
+            }
+        };
+        if orphan {
+            tracing::warn!(dir = %path.display(), "removing a topic directory the metadata does not list");
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::error!(dir = %path.display(), error = %e, "cannot remove directory");
+            }
+        }
+    }
+}
+
+type Bound = (
+    Vec<std::net::TcpListener>,
+    Vec<std::net::TcpListener>,
+    SocketAddr,
+    Vec<ShardAddress>,
+);
+
+/// Binds the shared address once per shard (with port 0, shard 0 binds first and the others
+/// take the port it got), and each shard's own address.
+fn bind_all(config: &BrokerConfig) -> Result<Bound, String> {
+    let mut shared = Vec::with_capacity(config.shards);
+    let first = listener::bind(config.listen, true)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let shared_addr = first
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    shared.push(first);
+    for _ in 1..config.shards {
+        shared.push(
+            listener::bind(shared_addr, true)
+                .map_err(|e| format!("cannot listen on {shared_addr}: {e}"))?,
+        );
+    }
+    let mut own = Vec::with_capacity(config.shards);
+    let mut addresses = Vec::with_capacity(config.shards);
+    for i in 0..config.shards {
+        let port = config.shard_port_base.map_or(0, |base| base + i as u16);
+        let addr = SocketAddr::new(config.listen.ip(), port);
+        let l = listener::bind(addr, false)
+            .map_err(|e| format!("cannot listen on shard {i}'s address {addr}: {e}"))?;
+        let bound = l
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        addresses.push(ShardAddress {
+            shard: i as u16,
+            host: config.advertised_host.clone(),
+            port: bound.port(),
+        });
+        own.push(l);
+    }
+    Ok((shared, own, shared_addr, addresses))
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a set owned by this frame.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM on this thread (and the shard threads it starts, which inherit
+/// the mask), so the main thread takes them synchronously with `sigtimedwait`.
+fn block_signals() -> libc::sigset_t {
+    let set = signal_set();
+    // SAFETY: changes the calling thread's signal mask with a valid set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Waits for SIGINT/SIGTERM, or for a shard thread to end on its own.
+fn wait_for_signal(
+    set: &libc::sigset_t,
+    threads: &[std::thread::JoinHandle<bool>],
+) -> &'static str {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: SIGNAL_POLL_MS * 1_000_000,
+    };
+    loop {
+        // SAFETY: `set` and `timeout` are valid for the call; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+        match sig {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            _ => {}
+        }
+        if threads.iter().any(|t| t.is_finished()) {
+            tracing::error!("a shard stopped unexpectedly");
+            return "shard failure";
+        }
+        let _ = Duration::ZERO;
+    }
+}

@@ -1,0 +1,241 @@
+//! The controller (shard 0): creates and deletes topics. One change at a time: validate,
+//! persist `topics.json`, have the owning shards open (or close and delete) the logs, wait for
+//! them, then broadcast the new metadata snapshot to every shard and wait for each to install
+//! it, so a client that is told "created" can use the topic through any shard at once.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_proto::protocol::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ErrorCode, TopicResult,
+};
+
+use crate::metadata::{Metadata, TopicMeta, topic_dir, validate_partitions, validate_topic_name};
+use crate::placement::ShardId;
+use crate::shard::Shard;
+use crate::shard::msg::{ShardMsg, reply_channel};
+use crate::topic_config;
+
+fn result(name: &str, error: ErrorCode, message: impl Into<String>) -> TopicResult {
+    TopicResult {
+        name: name.to_string(),
+        error,
+        message: message.into(),
+    }
+}
+
+/// Partition indexes of a topic, grouped by owning shard.
+fn by_owner(shard: &Shard, topic: &str, partitions: u32) -> BTreeMap<ShardId, Vec<u32>> {
+    let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
+    for p in 0..partitions {
+        owners.entry(shard.owner(topic, p)).or_default().push(p);
+    }
+    owners
+}
+
+/// Creates topics.
+pub(crate) async fn create_topics(
+    shard: &Rc<Shard>,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let turn = shard.admin.ticket();
+    turn.turn().await;
+    let mut next = (*shard.snapshot()).clone();
+    let mut results = Vec::with_capacity(request.topics.len());
+    let mut created = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.as_str();
+        let checked = validate_topic_name(name)
+            .map_err(|m| (ErrorCode::INVALID_TOPIC, m))
+            .and_then(|()| {
+                validate_partitions(topic.partitions)
+                    .map_err(|m| (ErrorCode::INVALID_PARTITIONS, m))
+            })
+            .and_then(|()| {
+                topic_config::validate(&topic.configs).map_err(|m| (ErrorCode::INVALID_CONFIG, m))
+            })
+            .and_then(|configs| {
+                if next.topics.contains_key(name) {
+                    Err((
+                        ErrorCode::TOPIC_ALREADY_EXISTS,
+                        format!("topic {name} already exists"),
+                    ))
+                } else {
+                    Ok(configs)
+                }
+            });
+        match checked {
+            Err((code, message)) => results.push(result(name, code, message)),
+            Ok(configs) => {
+                results.push(result(name, ErrorCode::NONE, ""));
+                if !request.validate_only {
+                    next.topics.insert(
+                        name.to_string(),
+                        TopicMeta {
+                            partitions: topic.partitions,
+                            configs,
+                        },
+                    );
+                    created.push(name.to_string());
+                }
+            }
+        }
+    }
+    if created.is_empty() {
+        return CreateTopicsResponse { topics: results };
+    }
+    let data_dir = shard.cluster.config.data_dir.clone();
+    if let Err(e) = next.persist(&data_dir) {
+        tracing::error!(error = %e, "cannot persist topic metadata");
+        for r in results.iter_mut().filter(|r| created.contains(&r.name)) {
+            *r = result(&r.name, ErrorCode::STORAGE_ERROR, e.to_string());
+        }
+        return CreateTopicsResponse { topics: results };
+    }
+    let mut failed = Vec::new();
+    for name in &created {
+        let meta = next.topics[name].clone();
+        let mut replies = Vec::new();
+        for (owner, partitions) in by_owner(shard, name, meta.partitions) {
+            let (reply, rx) = reply_channel();
+            shard
+                .send(
+                    owner,
+                    ShardMsg::OpenPartitions {
+                        topic: name.clone(),
+                        partitions,
+                        configs: meta.configs.clone(),
+                        reply,
+                    },
+                )
+                .await;
+            replies.push(rx);
+        }
+        let mut error = None;
+        for rx in replies {
+            match rx.recv_async().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error = Some(e),
+                Err(_) => error = Some("a shard stopped".to_string()),
+            }
+        }
+        if let Some(e) = error {
+            tracing::error!(topic = %name, error = %e, "creating topic failed; rolling back");
+            failed.push(name.clone());
+            for r in results.iter_mut().filter(|r| &r.name == name) {
+                *r = result(name, ErrorCode::STORAGE_ERROR, e.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        for name in &failed {
+            let partitions = next.topics.remove(name).map_or(0, |m| m.partitions);
+            remove_logs(shard, name, partitions).await;
+        }
+        if let Err(e) = next.persist(&data_dir) {
+            tracing::error!(error = %e, "cannot persist topic metadata after a rollback");
+        }
+    }
+    broadcast(shard, next).await;
+    for name in created.iter().filter(|n| !failed.contains(n)) {
+        tracing::info!(topic = %name, partitions = shard.snapshot().topics[name].partitions, "topic created");
+    }
+    CreateTopicsResponse { topics: results }
+}
+
+/// Deletes topics.
+pub(crate) async fn delete_topics(
+    shard: &Rc<Shard>,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let turn = shard.admin.ticket();
+    turn.turn().await;
+    let mut next = (*shard.snapshot()).clone();
+    let mut results = Vec::with_capacity(request.names.len());
+    let mut deleted = Vec::new();
+    for name in &request.names {
+        match next.topics.remove(name) {
+            Some(meta) => {
+                results.push(result(name, ErrorCode::NONE, ""));
+                deleted.push((name.clone(), meta.partitions));
+            }
+            None => results.push(result(
+                name,
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {name}"),
+            )),
+        }
+    }
+    if deleted.is_empty() {
+        return DeleteTopicsResponse { topics: results };
+    }
+    let data_dir = shard.cluster.config.data_dir.clone();
+    if let Err(e) = next.persist(&data_dir) {
+        tracing::error!(error = %e, "cannot persist topic metadata");
+        for r in results.iter_mut().filter(|r| r.error.is_ok()) {
+            *r = result(&r.name, ErrorCode::STORAGE_ERROR, e.to_string());
+        }
+        return DeleteTopicsResponse { topics: results };
+    }
+    // Persisted first: after a crash here, start-up removes the leftover directories.
+    broadcast(shard, next).await;
+    for (name, partitions) in &deleted {
+        remove_logs(shard, name, *partitions).await;
+        tracing::info!(topic = %name, "topic deleted");
+    }
+    DeleteTopicsResponse { topics: results }
+}
+
+/// Has the owning shards close and delete a topic's logs, then removes its directory.
+async fn remove_logs(shard: &Rc<Shard>, topic: &str, partitions: u32) {
+    let mut replies = Vec::new();
+    for (owner, indexes) in by_owner(shard, topic, partitions) {
+        let (reply, rx) = reply_channel();
+        shard
+            .send(
+                owner,
+                ShardMsg::RemovePartitions {
+                    topic: topic.to_string(),
+                    partitions: indexes,
+                    reply,
+                },
+            )
+            .await;
+        replies.push(rx);
+    }
+    for rx in replies {
+        let _ = rx.recv_async().await;
+    }
+    let dir = topic_dir(&shard.cluster.config.data_dir, topic);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot delete topic directory")
+        }
+    }
+}
+
+/// Installs `next` on every shard and waits until each has it.
+async fn broadcast(shard: &Rc<Shard>, next: Metadata) {
+    let metadata = Arc::new(next);
+    let mut replies = Vec::new();
+    for target in 0..shard.cluster.config.shards {
+        let (reply, rx) = reply_channel();
+        shard
+            .send(
+                target,
+                ShardMsg::Snapshot {
+                    metadata: metadata.clone(),
+                    reply,
+                },
+            )
+            .await;
+        replies.push(rx);
+    }
+    for rx in replies {
+        let _ = rx.recv_async().await;
+    }
+}

@@ -1,0 +1,162 @@
+//! Messages between shards. Every request for partitions another shard owns, every admin
+//! change, and every metadata snapshot travels as one of these over the owner's bounded
+//! inbox (a FIFO `flume` channel); the answer comes back on a bounded(1) reply channel.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use sluice_proto::protocol::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ErrorCode, FetchPartitionResult, ListOffsetsPartitionResult, ProducePartitionResult,
+};
+
+use crate::metadata::Metadata;
+use crate::topic_config::TopicConfigs;
+
+/// Where a reply goes.
+pub(crate) type Reply<T> = flume::Sender<T>;
+
+/// A reply channel and its receiving end.
+pub(crate) fn reply_channel<T>() -> (Reply<T>, flume::Receiver<T>) {
+    flume::bounded(1)
+}
+
+/// Batches for one partition.
+#[derive(Debug)]
+pub(crate) struct ProducePart {
+    /// Topic name.
+    pub(crate) topic: String,
+    /// Partition index.
+    pub(crate) partition: u32,
+    /// Whole batches, back to back (a zero-copy slice of the request frame).
+    pub(crate) records: BytesMut,
+}
+
+/// One partition to read.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchPart {
+    /// Topic name.
+    pub(crate) topic: String,
+    /// Partition index.
+    pub(crate) partition: u32,
+    /// First offset wanted.
+    pub(crate) offset: u64,
+    /// Most bytes for this partition.
+    pub(crate) max_bytes: usize,
+}
+
+/// A partition whose committed end a long poll waits to see move.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchPart {
+    /// Topic name.
+    pub(crate) topic: String,
+    /// Partition index.
+    pub(crate) partition: u32,
+    /// The high watermark already seen: the watch ends when it moves past this.
+    pub(crate) high_watermark: u64,
+}
+
+/// A partition's offsets, or why they are missing.
+pub(crate) type OffsetsResult = Result<(u64, u64), (ErrorCode, String)>;
+
+/// A message to a shard.
+pub(crate) enum ShardMsg {
+    /// Append batches to partitions this shard owns (admitted in arrival order).
+    Produce {
+        /// 0, 1 or -1.
+        acks: i8,
+        /// Longest wait for the acknowledgement.
+        timeout_ms: u32,
+        /// Partitions, in request order.
+        parts: Vec<ProducePart>,
+        /// Results in the same order.
+        reply: Reply<Vec<ProducePartitionResult>>,
+    },
+    /// Read partitions this shard owns.
+    Fetch {
+        /// Partitions, in request order.
+        parts: Vec<FetchPart>,
+        /// Bytes shared by these partitions, in order.
+        max_bytes: usize,
+        /// Results in the same order.
+        reply: Reply<Vec<FetchPartitionResult>>,
+    },
+    /// Wait until one of these partitions' high watermark moves, `deadline` passes, or the
+    /// requester drops `cancel`'s sender.
+    Watch {
+        /// Partitions to watch.
+        parts: Vec<WatchPart>,
+        /// When to give up.
+        deadline: Instant,
+        /// Disconnects when the requester no longer waits.
+        cancel: flume::Receiver<()>,
+        /// Sent once the watch ends.
+        reply: Reply<()>,
+    },
+    /// Offsets by timestamp, earliest or latest.
+    ListOffsets {
+        /// `(topic, partition, timestamp)`, in request order.
+        parts: Vec<(String, u32, i64)>,
+        /// Results in the same order.
+        reply: Reply<Vec<ListOffsetsPartitionResult>>,
+    },
+    /// Log start and high watermark of partitions (DescribeTopics).
+    Offsets {
+        /// `(topic, partition)`.
+        parts: Vec<(String, u32)>,
+        /// Results in the same order.
+        reply: Reply<Vec<OffsetsResult>>,
+    },
+    /// To the controller: create topics.
+    CreateTopics {
+        /// The request.
+        request: CreateTopicsRequest,
+        /// The answer.
+        reply: Reply<CreateTopicsResponse>,
+    },
+    /// To the controller: delete topics.
+    DeleteTopics {
+        /// The request.
+        request: DeleteTopicsRequest,
+        /// The answer.
+        reply: Reply<DeleteTopicsResponse>,
+    },
+    /// From the controller: open (creating if needed) these partitions' logs.
+    OpenPartitions {
+        /// Topic name.
+        topic: String,
+        /// Partition indexes this shard owns.
+        partitions: Vec<u32>,
+        /// The topic's configs.
+        configs: TopicConfigs,
+        /// `Err` names the first failure.
+        reply: Reply<Result<(), String>>,
+    },
+    /// From the controller: close these partitions' logs and delete their directories.
+    RemovePartitions {
+        /// Topic name.
+        topic: String,
+        /// Partition indexes this shard owns.
+        partitions: Vec<u32>,
+        /// Sent when done.
+        reply: Reply<()>,
+    },
+    /// From the controller: the new metadata.
+    Snapshot {
+        /// Immutable metadata.
+        metadata: Arc<Metadata>,
+        /// Sent once installed.
+        reply: Reply<()>,
+    },
+    /// Shutdown, phase 1: stop accepting and reading, finish in-flight requests (bounded).
+    Drain {
+        /// Sent when drained.
+        reply: Reply<()>,
+    },
+    /// Shutdown, phase 2: close every log and stop the shard.
+    Stop {
+        /// Sent when every log is closed; `false` if any close failed.
+        reply: Reply<bool>,
+    },
+}

@@ -1,0 +1,414 @@
+//! One partition on its owning shard, and the operations the shard runs on it: append
+//! (admitted in order), read up to the high watermark, offsets, watch for new data.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{Either, select, select_all};
+use sluice_proto::protocol::{
+    ACKS_ALL, ACKS_NONE, EARLIEST_TIMESTAMP, ErrorCode, FetchPartitionResult, LATEST_TIMESTAMP,
+    ListOffsetsPartitionResult, ProducePartitionResult, RecordSet,
+};
+use sluice_proto::{BATCH_HEADER_BYTES, Offset, peek_batch_length};
+use sluice_storage::{LogError, PartitionLog};
+
+use crate::shard::msg::{FetchPart, OffsetsResult, ProducePart, WatchPart};
+use crate::ticket::{Admission, Ticket};
+
+/// A partition's log and its admission queue.
+pub(crate) struct Partition {
+    /// Topic name.
+    pub(crate) topic: String,
+    /// Partition index.
+    pub(crate) index: u32,
+    /// The log.
+    pub(crate) log: PartitionLog,
+    /// Appends run in ticket order.
+    pub(crate) admission: Admission,
+    /// `max.message.bytes`.
+    pub(crate) max_batch_bytes: usize,
+}
+
+/// A per-partition failure: code and message.
+type Failure = (ErrorCode, String);
+
+/// Maps a log error to the code a client sees, and logs it when it is the broker's fault.
+pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure {
+    let code = match err {
+        LogError::InvalidBatch(_) => ErrorCode::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
+        LogError::Closed => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        LogError::Io { .. }
+        | LogError::Stopped { .. }
+        | LogError::Corrupt { .. }
+        | LogError::InvalidConfig(_) => ErrorCode::STORAGE_ERROR,
+    };
+    if code == ErrorCode::STORAGE_ERROR {
+        tracing::error!(topic, partition, error = %err, "partition log error");
+    } else {
+        tracing::debug!(topic, partition, error = %err, "request refused by the log");
+    }
+    (code, err.to_string())
+}
+
+fn unknown(topic: &str, partition: u32) -> Failure {
+    (
+        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        format!("unknown topic or partition {topic}/{partition}"),
+    )
+}
+
+/// Cuts a record set into its batches (zero-copy `split_to`), checking each against
+/// `max_batch_bytes`. Full validation (CRC, layout) is the log's, at append.
+fn split_record_set(
+    mut records: BytesMut,
+    max_batch_bytes: usize,
+) -> Result<Vec<BytesMut>, Failure> {
+    if records.is_empty() {
+        return Err((ErrorCode::CORRUPT_MESSAGE, "empty record set".into()));
+    }
+    let mut batches = Vec::new();
+    let mut at = 0usize;
+    while !records.is_empty() {
+        let corrupt = |why: String| {
+            (
+                ErrorCode::CORRUPT_MESSAGE,
+                format!("batch at byte {at}: {why}"),
+            )
+        };
+        let len = peek_batch_length(&records).ok_or_else(|| {
+            corrupt(format!(
+                "{} bytes left, shorter than a header",
+                records.len()
+            ))
+        })? as usize;
+        if len > max_batch_bytes {
+            return Err((
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!(
+                    "batch at byte {at} is {len} bytes, over max.message.bytes {max_batch_bytes}"
+                ),
+            ));
+        }
+        if len < BATCH_HEADER_BYTES || len > records.len() {
+            return Err(corrupt(format!(
+                "declared length {len} with {} bytes left",
+                records.len()
+            )));
+        }
+        batches.push(records.split_to(len));
+        at += len;
+    }
+    Ok(batches)
+}
+
+/// Takes the admission tickets for `parts` now (in arrival order), then runs the appends.
+pub(crate) fn admit_produce(
+    lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
+    acks: i8,
+    timeout_ms: u32,
+    parts: Vec<ProducePart>,
+) -> impl std::future::Future<Output = Vec<ProducePartitionResult>> {
+    let admitted: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let target = lookup(&part.topic, part.partition).map(|p| {
+                let ticket = p.admission.ticket();
+                (p, ticket)
+            });
+            (part, target)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    async move {
+        let runs = admitted.into_iter().map(|(part, target)| {
+            let partition = part.partition;
+            async move {
+                let outcome = match target {
+                    None => Err(unknown(&part.topic, part.partition)),
+                    Some((p, ticket)) => produce_one(p, ticket, part.records, acks, deadline).await,
+                };
+                match outcome {
+                    Ok((base, start)) => ProducePartitionResult {
+                        partition,
+                        error: ErrorCode::NONE,
+                        message: String::new(),
+                        base_offset: base,
+                        log_start_offset: start,
+                    },
+                    Err((error, message)) => ProducePartitionResult {
+                        partition,
+                        error,
+                        message,
+                        base_offset: 0,
+                        log_start_offset: 0,
+                    },
+                }
+            }
+        });
+        futures_util::future::join_all(runs).await
+    }
+}
+
+async fn produce_one(
+    p: Rc<Partition>,
+    ticket: Ticket,
+    records: BytesMut,
+    acks: i8,
+    deadline: Instant,
+) -> Result<(u64, u64), Failure> {
+    let batches = split_record_set(records, p.max_batch_bytes)?;
+    let timed_out = || {
+        (
+            ErrorCode::REQUEST_TIMED_OUT,
+            "not acknowledged within the request timeout".to_string(),
+        )
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    compio::time::timeout(remaining, ticket.turn())
+        .await
+        .map_err(|_| timed_out())?;
+    // Appends are not cut by the timeout: a set is appended whole or not at all, barring a
+    // failure of the log.
+    let mut base = None;
+    let mut last = None;
+    for batch in batches {
+        let appended = p
+            .log
+            .append(batch)
+            .await
+            .map_err(|e| log_error(&p.topic, p.index, &e))?;
+        base.get_or_insert(appended.base_offset);
+        last = Some(appended.durable);
+    }
+    drop(ticket);
+    let base = base.expect("a record set has at least one batch");
+    let log_start = p.log.offsets().log_start.get();
+    let (topic, index) = (p.topic.clone(), p.index);
+    // The durability wait holds no claim on the partition, so deleting it or shutting down
+    // never waits for a slow acknowledgement.
+    drop(p);
+    if acks == ACKS_ALL
+        && let Some(durable) = last
+    {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        compio::time::timeout(remaining, durable)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| log_error(&topic, index, &e))?;
+    } else {
+        debug_assert!(acks == ACKS_NONE || acks == sluice_proto::protocol::ACKS_LEADER);
+    }
+    Ok((base.get(), log_start))
+}
+
+/// Reads `parts` in order, sharing `max_bytes` between them; the first batch of the
+/// response is returned whatever its size.
+pub(crate) async fn fetch(
+    lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
+    parts: Vec<FetchPart>,
+    max_bytes: usize,
+) -> Vec<FetchPartitionResult> {
+    let mut used = 0usize;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let result = match lookup(&part.topic, part.partition) {
+            None => {
+                let (error, message) = unknown(&part.topic, part.partition);
+                empty_fetch(part.partition, error, message, 0, 0)
+            }
+            Some(p) => fetch_one(&p, &part, max_bytes, &mut used).await,
+        };
+        out.push(result);
+    }
+    out
+}
+
+fn empty_fetch(
+    partition: u32,
+    error: ErrorCode,
+    message: String,
+    high_watermark: u64,
+    log_start_offset: u64,
+) -> FetchPartitionResult {
+    FetchPartitionResult {
+        partition,
+        error,
+        message,
+        high_watermark,
+        log_start_offset,
+        records: RecordSet::empty(),
+    }
+}
+
+async fn fetch_one(
+    p: &Partition,
+    part: &FetchPart,
+    max_bytes: usize,
+    used: &mut usize,
+) -> FetchPartitionResult {
+    let offsets = p.log.offsets();
+    let hw = offsets.durable_end.get();
+    let start = offsets.log_start.get();
+    if part.offset < start || part.offset > hw {
+        return empty_fetch(
+            part.partition,
+            ErrorCode::OFFSET_OUT_OF_RANGE,
+            format!(
+                "offset {} is outside [{start}, {hw}] of {}/{}",
+                part.offset, part.topic, part.partition
+            ),
+            hw,
+            start,
+        );
+    }
+    let budget = part.max_bytes.min(max_bytes.saturating_sub(*used));
+    if part.offset == hw || (budget == 0 && *used > 0) {
+        return empty_fetch(part.partition, ErrorCode::NONE, String::new(), hw, start);
+    }
+    match p
+        .log
+        .read_until(Offset(part.offset), Offset(hw), budget.max(1))
+        .await
+    {
+        Ok(batches) => {
+            let mut chunks: Vec<Bytes> = Vec::with_capacity(batches.len());
+            let mut taken = 0usize;
+            for batch in batches {
+                let len = batch.len();
+                // Only the very first batch of the whole response may exceed the budget.
+                if taken + len > budget && *used > 0 {
+                    break;
+                }
+                taken += len;
+                *used += len;
+                chunks.push(batch.into_bytes());
+            }
+            FetchPartitionResult {
+                partition: part.partition,
+                error: ErrorCode::NONE,
+                message: String::new(),
+                high_watermark: hw,
+                log_start_offset: start,
+                records: RecordSet::Chunks(chunks),
+            }
+        }
+        Err(e) => {
+            let (error, message) = log_error(&part.topic, part.partition, &e);
+            empty_fetch(part.partition, error, message, hw, start)
+        }
+    }
+}
+
+/// Waits until one of `parts` has committed data past the high watermark seen, until
+/// `deadline`, or until `cancel` disconnects.
+pub(crate) async fn watch(
+    lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
+    parts: Vec<WatchPart>,
+    deadline: Instant,
+    cancel: flume::Receiver<()>,
+) {
+    let durables: Vec<_> = parts
+        .iter()
+        .filter_map(|w| {
+            let p = lookup(&w.topic, w.partition)?;
+            Some(p.log.durable_at(Offset(w.high_watermark.saturating_add(1))))
+        })
+        .collect();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if durables.is_empty() {
+        let _ = compio::time::timeout(remaining, cancel.recv_async()).await;
+        return;
+    }
+    let any = select_all(durables);
+    let cancelled = cancel.recv_async();
+    let _ = compio::time::timeout(remaining, async {
+        match select(any, cancelled).await {
+            Either::Left(_) | Either::Right(_) => {}
+        }
+    })
+    .await;
+}
+
+/// Earliest, latest or by-timestamp offsets.
+pub(crate) async fn list_offsets(
+    lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
+    parts: Vec<(String, u32, i64)>,
+) -> Vec<ListOffsetsPartitionResult> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (topic, partition, timestamp) in parts {
+        let result = match lookup(&topic, partition) {
+            None => Err(unknown(&topic, partition)),
+            Some(p) => {
+                let offsets = p.log.offsets();
+                let hw = offsets.durable_end.get();
+                match timestamp {
+                    EARLIEST_TIMESTAMP => Ok((offsets.log_start.get(), -1)),
+                    LATEST_TIMESTAMP => Ok((hw, -1)),
+                    ts if ts < 0 => Err((
+                        ErrorCode::INVALID_REQUEST,
+                        format!("timestamp {ts} is neither a time nor -1/-2"),
+                    )),
+                    ts => match p.log.offset_for_timestamp(ts).await {
+                        // Not yet committed data is not visible: past the watermark, answer it.
+                        Ok(Some(offset)) if offset.get() < hw => Ok((offset.get(), ts)),
+                        Ok(_) => Ok((hw, -1)),
+                        Err(e) => Err(log_error(&topic, partition, &e)),
+                    },
+                }
+            }
+        };
+        out.push(match result {
+            Ok((offset, timestamp)) => ListOffsetsPartitionResult {
+                partition,
+                error: ErrorCode::NONE,
+                message: String::new(),
+                offset,
+                timestamp,
+            },
+            Err((error, message)) => ListOffsetsPartitionResult {
+                partition,
+                error,
+                message,
+                offset: 0,
+                timestamp: -1,
+            },
+        });
+    }
+    out
+}
+
+/// Log start and high watermark of each partition.
+pub(crate) fn offsets(
+    lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
+    parts: &[(String, u32)],
+) -> Vec<OffsetsResult> {
+    parts
+        .iter()
+        .map(|(topic, partition)| match lookup(topic, *partition) {
+            None => Err(unknown(topic, *partition)),
+            Some(p) => {
+                let o = p.log.offsets();
+                Ok((o.log_start.get(), o.durable_end.get()))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_checks_lengths() {
+        assert!(split_record_set(BytesMut::new(), 100).is_err());
+        assert_eq!(
+            split_record_set(BytesMut::from(&[1u8; 5][..]), 100)
+                .expect_err("short")
+                .0,
+            ErrorCode::CORRUPT_MESSAGE
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Topic configs (Kafka's names) and how they map to a partition's [`LogConfig`]: parsing and
+//! validation for CreateTopics, the effective values for DescribeTopics, and the broker's
+//! per-partition memory defaults.
+//!
+//! Memory of one partition: its write buffers (`write_chunks_max` chunks of
+//! [`LOG_WRITE_CHUNK_BYTES`]: 4 MiB with the default `max.message.bytes`, more only when a
+//! topic allows larger batches) plus its tail cache ([`LOG_TAIL_CACHE_BYTES`]).
+
+use std::collections::BTreeMap;
+
+use sluice_proto::BATCH_BYTES_MAX;
+use sluice_proto::protocol::ConfigEntry;
+use sluice_proto::protocol::config::{self as names, TOPIC_CONFIGS};
+use sluice_storage::{FlushPolicy, LogConfig};
+
+use crate::limits::{
+    LOG_TAIL_CACHE_BYTES, LOG_WRITE_CHUNK_BYTES, LOG_WRITE_CHUNKS_DEFAULT,
+    MAX_MESSAGE_BYTES_DEFAULT,
+};
+
+/// Configs set on a topic (only those that differ from the defaults are stored).
+pub(crate) type TopicConfigs = BTreeMap<String, String>;
+
+const BLOCK_BYTES: usize = 4096;
+
+/// The broker default of each config, as DescribeTopics shows it (`-1`: none / unbounded).
+fn default_value(name: &str) -> String {
+    let week_ms = 7 * 24 * 3600 * 1000_u64;
+    match name {
+        names::RETENTION_MS => week_ms.to_string(),
+        names::RETENTION_BYTES => "-1".into(),
+        names::SEGMENT_BYTES => (1_u64 << 30).to_string(),
+        names::SEGMENT_MS => week_ms.to_string(),
+        names::MAX_MESSAGE_BYTES => MAX_MESSAGE_BYTES_DEFAULT.to_string(),
+        names::CLEANUP_POLICY => "delete".into(),
+        names::FLUSH_MESSAGES | names::FLUSH_MS => "-1".into(),
+        _ => String::new(),
+    }
+}
+
+/// Checks requested configs: known names, no duplicates, parseable values, and a
+/// consistent log configuration. Returns them as stored.
+pub(crate) fn validate(entries: &[ConfigEntry]) -> Result<TopicConfigs, String> {
+    let mut configs = TopicConfigs::new();
+    for entry in entries {
+        if !TOPIC_CONFIGS.contains(&entry.name.as_str()) {
+            return Err(format!(
+                "unknown config {:?} (known: {})",
+                entry.name,
+                TOPIC_CONFIGS.join(", ")
+            ));
+        }
+        if configs
+            .insert(entry.name.clone(), entry.value.trim().to_string())
+            .is_some()
+        {
+            return Err(format!("config {:?} given twice", entry.name));
+        }
+    }
+    log_config(&configs)?;
+    Ok(configs)
+}
+
+/// Every config with its effective value, by name.
+pub(crate) fn effective(configs: &TopicConfigs) -> Vec<ConfigEntry> {
+    TOPIC_CONFIGS
+        .iter()
+        .map(|name| ConfigEntry {
+            name: (*name).to_string(),
+            value: configs
+                .get(*name)
+                .cloned()
+                .unwrap_or_else(|| default_value(name)),
+        })
+        .collect()
+}
+
+/// A number, or `-1` for "none".
+fn optional_u64(configs: &TopicConfigs, name: &str) -> Result<Option<u64>, String> {
+    let value = configs
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| default_value(name));
+    if value == "-1" {
+        return Ok(None);
+    }
+    value
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("{name}={value:?} is not a non-negative integer or -1"))
+}
+
+fn required_u64(configs: &TopicConfigs, name: &str) -> Result<u64, String> {
+    optional_u64(configs, name)?.ok_or_else(|| format!("{name} cannot be -1"))
+}
+
+/// The partition log configuration for a topic's configs.
+pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
+    let policy = configs
+        .get(names::CLEANUP_POLICY)
+        .map_or("delete", String::as_str);
+    // `compact` is accepted and stored; compaction itself is not implemented yet (issue 5),
+    // so such a topic is only retained like `delete`.
+    if policy != "delete" && policy != "compact" {
+        return Err(format!(
+            "{}={policy:?} must be delete or compact",
+            names::CLEANUP_POLICY
+        ));
+    }
+    let max_message = required_u64(configs, names::MAX_MESSAGE_BYTES)?;
+    if max_message == 0 || max_message > u64::from(BATCH_BYTES_MAX) {
+        return Err(format!(
+            "{}={max_message} must be between 1 and {BATCH_BYTES_MAX}",
+            names::MAX_MESSAGE_BYTES
+        ));
+    }
+    let max_batch_bytes = max_message as usize;
+    let segment_ms = optional_u64(configs, names::SEGMENT_MS)?;
+    if segment_ms == Some(0) {
+        return Err(format!("{} must be positive", names::SEGMENT_MS));
+    }
+    let messages = optional_u64(configs, names::FLUSH_MESSAGES)?;
+    let ms = optional_u64(configs, names::FLUSH_MS)?;
+    if messages == Some(0) || ms == Some(0) {
+        return Err("flush.messages and flush.ms must be positive (or -1)".into());
+    }
+    let flush = if messages.is_none() && ms.is_none() {
+        FlushPolicy::EveryBatch
+    } else {
+        FlushPolicy::Interval { messages, ms }
+    };
+    // Enough chunks that a whole batch fits beside a filling one.
+    let per_chunk = LOG_WRITE_CHUNK_BYTES - BLOCK_BYTES;
+    let write_chunks_max = LOG_WRITE_CHUNKS_DEFAULT.max(max_batch_bytes.div_ceil(per_chunk) + 1);
+    let config = LogConfig {
+        segment_bytes: required_u64(configs, names::SEGMENT_BYTES)?,
+        segment_ms,
+        retention_ms: optional_u64(configs, names::RETENTION_MS)?,
+        retention_bytes: optional_u64(configs, names::RETENTION_BYTES)?,
+        flush,
+        max_batch_bytes,
+        write_chunk_bytes: LOG_WRITE_CHUNK_BYTES,
+        write_chunks_max,
+        tail_cache_bytes: LOG_TAIL_CACHE_BYTES,
+        // Preallocate in steps no larger than a small segment.
+        preallocate_bytes: 16 << 20,
+        ..LogConfig::default()
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, value: &str) -> ConfigEntry {
+        ConfigEntry {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn defaults_make_a_valid_log() {
+        let config = log_config(&TopicConfigs::new()).expect("defaults");
+        assert_eq!(config.flush, FlushPolicy::EveryBatch);
+        assert_eq!(config.max_batch_bytes, MAX_MESSAGE_BYTES_DEFAULT);
+        assert_eq!(config.write_chunks_max, LOG_WRITE_CHUNKS_DEFAULT);
+        assert_eq!(effective(&TopicConfigs::new()).len(), TOPIC_CONFIGS.len());
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let ok = validate(&[
+            entry("retention.ms", "-1"),
+            entry("flush.ms", "100"),
+            entry("max.message.bytes", &BATCH_BYTES_MAX.to_string()),
+            entry("cleanup.policy", "compact"),
+        ])
+        .expect("valid");
+        let config = log_config(&ok).expect("valid");
+        assert_eq!(config.retention_ms, None);
+        assert_eq!(
+            config.flush,
+            FlushPolicy::Interval {
+                messages: None,
+                ms: Some(100)
+            }
+        );
+        assert!(validate(&[entry("bogus", "1")]).is_err());
+        assert!(validate(&[entry("retention.ms", "soon")]).is_err());
+        assert!(validate(&[entry("segment.bytes", "10")]).is_err());
+        assert!(validate(&[entry("cleanup.policy", "shred")]).is_err());
+        assert!(validate(&[entry("flush.ms", "1"), entry("flush.ms", "2")]).is_err());
+    }
+}
