@@ -1,0 +1,148 @@
+//! `sluice consume TOPIC`: prints records as they arrive (like `tail -f`), or up to the end
+//! offsets seen at start with `--no-follow` or `--max-messages`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sluice_client::{
+    ClientError, Consumer, ConsumerConfig, LATEST_TIMESTAMP, SeekTo, TopicPartition,
+};
+
+use super::format::{Template, record_json};
+use super::time::parse_time_ms;
+use super::{DEFAULT_BROKERS, connect, run};
+
+/// How long one poll waits before checking whether to stop.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `sluice consume ...`.
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("start").multiple(false))]
+pub(crate) struct ConsumeArgs {
+    /// Topic to read.
+    topic: String,
+    /// Broker addresses, `host:port[,host:port]`.
+    #[arg(long, default_value = DEFAULT_BROKERS)]
+    brokers: String,
+    /// Start at the first offset of each partition (default: only new records).
+    #[arg(long, group = "start")]
+    from_beginning: bool,
+    /// Start at this offset in each partition.
+    #[arg(long, group = "start")]
+    offset: Option<u64>,
+    /// Start at the first record at or after this time: milliseconds since the epoch or
+    /// RFC 3339 (`2024-05-01T12:00:00Z`).
+    #[arg(long, group = "start", value_parser = parse_time_ms)]
+    from_time: Option<i64>,
+    /// Read only this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Stop after this many records (and, as with --no-follow, at the end offsets seen at
+    /// start).
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop once caught up to the end offsets seen at start.
+    #[arg(long)]
+    no_follow: bool,
+    /// Output template: {key} {value} {offset} {partition} {timestamp} {headers} {topic}.
+    #[arg(long, default_value = "{value}", conflicts_with = "json")]
+    format: String,
+    /// One JSON object per record and line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run_consume(args: ConsumeArgs) -> ExitCode {
+    run(consume(args))
+}
+
+async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
+    let template = Template::parse(&args.format).map_err(ClientError::InvalidConfig)?;
+    let client = connect(&args.brokers).await?;
+    let partitions = client.partition_count(&args.topic).await?;
+    let assigned: Vec<TopicPartition> = match args.partition {
+        Some(p) if p >= partitions => {
+            return Err(ClientError::UnknownPartition {
+                topic: args.topic.clone(),
+                partition: p,
+                partitions,
+            });
+        }
+        Some(p) => vec![TopicPartition::new(args.topic.clone(), p)],
+        None => (0..partitions)
+            .map(|p| TopicPartition::new(args.topic.clone(), p))
+            .collect(),
+    };
+    let start = if args.from_beginning {
+        SeekTo::Beginning
+    } else if let Some(offset) = args.offset {
+        SeekTo::Offset(offset)
+    } else if let Some(ms) = args.from_time {
+        SeekTo::Timestamp(ms)
+    } else {
+        SeekTo::End
+    };
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign(assigned.clone());
+    for tp in &assigned {
+        consumer.seek(tp, start).await?;
+    }
+    let stop_at: Option<BTreeMap<TopicPartition, u64>> =
+        if args.no_follow || args.max_messages.is_some() {
+            let mut ends = BTreeMap::new();
+            for tp in &assigned {
+                let end = client
+                    .list_offset(&tp.topic, tp.partition, LATEST_TIMESTAMP)
+                    .await?;
+                ends.insert(tp.clone(), end);
+            }
+            Some(ends)
+        } else {
+            None
+        };
+    let max = args.max_messages.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        if printed >= max {
+            return Ok(());
+        }
+        if let Some(ends) = &stop_at
+            && ends
+                .iter()
+                .all(|(tp, end)| consumer.position(tp).is_some_and(|p| p >= *end))
+        {
+            return Ok(());
+        }
+        let records = consumer.poll(POLL_TIMEOUT).await?;
+        let mut out = stdout.lock();
+        for record in &records {
+            if printed >= max {
+                break;
+            }
+            let line = if args.json {
+                record_json(record).to_string()
+            } else {
+                template.render(record)
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                return stdout_closed(e);
+            }
+            printed += 1;
+        }
+        if let Err(e) = out.flush() {
+            return stdout_closed(e);
+        }
+    }
+}
+
+/// A closed stdout (`| head`) ends the command quietly; other write errors are reported.
+fn stdout_closed(e: std::io::Error) -> Result<(), ClientError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e.into())
+    }
+}
