@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,10 @@ impl Broker {
             .arg("--shards")
             .arg(shards.to_string())
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,7 +59,11 @@ impl Broker {
         let addr = loop {
             let mut line = String::new();
             let n = stdout.read_line(&mut line).expect("read broker stdout");
-            assert!(n > 0, "broker exited before listening: {:?}", child.try_wait());
+            assert!(
+                n > 0,
+                "broker exited before listening: {:?}",
+                child.try_wait()
+            );
             if let Some(rest) = line.trim().strip_prefix("listening on ") {
                 break rest.parse().expect("listening address");
             }
