@@ -117,10 +117,12 @@ pub(crate) async fn admit(
     Admitted::InFlight(in_flight)
 }
 
-/// Request parts grouped by owning shard, each remembering its place in the request
-/// (`(topic index, partition index)`).
+/// A part's place in a request: `(topic index, partition index)`.
+type Place = (usize, usize);
+
+/// Request parts grouped by owning shard, each remembering its place in the request.
 struct Groups<P> {
-    by_shard: BTreeMap<ShardId, (Vec<(usize, usize)>, Vec<P>)>,
+    by_shard: BTreeMap<ShardId, (Vec<Place>, Vec<P>)>,
 }
 
 impl<P> Groups<P> {
