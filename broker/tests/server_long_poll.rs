@@ -48,3 +48,32 @@ fn fetch_with_min_bytes_returns_when_data_arrives() {
     assert_eq!(r.error, ErrorCode::NONE);
     assert!(r.records.is_empty());
 }
+
+#[test]
+fn sigterm_ends_waiting_long_polls_promptly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::start(dir.path(), 2);
+    let mut admin = Conn::connect(broker.addr);
+    assert_eq!(admin.create_topic("idle", 2, &[]).error, ErrorCode::NONE);
+    let addr = broker.addr;
+    let consumer = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        // Waits up to a minute for data that never comes.
+        let r = c.fetch("idle", 1, 0, 60_000, 1);
+        assert_eq!(r.error, ErrorCode::NONE);
+        assert!(r.records.is_empty());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    assert!(
+        broker.terminate(Duration::from_secs(30)),
+        "SIGTERM must exit 0"
+    );
+    // The drain answers the long poll instead of waiting out its minute.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    consumer.join().expect("consumer got its answer");
+}

@@ -6,7 +6,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::select_all;
+use futures_util::future::{select, select_all};
 use sluice_proto::BATCH_BYTES_MAX;
 use sluice_proto::protocol::{
     ErrorCode, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, FetchPartitionResult, FetchRequest,
@@ -34,7 +34,7 @@ pub(super) fn admit(shard: &Rc<Shard>, request: FetchRequest, ctx: RequestCtx) -
         let topics = loop {
             let topics = read_all(&shard, &request, max_bytes).await;
             let total: usize = topics.iter().flatten().map(|p| p.records.len()).sum();
-            if total >= min_bytes || Instant::now() >= deadline {
+            if total >= min_bytes || Instant::now() >= deadline || shard.draining.get() {
                 break topics;
             }
             let watched = watch_parts(&request, &topics);
@@ -171,6 +171,8 @@ async fn wait_for_data(shard: &Rc<Shard>, watched: Vec<WatchPart>, deadline: Ins
         }));
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let _ = compio::time::timeout(remaining, select_all(replies)).await;
+    // A draining shard answers long polls at once with what they have.
+    let draining = shard.drained.recv_async();
+    let _ = compio::time::timeout(remaining, select(select_all(replies), draining)).await;
     drop(cancel);
 }

@@ -61,6 +61,10 @@ pub(crate) struct Shard {
     pub(crate) next_connection: Cell<u64>,
     /// Set once draining starts.
     pub(crate) draining: Cell<bool>,
+    /// Dropped when draining starts: long polls waiting on `drained` end at once.
+    pub(crate) drain_signal: RefCell<Option<flume::Sender<()>>>,
+    /// Disconnects when draining starts.
+    pub(crate) drained: flume::Receiver<()>,
     /// Serializes admin changes on the controller (shard 0).
     pub(crate) admin: Admission,
 }

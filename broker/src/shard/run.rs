@@ -80,8 +80,11 @@ async fn shard_main(start: ShardStart) -> bool {
         own_listener,
         ready,
     } = start;
+    let (drain_signal, drained) = flume::bounded(1);
     let shard = Rc::new(Shard {
         id,
+        drain_signal: RefCell::new(Some(drain_signal)),
+        drained,
         request_budget: Budget::new(cluster.config.shard_request_bytes),
         fetch_budget: Budget::new(cluster.config.shard_fetch_bytes),
         cluster,
@@ -279,6 +282,7 @@ async fn close_all(shard: &Rc<Shard>) -> bool {
 /// Shutdown phase 1: stop accepting and reading; wait (bounded) for in-flight requests.
 async fn drain(shard: Rc<Shard>) {
     shard.draining.set(true);
+    shard.drain_signal.borrow_mut().take();
     shard.acceptors.borrow_mut().clear();
     let readers: Vec<_> = shard.readers.borrow_mut().drain().map(|(_, r)| r).collect();
     drop(readers);
