@@ -265,9 +265,9 @@ impl Client {
         Ok(conn)
     }
 
-    /// The address requests for one partition go to: its owning shard when shard aware,
-    /// else the bootstrap address.
-    pub(crate) async fn partition_address(
+    /// The address requests for one partition go to: the shard that owns it when
+    /// [`ClientConfig::shard_aware`], else the bootstrap address.
+    pub async fn partition_address(
         &self,
         topic: &str,
         partition: u32,
