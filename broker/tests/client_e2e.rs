@@ -506,3 +506,66 @@ async fn lz4_zstd_and_acks_none_round_trip() {
         assert_eq!(seen.len(), 3_000, "{topic}: no loss");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_death_fails_deliveries_with_typed_errors_after_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::start(dir.path(), 2);
+    let client = client(&broker, true).await;
+    client.create_topic("doomed", 4, &[]).await.expect("create");
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            retries: 3,
+            retry_backoff: Duration::from_millis(50),
+            delivery_timeout: Duration::from_secs(3),
+            ..ProducerConfig::default()
+        },
+    );
+    let before = producer
+        .send(ProducerRecord::new("doomed", "before"))
+        .await
+        .expect("send")
+        .await
+        .expect("delivered while the broker lives");
+    assert_eq!(before.offset, 0);
+
+    broker.kill9();
+    let started = Instant::now();
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        futures.push(
+            producer
+                .send(ProducerRecord::new("doomed", format!("after {i}")))
+                .await
+                .expect("queued: the partition count is cached"),
+        );
+    }
+    for f in futures {
+        let err = f.await.expect_err("no broker");
+        assert!(
+            matches!(
+                err,
+                ClientError::BrokerUnreachable { .. }
+                    | ClientError::ConnectionLost { .. }
+                    | ClientError::Timeout { .. }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_retriable());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed within the delivery timeout, took {:?}",
+        started.elapsed()
+    );
+
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign(vec![TopicPartition::new("doomed", 0)]);
+    let err = consumer
+        .poll(Duration::from_millis(500))
+        .await
+        .expect_err("no broker");
+    assert!(err.is_retriable(), "{err:?}");
+    producer.close().await.expect("close settles at once");
+}

@@ -33,11 +33,15 @@ pub(crate) async fn run(shared: Arc<ProducerShared>) {
         if !drained.failed.is_empty() {
             shared.publish_progress();
         }
-        if !drained.send.is_empty() {
-            dispatch(&shared, drained.send).await;
-        }
         if done {
             break;
+        }
+        if !drained.send.is_empty() {
+            dispatch(&shared, drained.send).await;
+            // Dispatch may have settled or requeued batches (routing or dial failures), so
+            // the wake time computed above is stale: look again.
+            shared.publish_progress();
+            continue;
         }
         match drained.next_wake {
             Some(at) => {
@@ -100,7 +104,6 @@ async fn dispatch(shared: &Arc<ProducerShared>, batches: Vec<ReadyBatch>) {
         requests[slot].bytes += batch.bytes.len();
         requests[slot].batches.push(batch);
     }
-    let mut touched = false;
     for (addr, requests) in by_addr {
         let conn = match shared.client.connection(&addr).await {
             Ok(conn) => conn,
@@ -110,16 +113,12 @@ async fn dispatch(shared: &Arc<ProducerShared>, batches: Vec<ReadyBatch>) {
                         settle_failure(shared, b, e.clone());
                     }
                 }
-                touched = true;
                 continue;
             }
         };
         for request in requests {
             send_request(shared, &conn, request).await;
         }
-    }
-    if touched {
-        shared.after_settle();
     }
 }
 
