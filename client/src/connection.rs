@@ -289,6 +289,10 @@ impl PendingReply {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.shared.lost("connection closed")),
             Err(_) => {
+                // Like Kafka: a broker that does not answer in time gets a fresh connection,
+                // so the permits its silent requests hold are not lost for good.
+                self.shared.kill("a request timed out");
+                self.shared.shutdown.notify_one();
                 return Err(ClientError::Timeout {
                     what: format!("{} request to {}", self.api.spec().name, self.shared.addr),
                     after_ms: millis_u64(timeout),
