@@ -22,8 +22,8 @@ done
 mkdir -p "$DIR" "$OUT"
 rm -f "$OUT"/*.json
 cargo build --release -q -p sluice-bench -p sluice-broker
-BENCH=target/release/sluice-bench
-SLUICE=target/release/sluice
+BENCH=${CARGO_TARGET_DIR:-target}/release/sluice-bench
+SLUICE=${CARGO_TARGET_DIR:-target}/release/sluice
 DATA="$DIR/sluice-e2e-$$"
 PORT=${PORT:-19092}
 ADDR=127.0.0.1:$PORT
