@@ -465,3 +465,71 @@ fn errors_read_like_sentences() {
         );
     }
 }
+
+#[test]
+fn consume_max_messages_waits_for_them_then_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), 2);
+    let b = broker.addr_string();
+    ok(
+        &[
+            "topic",
+            "create",
+            "wait",
+            "--partitions",
+            "3",
+            "--brokers",
+            &b,
+        ],
+        "",
+    );
+    // The topic is empty: like Kafka's console consumer, --max-messages waits for the records.
+    let mut consumer = Command::new(sluice_bin())
+        .args([
+            "consume",
+            "wait",
+            "--from-beginning",
+            "--max-messages",
+            "2",
+            "--brokers",
+            &b,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn consume");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        consumer.try_wait().expect("wait").is_none(),
+        "consume --max-messages returned before any record arrived"
+    );
+    ok(
+        &["produce", "wait", "--brokers", &b],
+        "first\nsecond\nthird\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = consumer.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consume did not stop after 2 records"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let mut out = String::new();
+    consumer
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for line in lines {
+        assert!(["first", "second", "third"].contains(&line), "{line}");
+    }
+}

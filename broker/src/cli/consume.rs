@@ -1,5 +1,6 @@
-//! `sluice consume TOPIC`: prints records as they arrive (like `tail -f`), or up to the end
-//! offsets seen at start with `--no-follow` or `--max-messages`.
+//! `sluice consume TOPIC`: prints records as they arrive (like `tail -f`); stops after
+//! `--max-messages` records (waiting for them, as Kafka's console consumer does), or at the
+//! end offsets seen at start with `--no-follow`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,8 +40,8 @@ pub(crate) struct ConsumeArgs {
     /// Read only this partition.
     #[arg(long)]
     partition: Option<u32>,
-    /// Stop after this many records (and, as with --no-follow, at the end offsets seen at
-    /// start).
+    /// Stop after this many records, waiting for them to arrive (with --no-follow, stop
+    /// earlier if the end offsets seen at start come first).
     #[arg(long)]
     max_messages: Option<u64>,
     /// Stop once caught up to the end offsets seen at start.
@@ -89,19 +90,18 @@ async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
     for tp in &assigned {
         consumer.seek(tp, start).await?;
     }
-    let stop_at: Option<BTreeMap<TopicPartition, u64>> =
-        if args.no_follow || args.max_messages.is_some() {
-            let mut ends = BTreeMap::new();
-            for tp in &assigned {
-                let end = client
-                    .list_offset(&tp.topic, tp.partition, LATEST_TIMESTAMP)
-                    .await?;
-                ends.insert(tp.clone(), end);
-            }
-            Some(ends)
-        } else {
-            None
-        };
+    let stop_at: Option<BTreeMap<TopicPartition, u64>> = if args.no_follow {
+        let mut ends = BTreeMap::new();
+        for tp in &assigned {
+            let end = client
+                .list_offset(&tp.topic, tp.partition, LATEST_TIMESTAMP)
+                .await?;
+            ends.insert(tp.clone(), end);
+        }
+        Some(ends)
+    } else {
+        None
+    };
     let max = args.max_messages.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let stdout = std::io::stdout();
