@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use common::{Plain, build, decode_plain, from_hex};
+use common::{Plain, blessing, build, decode_plain, from_hex};
 use sluice_proto::{
     BATCH_FORMAT_VERSION, BATCH_HEADER_BYTES, BatchBuilder, Compression, Limits, Offset,
     RecordBatch, TimestampType, stamp_base_offset, stamp_leader_epoch, verify_crc,
@@ -49,10 +49,6 @@ fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("{name}.hex"))
-}
-
-fn blessing() -> bool {
-    std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1")
 }
 
 /// Reads fixture `name`, or with `SLUICE_BLESS=1` first writes `built` to it.

@@ -6,11 +6,13 @@
 //! --test protocol_golden` rewrites the fixtures; review the diff, and bump the API's version
 //! in the API table if a layout changed.
 
+mod common;
 mod protocol_common;
 
 use std::path::PathBuf;
 
 use bytes::BytesMut;
+use common::{blessing, from_hex, to_hex};
 use protocol_common::{all_apis, concat, samples};
 use sluice_proto::protocol::*;
 
@@ -18,32 +20,6 @@ fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/protocol")
         .join(format!("{name}.hex"))
-}
-
-fn blessing() -> bool {
-    std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1")
-}
-
-/// Lowercase hex of `bytes`.
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes of a fixture file: hex digits, with whitespace ignored and `#` starting a comment.
-fn from_hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or_default())
-        .flat_map(|line| line.bytes().filter(|b| !b.is_ascii_whitespace()))
-        .map(|d| match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            b'A'..=b'F' => d - b'A' + 10,
-            _ => panic!("not a hex digit: {:?}", d as char),
-        })
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect()
 }
 
 /// Reads fixture `name`, or with `SLUICE_BLESS=1` first writes `built` to it.

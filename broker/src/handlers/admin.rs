@@ -12,7 +12,7 @@ use sluice_proto::protocol::{
     api_version_ranges,
 };
 
-use super::{Groups, Merged};
+use super::{Groups, Merged, OWNER_SHUTTING_DOWN};
 use crate::shard::Shard;
 use crate::shard::msg::{OffsetsResult, ShardMsg, reply_channel};
 use crate::topic_config;
@@ -118,18 +118,10 @@ pub(super) async fn describe_topics(
         shard.send(owner, ShardMsg::Offsets { parts, reply }).await;
         pending.push((places, rx));
     }
-    let mut merged = Merged::<OffsetsResult>::new(known.iter().map(|k| k.unwrap_or(0) as usize));
-    for (places, rx) in pending {
-        if let Ok(results) = rx.recv_async().await {
-            merged.place(&places, results);
-        }
-    }
-    let offsets = merged.finish(|_, _| {
-        Err((
-            ErrorCode::SHUTTING_DOWN,
-            "the owning shard is shutting down".into(),
-        ))
-    });
+    let merged =
+        Merged::<OffsetsResult>::gather(known.iter().map(|k| k.unwrap_or(0) as usize), pending)
+            .await;
+    let offsets = merged.finish(|_, _| Err((ErrorCode::SHUTTING_DOWN, OWNER_SHUTTING_DOWN.into())));
     let topics = names
         .into_iter()
         .zip(offsets)

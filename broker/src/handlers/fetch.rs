@@ -13,7 +13,7 @@ use sluice_proto::protocol::{
     FetchResponse, FetchTopicResult, RecordSet, encode_response,
 };
 
-use super::{Groups, Merged, RequestCtx};
+use super::{Groups, Merged, OWNER_SHUTTING_DOWN, RequestCtx};
 use crate::net::conn::{InFlight, Outgoing};
 use crate::shard::Shard;
 use crate::shard::msg::{FetchPart, ShardMsg, WatchPart, reply_channel};
@@ -98,16 +98,11 @@ async fn read_all(
             .await;
         pending.push((places, rx));
     }
-    let mut merged = Merged::new(request.topics.iter().map(|t| t.partitions.len()));
-    for (places, rx) in pending {
-        if let Ok(results) = rx.recv_async().await {
-            merged.place(&places, results);
-        }
-    }
+    let merged = Merged::gather(request.topics.iter().map(|t| t.partitions.len()), pending).await;
     let mut topics = merged.finish(|t, p| FetchPartitionResult {
         partition: request.topics[t].partitions[p].partition,
         error: ErrorCode::SHUTTING_DOWN,
-        message: "the owning shard is shutting down".into(),
+        message: OWNER_SHUTTING_DOWN.into(),
         ..Default::default()
     });
     // Each owner filled `max_bytes` on its own; keep the total within it, in request order.

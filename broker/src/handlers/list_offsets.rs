@@ -8,7 +8,7 @@ use sluice_proto::protocol::{
     ListOffsetsTopicResult,
 };
 
-use super::{Groups, Merged};
+use super::{Groups, Merged, OWNER_SHUTTING_DOWN};
 use crate::shard::Shard;
 use crate::shard::msg::{ShardMsg, reply_channel};
 
@@ -32,17 +32,12 @@ pub(super) async fn run(shard: Rc<Shard>, request: ListOffsetsRequest) -> ListOf
             .await;
         pending.push((places, rx));
     }
-    let mut merged = Merged::new(request.topics.iter().map(|t| t.partitions.len()));
-    for (places, rx) in pending {
-        if let Ok(results) = rx.recv_async().await {
-            merged.place(&places, results);
-        }
-    }
+    let merged = Merged::gather(request.topics.iter().map(|t| t.partitions.len()), pending).await;
     let topics = merged
         .finish(|t, p| ListOffsetsPartitionResult {
             partition: request.topics[t].partitions[p].partition,
             error: ErrorCode::SHUTTING_DOWN,
-            message: "the owning shard is shutting down".into(),
+            message: OWNER_SHUTTING_DOWN.into(),
             offset: 0,
             timestamp: -1,
         })

@@ -144,17 +144,27 @@ struct Merged<R> {
     slots: Vec<Vec<Option<R>>>,
 }
 
-impl<R> Merged<R> {
-    fn new(shape: impl Iterator<Item = usize>) -> Self {
-        Self {
-            slots: shape.map(|n| (0..n).map(|_| None).collect()).collect(),
-        }
-    }
+/// The message of a result whose owning shard stopped before answering.
+const OWNER_SHUTTING_DOWN: &str = "the owning shard is shutting down";
 
-    fn place(&mut self, places: &[(usize, usize)], results: Vec<R>) {
-        for (&(t, p), r) in places.iter().zip(results) {
-            self.slots[t][p] = Some(r);
+/// A request's per-owner parts in flight: where each result goes (topic and partition index
+/// in the request), and the owner's reply.
+type Pending<R> = Vec<(Vec<(usize, usize)>, flume::Receiver<Vec<R>>)>;
+
+impl<R> Merged<R> {
+    /// Waits for every owner's reply and puts each result in its request slot. An owner that
+    /// stops without answering (shutdown) leaves its slots empty for [`Merged::finish`].
+    async fn gather(shape: impl Iterator<Item = usize>, pending: Pending<R>) -> Self {
+        let mut slots: Vec<Vec<Option<R>>> =
+            shape.map(|n| (0..n).map(|_| None).collect()).collect();
+        for (places, rx) in pending {
+            if let Ok(results) = rx.recv_async().await {
+                for (&(t, p), r) in places.iter().zip(results) {
+                    slots[t][p] = Some(r);
+                }
+            }
         }
+        Self { slots }
     }
 
     /// Fills every slot no shard answered with `missing(topic, partition index in request)`.

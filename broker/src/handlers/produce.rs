@@ -11,7 +11,7 @@ use sluice_proto::protocol::{
     encode_response,
 };
 
-use super::{Groups, Merged, RequestCtx};
+use super::{Groups, Merged, OWNER_SHUTTING_DOWN, RequestCtx};
 use crate::net::conn::{InFlight, Outgoing, ready};
 use crate::shard::Shard;
 use crate::shard::msg::{ProducePart, ShardMsg, reply_channel};
@@ -74,12 +74,7 @@ pub(super) async fn admit(shard: &Rc<Shard>, request: ProduceRequest, ctx: Reque
         pending.push((places, rx));
     }
     compio::runtime::spawn(async move {
-        let mut merged = Merged::new(shape.into_iter());
-        for (places, rx) in pending {
-            if let Ok(results) = rx.recv_async().await {
-                merged.place(&places, results);
-            }
-        }
+        let merged = Merged::gather(shape.into_iter(), pending).await;
         if acks == ACKS_NONE {
             return None;
         }
@@ -87,7 +82,7 @@ pub(super) async fn admit(shard: &Rc<Shard>, request: ProduceRequest, ctx: Reque
             .finish(|t, p| ProducePartitionResult {
                 partition: indexes[t][p],
                 error: ErrorCode::SHUTTING_DOWN,
-                message: "the owning shard is shutting down".into(),
+                message: OWNER_SHUTTING_DOWN.into(),
                 base_offset: 0,
                 log_start_offset: 0,
             })

@@ -128,6 +128,11 @@ pub(crate) fn check_consistent(batch: &RecordBatch) {
     assert_eq!(batch.records().and_then(|r| r.collect()), walked);
 }
 
+/// Whether the golden tests should rewrite their fixtures (`SLUICE_BLESS=1`).
+pub(crate) fn blessing() -> bool {
+    std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1")
+}
+
 /// Lowercase hex of `bytes`.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
