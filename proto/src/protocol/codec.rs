@@ -282,6 +282,14 @@ impl Writer {
         Self::default()
     }
 
+    /// A writer for one whole frame: room for the length prefix is kept at the start and
+    /// filled in by [`Writer::into_frame`], so the payload is never copied to prepend it.
+    pub fn frame() -> Self {
+        let mut w = Self::default();
+        w.cur.put_u32_le(0);
+        w
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.len
@@ -402,6 +410,31 @@ impl Writer {
             RecordSet::Received(bytes) => {
                 self.cur.put_slice(bytes);
                 self.len += bytes.len();
+            }
+        }
+    }
+
+    /// The frame begun with [`Writer::frame`], its length prefix filled in, as chunks for
+    /// one vectored write. Only the bytes before the first shared chunk (the headers) are
+    /// copied, and only when there are shared chunks.
+    ///
+    /// # Panics
+    /// If the writer was not made with [`Writer::frame`] (a programmer error), or the
+    /// payload is over 4 GiB (frames are limited far below).
+    pub fn into_frame(mut self) -> Vec<Bytes> {
+        let prefix = u32::try_from(self.len)
+            .expect("frames are far below 4 GiB")
+            .to_le_bytes();
+        match self.done.first_mut() {
+            None => {
+                self.cur[..4].copy_from_slice(&prefix);
+                vec![self.cur.freeze()]
+            }
+            Some(first) => {
+                let mut head = BytesMut::from(&first[..]);
+                head[..4].copy_from_slice(&prefix);
+                *first = head.freeze();
+                self.into_chunks()
             }
         }
     }

@@ -8,7 +8,7 @@
 //!
 //! Requests on one connection may be pipelined; responses come back in request order.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::api::ApiKey;
 use super::codec::{ProtocolError, Reader, Writer};
@@ -87,25 +87,6 @@ impl ResponseHeader {
     }
 }
 
-fn with_prefix(w: Writer) -> Vec<Bytes> {
-    let len = u32::try_from(w.len()).expect("frames are far below 4 GiB");
-    let mut chunks = w.into_chunks();
-    let prefix = Bytes::copy_from_slice(&len.to_le_bytes());
-    match chunks.first() {
-        // One contiguous buffer for small frames.
-        Some(first) if chunks.len() == 1 => {
-            let mut whole = BytesMut::with_capacity(FRAME_PREFIX_BYTES + first.len());
-            whole.extend_from_slice(&prefix);
-            whole.extend_from_slice(first);
-            vec![whole.freeze()]
-        }
-        _ => {
-            chunks.insert(0, prefix);
-            chunks
-        }
-    }
-}
-
 /// Encodes a whole request frame (length prefix included) as chunks for one vectored write.
 pub fn encode_request<T: Wire>(
     api: ApiKey,
@@ -114,32 +95,32 @@ pub fn encode_request<T: Wire>(
     client_id: &str,
     body: &T,
 ) -> Vec<Bytes> {
-    let mut w = Writer::new();
+    let mut w = Writer::frame();
     w.u16(api as u16);
     w.u16(api_version);
     w.u32(correlation_id);
     w.string(client_id);
     body.encode(&mut w);
-    with_prefix(w)
+    w.into_frame()
 }
 
 /// Encodes a successful response frame.
 pub fn encode_response<T: Wire>(correlation_id: u32, body: &T) -> Vec<Bytes> {
-    let mut w = Writer::new();
+    let mut w = Writer::frame();
     w.u32(correlation_id);
     w.i16(ErrorCode::NONE.0);
     w.string("");
     body.encode(&mut w);
-    with_prefix(w)
+    w.into_frame()
 }
 
 /// Encodes a response frame for a request that failed as a whole.
 pub fn encode_error_response(correlation_id: u32, error: ErrorCode, message: &str) -> Vec<Bytes> {
-    let mut w = Writer::new();
+    let mut w = Writer::frame();
     w.u32(correlation_id);
     w.i16(error.0);
     w.string(message);
-    with_prefix(w)
+    w.into_frame()
 }
 
 /// Decodes a whole message body and checks nothing is left over.
