@@ -17,7 +17,9 @@ use sluice_client::{
 use sluice_proto::Compression;
 use tokio::sync::mpsc;
 
-use crate::report::{Latency, latency_histogram, process_cpu_seconds};
+use crate::report::{
+    Latency, cpu_seconds_since, latency_histogram, print_result, process_cpu_seconds,
+};
 use crate::units::parse_bytes;
 
 /// Deliveries a producer may have outstanding before it waits for the oldest (bounds the
@@ -290,9 +292,7 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
+    let cpu = cpu_seconds_since(cpu_before);
     if let Some(error) = first_error {
         eprintln!("sluice-bench: {errors} records failed; first error: {error}");
     }
@@ -313,12 +313,7 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
         cpu_s: cpu,
         latency: Latency::of(&histogram),
     };
-    if args.conn.json {
-        println!(
-            "{}",
-            serde_json::to_string(&out).map_err(|e| e.to_string())?
-        );
-    } else {
+    print_result(args.conn.json, &out, |out| {
         println!(
             "produce {} partitions={} producers={} acks={:?} shard_aware={}: {} records in {:.2} s, \
              {:.1} MB/s, {:.0} records/s; latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
@@ -336,7 +331,7 @@ async fn produce(args: ProduceArgs) -> Result<(), String> {
             out.latency.p999_us,
             out.latency.max_us
         );
-    }
+    })?;
     if errors > 0 {
         return Err(format!("{errors} records were not acknowledged"));
     }
@@ -415,9 +410,7 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
             .sum::<u64>();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
+    let cpu = cpu_seconds_since(cpu_before);
     let out = ConsumeOutput {
         bench: "consume",
         topic: topic.clone(),
@@ -430,12 +423,7 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
         records_per_s: records as f64 / elapsed,
         cpu_s: cpu,
     };
-    if args.conn.json {
-        println!(
-            "{}",
-            serde_json::to_string(&out).map_err(|e| e.to_string())?
-        );
-    } else {
+    print_result(args.conn.json, &out, |out| {
         println!(
             "consume {} partitions={} shard_aware={}: {} records ({} value bytes) in {:.2} s, \
              {:.1} MB/s, {:.0} records/s",
@@ -448,6 +436,6 @@ async fn consume(args: ConsumeArgs) -> Result<(), String> {
             out.mb_per_s,
             out.records_per_s
         );
-    }
+    })?;
     Ok(())
 }

@@ -12,7 +12,9 @@ use serde::Serialize;
 use sluice_proto::{BatchBuilder, Compression, Limits};
 use sluice_storage::{FlushPolicy, LogConfig, PartitionLog};
 
-use crate::report::{Latency, latency_histogram, process_cpu_seconds};
+use crate::report::{
+    Latency, cpu_seconds_since, latency_histogram, print_result, process_cpu_seconds,
+};
 use crate::units::parse_bytes;
 
 /// Bytes of batches built before the timed run; beyond this each append copies a template.
@@ -176,9 +178,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         };
         let results = futures_util::future::join_all((0..args.appenders).map(|_| appender())).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = process_cpu_seconds()
-            .zip(cpu_before)
-            .map(|(after, before)| after - before);
+        let cpu = cpu_seconds_since(cpu_before);
         results.into_iter().collect::<Result<Vec<()>, String>>()?;
         log.close().await.map_err(|e| e.to_string())?;
         let histogram = histogram.into_inner();
@@ -204,12 +204,7 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let out = result?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&out).map_err(|e| e.to_string())?
-        );
-    } else {
+    print_result(args.json, &out, |out| {
         println!(
             "log-append  durability={:?} appenders={} batch={} B ({} records)",
             out.durability, out.appenders, out.batch_bytes, out.records_per_batch
@@ -228,6 +223,6 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
             "  append->durable latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.p9999_us, l.max_us
         );
-    }
+    })?;
     Ok(())
 }

@@ -44,3 +44,24 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some((utime + stime) / ticks)
 }
+
+/// CPU seconds this process used since `before`, a [`process_cpu_seconds`] reading.
+pub(crate) fn cpu_seconds_since(before: Option<f64>) -> Option<f64> {
+    process_cpu_seconds()
+        .zip(before)
+        .map(|(after, before)| after - before)
+}
+
+/// Prints a benchmark's result: one JSON object with `json`, else the human lines `text`.
+pub(crate) fn print_result<T: Serialize>(
+    json: bool,
+    out: &T,
+    text: impl FnOnce(&T),
+) -> Result<(), String> {
+    if json {
+        println!("{}", serde_json::to_string(out).map_err(|e| e.to_string())?);
+    } else {
+        text(out);
+    }
+    Ok(())
+}
