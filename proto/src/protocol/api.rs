@@ -63,10 +63,10 @@ const fn spec(key: ApiKey, name: &'static str) -> ApiSpec {
 }
 
 const _: () = {
-    // The table is indexed by key.
-    let mut i = 0;
+    // Keys are listed in increasing order, each once.
+    let mut i = 1;
     while i < APIS.len() {
-        assert!(APIS[i].key as usize == i);
+        assert!((APIS[i - 1].key as u16) < (APIS[i].key as u16));
         i += 1;
     }
 };
@@ -74,12 +74,16 @@ const _: () = {
 impl ApiKey {
     /// The key for a raw value, if known.
     pub fn from_u16(raw: u16) -> Option<ApiKey> {
-        APIS.get(usize::from(raw)).map(|spec| spec.key)
+        APIS.iter()
+            .find(|spec| spec.key as u16 == raw)
+            .map(|spec| spec.key)
     }
 
     /// This API's row of the table.
     pub fn spec(self) -> &'static ApiSpec {
-        &APIS[self as usize]
+        APIS.iter()
+            .find(|spec| spec.key == self)
+            .expect("every API key has a row in APIS")
     }
 
     /// Whether `version` of this API is supported.
