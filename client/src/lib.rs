@@ -16,6 +16,7 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 pub mod limits;
 mod metadata;
 mod partitioner;
@@ -26,6 +27,7 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
 pub use error::ClientError;
+pub use group::assignor::{Assignor, COOPERATIVE_STICKY, MemberSubscription, RANGE, ROUND_ROBIN};
 pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,

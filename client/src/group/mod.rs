@@ -1,0 +1,3 @@
+//! Consumer groups on the client side: the assignors the leader runs.
+
+pub(crate) mod assignor;
