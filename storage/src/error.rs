@@ -62,6 +62,16 @@ pub enum LogError {
     /// The configuration is inconsistent.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
+    /// The disk holding the log has no room for this append. Unlike a failed write or
+    /// fdatasync this does not stop the log: reads go on, and appends are accepted again
+    /// once space is freed (the log retries its allocation).
+    #[error("disk full on {}: {free_bytes} bytes free", path.display())]
+    DiskFull {
+        /// The log's directory.
+        path: PathBuf,
+        /// Bytes available to the broker on that filesystem when the append was refused.
+        free_bytes: u64,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
@@ -73,6 +83,14 @@ impl LogError {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    /// A [`LogError::DiskFull`] for the log in `dir`, with the free space there now.
+    pub(crate) fn disk_full(dir: &std::path::Path) -> Self {
+        Self::DiskFull {
+            path: dir.to_path_buf(),
+            free_bytes: crate::io::free_bytes(dir),
         }
     }
 

@@ -57,6 +57,7 @@ unsafe impl OpCode for Fallocate {
 pub struct FaultInjector {
     writes_until_failure: AtomicU32,
     syncs_until_failure: AtomicU32,
+    writes_until_no_space: AtomicU32,
 }
 
 impl FaultInjector {
@@ -70,13 +71,22 @@ impl FaultInjector {
         self.syncs_until_failure.store(n, Ordering::Relaxed);
     }
 
+    /// Makes the `n`-th write from now fail with ENOSPC (`n` >= 1), once.
+    pub fn fail_write_no_space_after(&self, n: u32) {
+        self.writes_until_no_space.store(n, Ordering::Relaxed);
+    }
+
     fn trip(counter: &AtomicU32) -> io::Result<()> {
+        Self::trip_with(counter, libc::EIO)
+    }
+
+    fn trip_with(counter: &AtomicU32, errno: i32) -> io::Result<()> {
         let fired = counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map(|previous| previous == 1)
             .unwrap_or(false);
         if fired {
-            Err(io::Error::from_raw_os_error(libc::EIO))
+            Err(io::Error::from_raw_os_error(errno))
         } else {
             Ok(())
         }
@@ -151,7 +161,9 @@ impl DirectFile {
         debug_assert_eq!(pos % BLOCK_BYTES as u64, 0);
         debug_assert_eq!(buf.len() % BLOCK_BYTES, 0);
         if let Some(faults) = &self.faults
-            && let Err(err) = FaultInjector::trip(&faults.writes_until_failure)
+            && let Err(err) = FaultInjector::trip(&faults.writes_until_failure).and_then(|()| {
+                FaultInjector::trip_with(&faults.writes_until_no_space, libc::ENOSPC)
+            })
         {
             return (Err(err), buf);
         }
@@ -232,6 +244,27 @@ async fn lock_exclusive(file: &File, path: &Path, wait_ms: u64) -> io::Result<()
             ));
         }
         compio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether an I/O error means the filesystem is out of space (or quota).
+pub(crate) fn is_no_space(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path` (0 if unknown).
+pub(crate) fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs fills a struct owned by this frame from a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c_path.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
     }
 }
 

@@ -18,6 +18,7 @@ mod log;
 mod recovery;
 mod scan;
 mod segment;
+mod stats;
 mod writer;
 
 pub use aligned::{AlignedBuf, BLOCK_BYTES};
@@ -28,4 +29,5 @@ pub use config::{
 pub use error::{LogError, LogResult};
 pub use io::FaultInjector;
 pub use log::{Appended, Durable, LogOffsets, LogStats, PartitionLog};
+pub use stats::{LATENCY_BUCKETS, LATENCY_BUCKETS_US, LatencyHistogram, LogIoStats};
 pub use sluice_proto::{Offset, RecordBatch};

@@ -28,13 +28,19 @@ use crate::cache::TailCache;
 use crate::config::{FlushPolicy, LogConfig, READ_BYTES_MAX};
 use crate::error::{LogError, LogResult};
 use crate::index::{decode_index, encode_offset_index, encode_time_index, segment_file_names};
-use crate::io::{DirectFile, sync_dir};
+use crate::io::{DirectFile, is_no_space, sync_dir};
 use crate::recovery::recover;
 use crate::scan::{ReadFrom, read_batches};
 use crate::segment::{Segment, SegmentFile, SegmentState};
+use crate::stats::LogIoStats;
 use crate::writer::{Job, Pipeline, WriteJob};
 
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// After ENOSPC, how long the flusher waits before retrying an allocation or write that
+/// buffered data needs. New appends do not wait for it: they are refused with
+/// [`LogError::DiskFull`] (or try the allocation themselves) meanwhile.
+const DISK_FULL_RETRY_MS: u64 = 200;
 
 /// A batch accepted by [`PartitionLog::append`].
 #[must_use = "an append is acknowledged only when `durable` resolves"]
@@ -145,6 +151,11 @@ struct State {
     waiters: Vec<Waker>,
     flusher: Option<Waker>,
     flusher_kicked: bool,
+    /// An allocation failed with ENOSPC and none succeeded since: appends that do not fit in
+    /// the allocated space try to allocate it themselves and are refused if that fails.
+    disk_full: bool,
+    /// A write failed with ENOSPC and is being retried: appends are refused until it lands.
+    write_no_space: bool,
 }
 
 impl State {
@@ -184,6 +195,51 @@ impl State {
         self.wake_all();
     }
 
+    /// ENOSPC from `op`: appends are refused (or allocate first) until space is freed. Logged
+    /// once per episode, not per refused append.
+    fn mark_disk_full(&mut self, dir: &Path, op: &str, err: &io::Error) {
+        if !self.disk_full && !self.write_no_space {
+            tracing::warn!(
+                dir = %dir.display(),
+                op,
+                error = %err,
+                free_bytes = crate::io::free_bytes(dir),
+                "disk full: appends to this log are refused until space is freed"
+            );
+        }
+        self.disk_full = true;
+        self.pipeline.set_space_short(true);
+    }
+
+    /// An allocation succeeded: the disk has room again.
+    fn space_available(&mut self, dir: &Path) {
+        if self.disk_full {
+            tracing::info!(dir = %dir.display(), "disk space available again; appends resume");
+        }
+        self.disk_full = false;
+        self.pipeline.set_space_short(false);
+    }
+
+    /// File position (block aligned) up to which `file` must be allocated for the data
+    /// buffered for it.
+    fn data_end(&self, file: &Rc<SegmentFile>) -> u64 {
+        match self.pipeline.active_end() {
+            Some((active, end)) if Rc::ptr_eq(active, file) => align_up(end),
+            _ => self
+                .segments
+                .get(&file.base)
+                .map_or(0, |s| align_up(s.size)),
+        }
+    }
+
+    /// When the disk is full: the allocated end the active file needs for `len` more
+    /// bytes, if it is beyond what is allocated.
+    fn space_needed(&self, len: usize) -> Option<u64> {
+        let (file, end) = self.pipeline.active_end()?;
+        let to = align_up(end + len as u64);
+        (to > file.allocated()).then_some(to)
+    }
+
     fn check_writable(&self) -> LogResult<()> {
         if let Some(reason) = &self.stopped {
             return Err(LogError::Stopped {
@@ -201,6 +257,8 @@ struct Shared {
     dir: PathBuf,
     config: LogConfig,
     state: RefCell<State>,
+    /// I/O counters (never borrowed across an await).
+    io: RefCell<LogIoStats>,
 }
 
 /// One partition's log. Not `Send`: it belongs to the shard that opened it.
@@ -232,6 +290,8 @@ pub struct LogStats {
 enum Step {
     Wait,
     Roll(Offset),
+    /// The disk was full: allocate up to this file position before appending.
+    Allocate(Rc<SegmentFile>, u64),
 }
 
 /// Waits until the next wake-up of the log's waiters.
@@ -305,11 +365,14 @@ impl PartitionLog {
             waiters: Vec::new(),
             flusher: None,
             flusher_kicked: false,
+            disk_full: false,
+            write_no_space: false,
         };
         let shared = Rc::new(Shared {
             dir,
             config,
             state: RefCell::new(state),
+            io: RefCell::new(LogIoStats::default()),
         });
         let flusher = compio::runtime::spawn(run_flusher(shared.clone()));
         Ok(Self {
@@ -356,6 +419,12 @@ impl PartitionLog {
             segments: st.segments.len(),
             bytes: st.segments.values().map(|s| s.size).sum(),
         }
+    }
+
+    /// I/O counters since the log was opened: fdatasync latency, tail-cache hits and misses,
+    /// appends refused for a full disk.
+    pub fn io_stats(&self) -> LogIoStats {
+        self.shared.io.borrow().clone()
     }
 
     /// Base offsets of the segments, oldest first.
@@ -412,6 +481,19 @@ impl PartitionLog {
                     }
                 } else if !st.pipeline.has_room(len) {
                     Step::Wait
+                } else if st.write_no_space {
+                    self.shared.io.borrow_mut().disk_full_refusals += 1;
+                    return Err(LogError::disk_full(&self.shared.dir));
+                } else if st.disk_full
+                    && let Some(to) = st.space_needed(len)
+                {
+                    let file = st.active().file.clone();
+                    if file.allocating() {
+                        self.shared.io.borrow_mut().disk_full_refusals += 1;
+                        return Err(LogError::disk_full(&self.shared.dir));
+                    }
+                    file.set_allocating(true);
+                    Step::Allocate(file, to)
                 } else {
                     return self.append_now(&mut st, batch, now);
                 }
@@ -419,6 +501,7 @@ impl PartitionLog {
             match step {
                 Step::Wait => wait_progress(&self.shared).await,
                 Step::Roll(base) => self.roll(base).await?,
+                Step::Allocate(file, to) => self.allocate_for_append(&file, to).await?,
             }
         }
     }
@@ -460,6 +543,33 @@ impl PartitionLog {
         })
     }
 
+    /// While the disk is full, an append that needs more space allocates it itself (the
+    /// flusher allocates ahead only while there is room): success resumes appends, ENOSPC
+    /// refuses this one.
+    async fn allocate_for_append(&self, file: &Rc<SegmentFile>, to: u64) -> LogResult<()> {
+        let from = file.allocated();
+        let res = file.file.allocate(from, to - from).await;
+        let mut st = self.shared.state.borrow_mut();
+        file.set_allocating(false);
+        st.kick_flusher();
+        st.wake_all();
+        match res {
+            Ok(()) => {
+                file.set_allocated(to.max(file.allocated()));
+                st.space_available(&self.shared.dir);
+                Ok(())
+            }
+            Err(e) if is_no_space(&e) => {
+                self.shared.io.borrow_mut().disk_full_refusals += 1;
+                Err(LogError::disk_full(&self.shared.dir))
+            }
+            Err(e) => {
+                st.stop("fallocate", file.file.path(), &e);
+                Err(LogError::io("fallocate", file.file.path(), e))
+            }
+        }
+    }
+
     /// Closes the active segment and starts a new one at `base`.
     async fn roll(&self, base: Offset) -> LogResult<()> {
         let result = self.create_segment(base).await;
@@ -498,14 +608,37 @@ impl PartitionLog {
         let config = &self.shared.config;
         let (name, _, _) = segment_file_names(base);
         let path = self.shared.dir.join(name);
-        let file = DirectFile::open(&path, true, config.lock_wait_ms, config.faults.clone())
-            .await
-            .map_err(|e| LogError::io("create segment", &path, e))?;
+        let no_space = |e: &io::Error| {
+            if is_no_space(e) {
+                self.shared.state.borrow_mut().mark_disk_full(
+                    &self.shared.dir,
+                    "create segment",
+                    e,
+                );
+                self.shared.io.borrow_mut().disk_full_refusals += 1;
+                Some(LogError::disk_full(&self.shared.dir))
+            } else {
+                None
+            }
+        };
+        let file =
+            match DirectFile::open(&path, true, config.lock_wait_ms, config.faults.clone()).await {
+                Ok(file) => file,
+                Err(e) => {
+                    return Err(
+                        no_space(&e).unwrap_or_else(|| LogError::io("create segment", &path, e))
+                    );
+                }
+            };
         let step = align_up(config.preallocate_bytes.min(config.segment_bytes));
         if let Err(e) = file.allocate(0, step).await {
-            // Nothing was written to it: remove it so a later roll can try again.
+            // Nothing was written to it: remove it so a later roll can try again (a full
+            // disk is not fatal: the roll is retried by the next append).
+            drop(file);
             let _ = compio::fs::remove_file(&path).await;
-            return Err(LogError::io("preallocate segment", &path, e));
+            return Err(
+                no_space(&e).unwrap_or_else(|| LogError::io("preallocate segment", &path, e))
+            );
         }
         sync_dir(&self.shared.dir)
             .await
@@ -566,6 +699,7 @@ impl PartitionLog {
                 return Ok(Vec::new());
             }
             if st.cache.first_offset().is_some_and(|first| first <= from) {
+                self.shared.io.borrow_mut().cache_hits += 1;
                 return Ok(st.cache.read(from, end, max_bytes));
             }
             let (_, segment) = st
@@ -598,6 +732,7 @@ impl PartitionLog {
             )
         };
         let cache_start = self.shared.state.borrow().cache.first_offset();
+        self.shared.io.borrow_mut().cache_misses += 1;
         let read = read_batches(
             &file.file,
             ReadFrom {
@@ -798,15 +933,18 @@ async fn seal_segment(shared: &Shared, file: &Rc<SegmentFile>) -> LogResult<()> 
         shared.state.borrow_mut().stop(op, path, &e);
         LogError::io(op, path, e)
     };
-    file.file
-        .sync_data()
-        .await
-        .map_err(|e| fatal("fdatasync", e))?;
+    let started = Instant::now();
+    let synced = file.file.sync_data().await;
+    shared.io.borrow_mut().fsync.record(started.elapsed());
+    synced.map_err(|e| fatal("fdatasync", e))?;
     file.file
         .set_len(summary.segment_bytes)
         .await
         .map_err(|e| fatal("truncate", e))?;
-    file.file.sync_all().await.map_err(|e| fatal("fsync", e))?;
+    let started = Instant::now();
+    let synced = file.file.sync_all().await;
+    shared.io.borrow_mut().fsync.record(started.elapsed());
+    synced.map_err(|e| fatal("fsync", e))?;
     let (_, index_name, time_name) = segment_file_names(file.base);
     for (name, bytes) in [(index_name, offset_index), (time_name, time_index)] {
         write_file_atomically(&shared.dir, &name, bytes)
@@ -844,8 +982,8 @@ pub(crate) async fn write_file_atomically(
 }
 
 enum Event {
-    Write(u64, Rc<SegmentFile>, io::Result<()>, AlignedBuf),
-    Synced(u64, io::Result<()>, Rc<SegmentFile>),
+    Write(u64, Rc<SegmentFile>, u64, io::Result<()>, AlignedBuf),
+    Synced(u64, io::Result<()>, Rc<SegmentFile>, Duration),
     Allocated(Rc<SegmentFile>, u64, io::Result<()>),
     FlushTimer,
     Kick,
@@ -859,7 +997,7 @@ async fn perform_write(job: WriteJob) -> Event {
         buf,
     } = job;
     let (res, buf) = file.file.write_all_at(buf, file_pos).await;
-    Event::Write(id, file, res, buf)
+    Event::Write(id, file, file_pos, res, buf)
 }
 
 /// The background task of one log: issues writes, fdatasyncs and seals as the pipeline
@@ -922,8 +1060,9 @@ async fn run_flusher(shared: Rc<Shared>) {
                 if due && let Some(file) = st.dirty_file.take() {
                     st.flush_due = false;
                     sync = Some(Box::pin(async move {
+                        let started = Instant::now();
                         let res = file.file.sync_data().await;
-                        Event::Synced(written, res, file)
+                        Event::Synced(written, res, file, started.elapsed())
                     }));
                 }
             }
@@ -983,8 +1122,14 @@ async fn run_flusher(shared: Rc<Shared>) {
         // issued before the stop may still complete; without this its completion would
         // acknowledge some of them, or not, depending on when their `Durable` is polled.
         let acking = st.stopped.is_none();
+        if let Event::Synced(_, _, _, elapsed) = &event {
+            shared.io.borrow_mut().fsync.record(*elapsed);
+        }
         match event {
-            Event::Write(id, file, Ok(()), buf) => {
+            Event::Write(id, file, _, Ok(()), buf) => {
+                if std::mem::take(&mut st.write_no_space) {
+                    tracing::info!(dir = %shared.dir.display(), "write retried after a full disk landed; appends resume");
+                }
                 let written = st.pipeline.complete_write(id, buf);
                 if acking {
                     st.acks.advance_written(written);
@@ -992,23 +1137,63 @@ async fn run_flusher(shared: Rc<Shared>) {
                 st.cache.evict(written);
                 st.dirty_file = Some(file);
             }
-            Event::Write(id, file, Err(e), _) => {
+            Event::Write(id, file, file_pos, Err(e), buf)
+                if is_no_space(&e) && !st.closing && st.stopped.is_none() =>
+            {
+                // Nothing acknowledged depends on this write yet: write the same bytes again
+                // once there is room (the data is still in `buf`; `written` waits for it).
+                st.mark_disk_full(&shared.dir, "write", &e);
+                st.write_no_space = true;
+                writes.push(Box::pin(async move {
+                    compio::time::sleep(Duration::from_millis(DISK_FULL_RETRY_MS)).await;
+                    perform_write(WriteJob {
+                        id,
+                        file,
+                        file_pos,
+                        buf,
+                    })
+                    .await
+                }));
+            }
+            Event::Write(id, file, _, Err(e), _) => {
                 st.pipeline.abandon_write(id);
                 st.stop("write", file.file.path(), &e);
             }
-            Event::Synced(target, Ok(()), _) => {
+            Event::Synced(target, Ok(()), _, _) => {
                 last_sync = Instant::now();
                 if acking {
                     st.acks.advance_synced(target);
                 }
             }
-            Event::Synced(_, Err(e), file) => st.stop("fdatasync", file.file.path(), &e),
-            Event::Allocated(file, to, res) => {
+            // ENOSPC from fdatasync stays fatal, like any fsync error.
+            Event::Synced(_, Err(e), file, _) => st.stop("fdatasync", file.file.path(), &e),
+            Event::Allocated(file, to, Ok(())) => {
                 file.set_allocating(false);
-                match res {
-                    Ok(()) => file.set_allocated(to),
-                    Err(e) => st.stop("fallocate", file.file.path(), &e),
+                file.set_allocated(to);
+                st.space_available(&shared.dir);
+            }
+            Event::Allocated(file, _, Err(e)) if is_no_space(&e) => {
+                st.mark_disk_full(&shared.dir, "fallocate", &e);
+                let needed = st.data_end(&file);
+                if needed <= file.allocated() {
+                    // Only an allocation ahead failed: nothing waits for it.
+                    file.set_allocating(false);
+                } else if st.closing || st.stopped.is_some() {
+                    file.set_allocating(false);
+                    st.stop("fallocate", file.file.path(), &e);
+                } else {
+                    // Buffered data needs the space: retry (the file stays `allocating`).
+                    allocation = Some(Box::pin(async move {
+                        compio::time::sleep(Duration::from_millis(DISK_FULL_RETRY_MS)).await;
+                        let from = file.allocated();
+                        let res = file.file.allocate(from, needed - from).await;
+                        Event::Allocated(file, needed, res)
+                    }));
                 }
+            }
+            Event::Allocated(file, _, Err(e)) => {
+                file.set_allocating(false);
+                st.stop("fallocate", file.file.path(), &e);
             }
             Event::FlushTimer => st.flush_due = true,
             Event::Kick => {}

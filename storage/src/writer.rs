@@ -105,6 +105,9 @@ pub(crate) struct Pipeline {
     allocated: usize,
     appended: u64,
     written: u64,
+    /// The disk ran out of space at the last allocation: allocate only what queued data
+    /// needs, not ahead, until an allocation succeeds again.
+    space_short: bool,
 }
 
 impl Pipeline {
@@ -122,7 +125,20 @@ impl Pipeline {
             allocated: 0,
             appended: 0,
             written: 0,
+            space_short: false,
         }
+    }
+
+    /// Allocates only what buffered data needs (`true`, after ENOSPC) or ahead (`false`).
+    pub(crate) fn set_space_short(&mut self, short: bool) {
+        self.space_short = short;
+    }
+
+    /// The file and file position just past the last byte buffered for the active segment.
+    pub(crate) fn active_end(&self) -> Option<(&Rc<SegmentFile>, u64)> {
+        self.active
+            .as_ref()
+            .map(|c| (&c.file, c.file_pos + c.buf.len() as u64))
     }
 
     /// Log position after the last appended byte.
@@ -253,11 +269,20 @@ impl Pipeline {
     fn allocation(&self, chunk: &Chunk) -> Allocation {
         let end = chunk.file_pos + align_up(chunk.buf.len() as u64);
         let file = &chunk.file;
-        if !file.allocating() && end + self.allocate_ahead / 2 > file.allocated() {
+        // After ENOSPC, only data that must be written asks for space (no allocation ahead),
+        // so a full disk does not keep the flusher retrying.
+        let wanted = end > file.allocated()
+            || (!self.space_short && end + self.allocate_ahead / 2 > file.allocated());
+        if !file.allocating() && wanted {
+            let ahead = if self.space_short {
+                0
+            } else {
+                self.allocate_ahead
+            };
             file.set_allocating(true);
             return Allocation::Start(Job::Allocate {
                 file: file.clone(),
-                to: align_up(end.max(file.allocated()) + self.allocate_ahead),
+                to: align_up(end.max(file.allocated()) + ahead),
             });
         }
         if end > file.allocated() {
