@@ -414,8 +414,28 @@ fn optional_array_counts() {
 }
 
 #[test]
+fn nullable_strings() {
+    // Length u16::MAX is null; u16::MAX - 1 is a length, over the string limit.
+    let mut null = vec![0xff, 0xff];
+    null.extend_from_slice(&(-1i64).to_le_bytes());
+    null.extend_from_slice(&(-1i16).to_le_bytes());
+    decode_as::<InitProducerIdRequest>(&null).expect("null transactional id");
+    let mut long = vec![0xfe, 0xff];
+    long.extend_from_slice(&null[2..]);
+    assert_eq!(
+        error_text::<InitProducerIdRequest>(&long),
+        "InitProducerIdRequest.transactional_id of 65534 at byte 0 is over the limit of 32768"
+    );
+    assert_eq!(
+        error_text::<InitProducerIdRequest>(&[0xff]),
+        "truncated at byte 0 reading InitProducerIdRequest.transactional_id: need 2 bytes, have 1"
+    );
+}
+
+#[test]
 fn unknown_api_keys_and_error_codes_are_kept_not_trusted() {
-    assert_eq!(ApiKey::from_u16(APIS.len() as u16), None);
+    let past_last = APIS.iter().map(|s| s.key as u16).max().unwrap_or(0) + 1;
+    assert_eq!(ApiKey::from_u16(past_last), None);
     let code = ErrorCode(1234);
     assert_eq!(code.name(), "UNKNOWN_CODE");
     assert_eq!(format!("{code:?}"), "UNKNOWN_CODE(1234)");

@@ -361,6 +361,278 @@ fn list_offsets_response() -> impl Strategy<Value = ListOffsetsResponse> {
     few(topic).prop_map(|topics| ListOffsetsResponse { topics })
 }
 
+fn init_producer_id_request() -> impl Strategy<Value = InitProducerIdRequest> {
+    (prop::option::of(string()), any::<i64>(), any::<i16>()).prop_map(
+        |(transactional_id, producer_id, producer_epoch)| InitProducerIdRequest {
+            transactional_id,
+            producer_id,
+            producer_epoch,
+        },
+    )
+}
+
+fn init_producer_id_response() -> impl Strategy<Value = InitProducerIdResponse> {
+    (error_code(), string(), any::<i64>(), any::<i16>()).prop_map(
+        |(error, message, producer_id, producer_epoch)| InitProducerIdResponse {
+            error,
+            message,
+            producer_id,
+            producer_epoch,
+        },
+    )
+}
+
+fn opaque() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        3 => prop::collection::vec(any::<u8>(), 0..32),
+        // Over the size at which the writer stops copying a chunk.
+        1 => prop::collection::vec(any::<u8>(), 500..700),
+    ]
+    .prop_map(Bytes::from)
+}
+
+fn topic_partitions() -> impl Strategy<Value = ConsumerTopicPartitions> {
+    (string(), few(any::<u32>()))
+        .prop_map(|(topic, partitions)| ConsumerTopicPartitions { topic, partitions })
+}
+
+fn consumer_subscription() -> impl Strategy<Value = ConsumerSubscription> {
+    (few(string()), few(topic_partitions()), opaque()).prop_map(|(topics, owned, user_data)| {
+        ConsumerSubscription {
+            topics,
+            owned,
+            user_data,
+        }
+    })
+}
+
+fn consumer_assignment() -> impl Strategy<Value = ConsumerAssignment> {
+    (few(topic_partitions()), opaque()).prop_map(|(partitions, user_data)| ConsumerAssignment {
+        partitions,
+        user_data,
+    })
+}
+
+fn find_coordinator_response() -> impl Strategy<Value = FindCoordinatorResponse> {
+    (
+        error_code(),
+        string(),
+        any::<u32>(),
+        any::<u16>(),
+        string(),
+        any::<u16>(),
+    )
+        .prop_map(
+            |(error, message, node_id, shard, host, port)| FindCoordinatorResponse {
+                error,
+                message,
+                node_id,
+                shard,
+                host,
+                port,
+            },
+        )
+}
+
+fn join_group_request() -> impl Strategy<Value = JoinGroupRequest> {
+    let protocol =
+        (string(), opaque()).prop_map(|(name, metadata)| JoinGroupProtocol { name, metadata });
+    (
+        string(),
+        any::<u32>(),
+        any::<u32>(),
+        string(),
+        string(),
+        string(),
+        few(protocol),
+    )
+        .prop_map(
+            |(
+                group,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                member_id,
+                client_id,
+                protocol_type,
+                protocols,
+            )| JoinGroupRequest {
+                group,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                member_id,
+                client_id,
+                protocol_type,
+                protocols,
+            },
+        )
+}
+
+fn join_group_response() -> impl Strategy<Value = JoinGroupResponse> {
+    let member = (string(), opaque()).prop_map(|(member_id, metadata)| JoinGroupMember {
+        member_id,
+        metadata,
+    });
+    (
+        error_code(),
+        string(),
+        any::<i32>(),
+        string(),
+        string(),
+        string(),
+        few(member),
+    )
+        .prop_map(
+            |(error, message, generation_id, protocol_name, leader_id, member_id, members)| {
+                JoinGroupResponse {
+                    error,
+                    message,
+                    generation_id,
+                    protocol_name,
+                    leader_id,
+                    member_id,
+                    members,
+                }
+            },
+        )
+}
+
+fn sync_group_request() -> impl Strategy<Value = SyncGroupRequest> {
+    let assignment = (string(), opaque()).prop_map(|(member_id, assignment)| SyncGroupAssignment {
+        member_id,
+        assignment,
+    });
+    (string(), any::<i32>(), string(), few(assignment)).prop_map(
+        |(group, generation_id, member_id, assignments)| SyncGroupRequest {
+            group,
+            generation_id,
+            member_id,
+            assignments,
+        },
+    )
+}
+
+fn sync_group_response() -> impl Strategy<Value = SyncGroupResponse> {
+    (error_code(), string(), opaque()).prop_map(|(error, message, assignment)| SyncGroupResponse {
+        error,
+        message,
+        assignment,
+    })
+}
+
+fn offset_commit_request() -> impl Strategy<Value = OffsetCommitRequest> {
+    let partition =
+        (any::<u32>(), any::<i64>(), string()).prop_map(|(partition, offset, metadata)| {
+            OffsetCommitPartition {
+                partition,
+                offset,
+                metadata,
+            }
+        });
+    let topic = (string(), few(partition))
+        .prop_map(|(topic, partitions)| OffsetCommitTopic { topic, partitions });
+    (string(), any::<i32>(), string(), few(topic)).prop_map(
+        |(group, generation_id, member_id, topics)| OffsetCommitRequest {
+            group,
+            generation_id,
+            member_id,
+            topics,
+        },
+    )
+}
+
+fn offset_commit_response() -> impl Strategy<Value = OffsetCommitResponse> {
+    let partition =
+        (any::<u32>(), error_code(), string()).prop_map(|(partition, error, message)| {
+            OffsetCommitPartitionResult {
+                partition,
+                error,
+                message,
+            }
+        });
+    let topic = (string(), few(partition))
+        .prop_map(|(topic, partitions)| OffsetCommitTopicResult { topic, partitions });
+    few(topic).prop_map(|topics| OffsetCommitResponse { topics })
+}
+
+fn offset_fetch_request() -> impl Strategy<Value = OffsetFetchRequest> {
+    let topic = (string(), few(any::<u32>()))
+        .prop_map(|(topic, partitions)| OffsetFetchTopic { topic, partitions });
+    (string(), few(topic)).prop_map(|(group, topics)| OffsetFetchRequest { group, topics })
+}
+
+fn offset_fetch_response() -> impl Strategy<Value = OffsetFetchResponse> {
+    let partition = (any::<u32>(), any::<i64>(), string(), error_code()).prop_map(
+        |(partition, offset, metadata, error)| OffsetFetchPartition {
+            partition,
+            offset,
+            metadata,
+            error,
+        },
+    );
+    let topic = (string(), few(partition))
+        .prop_map(|(topic, partitions)| OffsetFetchTopicResult { topic, partitions });
+    (error_code(), string(), few(topic)).prop_map(|(error, message, topics)| OffsetFetchResponse {
+        error,
+        message,
+        topics,
+    })
+}
+
+fn list_groups_response() -> impl Strategy<Value = ListGroupsResponse> {
+    let group = (string(), string(), string(), any::<u32>()).prop_map(
+        |(group, state, protocol_type, members)| ListedGroup {
+            group,
+            state,
+            protocol_type,
+            members,
+        },
+    );
+    few(group).prop_map(|groups| ListGroupsResponse { groups })
+}
+
+fn describe_groups_response() -> impl Strategy<Value = DescribeGroupsResponse> {
+    let member = (string(), string(), string(), opaque()).prop_map(
+        |(member_id, client_id, client_host, assignment)| DescribedMember {
+            member_id,
+            client_id,
+            client_host,
+            assignment,
+        },
+    );
+    let group = (
+        (string(), error_code(), string(), string()),
+        (string(), string(), any::<i32>(), few(member)),
+    )
+        .prop_map(
+            |(
+                (group, error, message, state),
+                (protocol_type, protocol, generation_id, members),
+            )| {
+                DescribedGroup {
+                    group,
+                    error,
+                    message,
+                    state,
+                    protocol_type,
+                    protocol,
+                    generation_id,
+                    members,
+                }
+            },
+        );
+    few(group).prop_map(|groups| DescribeGroupsResponse { groups })
+}
+
+fn delete_groups_response() -> impl Strategy<Value = DeleteGroupsResponse> {
+    let group =
+        (string(), error_code(), string()).prop_map(|(group, error, message)| DeleteGroupResult {
+            group,
+            error,
+            message,
+        });
+    few(group).prop_map(|groups| DeleteGroupsResponse { groups })
+}
+
 // ---- checks -----------------------------------------------------------------------------
 
 /// `value` encodes to `Writer::len()` bytes, decodes to `expected` (the value with record
@@ -524,6 +796,124 @@ proptest! {
         check_request(ApiKey::ListOffsets, &req, &req);
         check_response(&resp, &resp, error);
     }
+
+    #[test]
+    fn init_producer_id(
+        req in init_producer_id_request(),
+        resp in init_producer_id_response(),
+        error in error_code(),
+    ) {
+        check_request(ApiKey::InitProducerId, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn consumer_protocol_payloads(sub in consumer_subscription(), asg in consumer_assignment()) {
+        check_body(&sub, &sub);
+        check_body(&asg, &asg);
+        prop_assert_eq!(ConsumerSubscription::from_bytes(&sub.to_bytes()), Ok(sub.clone()));
+        prop_assert_eq!(ConsumerAssignment::from_bytes(&asg.to_bytes()), Ok(asg.clone()));
+    }
+
+    #[test]
+    fn find_coordinator(group in string(), resp in find_coordinator_response(), error in error_code()) {
+        let req = FindCoordinatorRequest { group };
+        check_request(ApiKey::FindCoordinator, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn join_group(req in join_group_request(), resp in join_group_response(), error in error_code()) {
+        check_request(ApiKey::JoinGroup, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn sync_group(req in sync_group_request(), resp in sync_group_response(), error in error_code()) {
+        check_request(ApiKey::SyncGroup, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn heartbeat_and_leave(
+        group in string(),
+        generation_id in any::<i32>(),
+        member_id in string(),
+        resp_error in error_code(),
+        message in string(),
+        error in error_code(),
+    ) {
+        let req = HeartbeatRequest { group: group.clone(), generation_id, member_id: member_id.clone() };
+        check_request(ApiKey::Heartbeat, &req, &req);
+        let resp = HeartbeatResponse { error: resp_error, message: message.clone() };
+        check_response(&resp, &resp, error);
+        let req = LeaveGroupRequest { group, member_id };
+        check_request(ApiKey::LeaveGroup, &req, &req);
+        let resp = LeaveGroupResponse { error: resp_error, message };
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn offset_commit(
+        req in offset_commit_request(),
+        resp in offset_commit_response(),
+        error in error_code(),
+    ) {
+        check_request(ApiKey::OffsetCommit, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn offset_fetch(
+        req in offset_fetch_request(),
+        resp in offset_fetch_response(),
+        error in error_code(),
+    ) {
+        check_request(ApiKey::OffsetFetch, &req, &req);
+        check_response(&resp, &resp, error);
+    }
+
+    #[test]
+    fn list_describe_delete_groups(
+        groups in few(string()),
+        list in list_groups_response(),
+        describe in describe_groups_response(),
+        delete in delete_groups_response(),
+        error in error_code(),
+    ) {
+        check_request(ApiKey::ListGroups, &ListGroupsRequest {}, &ListGroupsRequest {});
+        check_response(&list, &list, error);
+        let req = DescribeGroupsRequest { groups: groups.clone() };
+        check_request(ApiKey::DescribeGroups, &req, &req);
+        check_response(&describe, &describe, error);
+        let req = DeleteGroupsRequest { groups };
+        check_request(ApiKey::DeleteGroups, &req, &req);
+        check_response(&delete, &delete, error);
+    }
+}
+
+#[test]
+fn opaque_bytes_over_the_limit_are_refused_before_allocating() {
+    let mut body = Vec::new();
+    body.extend_from_slice(&((OPAQUE_BYTES_MAX + 1) as u32).to_le_bytes());
+    let err = decode_body::<SyncGroupResponse>(Reader::new(BytesMut::from(
+        &[&[0u8, 0, 0, 0][..], &body[..]].concat()[..],
+    )))
+    .expect_err("over the limit");
+    assert!(
+        matches!(
+            err,
+            ProtocolError::TooLarge {
+                field: "SyncGroupResponse.assignment",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// The received record set splits into the sent batches, each valid.
@@ -787,6 +1177,7 @@ fn api_table_and_api_versions_agree() {
         assert!(spec.key.supports(range.max_version));
         assert!(!spec.key.supports(range.max_version + 1));
     }
-    assert_eq!(ApiKey::from_u16(APIS.len() as u16), None);
+    let past_last = APIS.iter().map(|s| s.key as u16).max().unwrap_or(0) + 1;
+    assert_eq!(ApiKey::from_u16(past_last), None);
     assert_eq!(ApiKey::from_u16(u16::MAX), None);
 }

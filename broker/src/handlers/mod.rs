@@ -4,8 +4,10 @@
 
 mod admin;
 mod fetch;
+mod group;
 mod list_offsets;
 mod produce;
+mod producer;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -74,6 +76,16 @@ pub(crate) async fn admit(
     }
     use sluice_proto::protocol as p;
     let in_flight = match api {
+        ApiKey::FindCoordinator
+        | ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::ListGroups
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups => return group::admit(shard, api, reader, ctx),
         ApiKey::ApiVersions => {
             let _: p::ApiVersionsRequest = body!(p::ApiVersionsRequest);
             let response = admin::api_versions(shard);
@@ -112,6 +124,10 @@ pub(crate) async fn admit(
         ApiKey::ListOffsets => {
             let request = body!(p::ListOffsetsRequest);
             respond(ctx, list_offsets::run(shard.clone(), request))
+        }
+        ApiKey::InitProducerId => {
+            let request = body!(p::InitProducerIdRequest);
+            respond(ctx, producer::init_producer_id(shard.clone(), request))
         }
     };
     Admitted::InFlight(in_flight)

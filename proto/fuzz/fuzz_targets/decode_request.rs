@@ -39,6 +39,17 @@ fn request(payload: &[u8]) {
         Some(ApiKey::Produce) => check::<ProduceRequest>(body),
         Some(ApiKey::Fetch) => check::<FetchRequest>(body),
         Some(ApiKey::ListOffsets) => check::<ListOffsetsRequest>(body),
+        Some(ApiKey::FindCoordinator) => check::<FindCoordinatorRequest>(body),
+        Some(ApiKey::JoinGroup) => check::<JoinGroupRequest>(body),
+        Some(ApiKey::SyncGroup) => check::<SyncGroupRequest>(body),
+        Some(ApiKey::Heartbeat) => check::<HeartbeatRequest>(body),
+        Some(ApiKey::LeaveGroup) => check::<LeaveGroupRequest>(body),
+        Some(ApiKey::OffsetCommit) => check::<OffsetCommitRequest>(body),
+        Some(ApiKey::OffsetFetch) => check::<OffsetFetchRequest>(body),
+        Some(ApiKey::ListGroups) => check::<ListGroupsRequest>(body),
+        Some(ApiKey::DescribeGroups) => check::<DescribeGroupsRequest>(body),
+        Some(ApiKey::DeleteGroups) => check::<DeleteGroupsRequest>(body),
+        Some(ApiKey::InitProducerId) => check::<InitProducerIdRequest>(body),
         None => {}
     }
 }
@@ -63,6 +74,20 @@ fn response(payload: &[u8]) {
     check::<ProduceResponse>(body);
     check::<FetchResponse>(body);
     check::<ListOffsetsResponse>(body);
+    check::<FindCoordinatorResponse>(body);
+    check::<JoinGroupResponse>(body);
+    check::<SyncGroupResponse>(body);
+    check::<HeartbeatResponse>(body);
+    check::<LeaveGroupResponse>(body);
+    check::<OffsetCommitResponse>(body);
+    check::<OffsetFetchResponse>(body);
+    check::<ListGroupsResponse>(body);
+    check::<DescribeGroupsResponse>(body);
+    check::<DeleteGroupsResponse>(body);
+    // Consumer protocol payloads (opaque bytes inside JoinGroup and SyncGroup).
+    check::<ConsumerSubscription>(body);
+    check::<ConsumerAssignment>(body);
+    check::<InitProducerIdResponse>(body);
 }
 
 /// Decodes `body` as a whole `T`; what decodes re-encodes to `body` exactly.

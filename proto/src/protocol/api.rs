@@ -25,6 +25,28 @@ pub enum ApiKey {
     Fetch = 7,
     /// Earliest, latest, or by-timestamp offsets.
     ListOffsets = 8,
+    /// A producer id and epoch for the idempotent producer.
+    InitProducerId = 9,
+    /// The shard coordinating a consumer group.
+    FindCoordinator = 10,
+    /// Join a consumer group (open or join a rebalance).
+    JoinGroup = 11,
+    /// Hand out (leader) or receive the generation's assignments.
+    SyncGroup = 12,
+    /// Keep a member alive; learn about rebalances.
+    Heartbeat = 13,
+    /// Leave a consumer group.
+    LeaveGroup = 14,
+    /// Commit consumed offsets for a group.
+    OffsetCommit = 15,
+    /// Fetch a group's committed offsets.
+    OffsetFetch = 16,
+    /// List consumer groups.
+    ListGroups = 17,
+    /// Describe consumer groups: state, members, assignments.
+    DescribeGroups = 18,
+    /// Delete empty consumer groups and their committed offsets.
+    DeleteGroups = 19,
 }
 
 /// One row of the API table.
@@ -51,6 +73,17 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::Produce, "Produce"),
     spec(ApiKey::Fetch, "Fetch"),
     spec(ApiKey::ListOffsets, "ListOffsets"),
+    spec(ApiKey::InitProducerId, "InitProducerId"),
+    spec(ApiKey::FindCoordinator, "FindCoordinator"),
+    spec(ApiKey::JoinGroup, "JoinGroup"),
+    spec(ApiKey::SyncGroup, "SyncGroup"),
+    spec(ApiKey::Heartbeat, "Heartbeat"),
+    spec(ApiKey::LeaveGroup, "LeaveGroup"),
+    spec(ApiKey::OffsetCommit, "OffsetCommit"),
+    spec(ApiKey::OffsetFetch, "OffsetFetch"),
+    spec(ApiKey::ListGroups, "ListGroups"),
+    spec(ApiKey::DescribeGroups, "DescribeGroups"),
+    spec(ApiKey::DeleteGroups, "DeleteGroups"),
 ];
 
 const fn spec(key: ApiKey, name: &'static str) -> ApiSpec {

@@ -49,10 +49,30 @@ codes! {
     REQUEST_TIMED_OUT = 7, retriable: true;
     /// A batch is larger than the topic's `max.message.bytes`.
     MESSAGE_TOO_LARGE = 10, retriable: false;
+    /// Offset commit metadata is longer than the coordinator keeps.
+    OFFSET_METADATA_TOO_LARGE = 12, retriable: false;
+    /// The coordinator is still loading the group's offsets; retry shortly.
+    COORDINATOR_LOAD_IN_PROGRESS = 14, retriable: true;
+    /// The group coordinator is not available (its offsets partition is not open).
+    COORDINATOR_NOT_AVAILABLE = 15, retriable: true;
+    /// This is not the group's coordinator; find it again.
+    NOT_COORDINATOR = 16, retriable: true;
     /// The topic name is not valid.
     INVALID_TOPIC = 17, retriable: false;
     /// `acks` is not 0, 1 or -1 (all).
     INVALID_REQUIRED_ACKS = 21, retriable: false;
+    /// The member's generation is not the group's current one; rejoin.
+    ILLEGAL_GENERATION = 22, retriable: false;
+    /// Wrong protocol type, or no protocol supported by every member.
+    INCONSISTENT_GROUP_PROTOCOL = 23, retriable: false;
+    /// The group id is empty or too long.
+    INVALID_GROUP_ID = 24, retriable: false;
+    /// The group does not know this member id; rejoin as a new member.
+    UNKNOWN_MEMBER_ID = 25, retriable: false;
+    /// The session timeout is outside the coordinator's allowed range.
+    INVALID_SESSION_TIMEOUT = 26, retriable: false;
+    /// The group is rebalancing; rejoin.
+    REBALANCE_IN_PROGRESS = 27, retriable: false;
     /// The API version is not supported (see ApiVersions).
     UNSUPPORTED_VERSION = 35, retriable: false;
     /// A topic with this name exists.
@@ -63,8 +83,31 @@ codes! {
     INVALID_CONFIG = 40, retriable: false;
     /// The request is malformed.
     INVALID_REQUEST = 42, retriable: false;
+    /// An idempotent batch's sequence number is not the next one the partition expects
+    /// (a gap: an earlier batch was lost); the producer cannot keep its ordering guarantee.
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 45, retriable: false;
+    /// An idempotent batch repeats a sequence number the partition no longer remembers the
+    /// offset of (older than the batches it keeps per producer).
+    DUPLICATE_SEQUENCE_NUMBER = 46, retriable: false;
+    /// The producer's epoch is older than the partition's (another producer took over the
+    /// id), or a new epoch did not start at sequence 0.
+    INVALID_PRODUCER_EPOCH = 47, retriable: false;
     /// The partition's log failed (a write or fsync error stops it for good).
     STORAGE_ERROR = 56, retriable: false;
+    /// The partition has no state for this producer id and the batch does not start a
+    /// sequence (its state expired, or the id was never given).
+    UNKNOWN_PRODUCER_ID = 59, retriable: false;
+    /// The group still has members, so it cannot be deleted (or reset).
+    NON_EMPTY_GROUP = 68, retriable: false;
+    /// No such group.
+    GROUP_ID_NOT_FOUND = 69, retriable: false;
+    /// The group already has the most members the coordinator allows.
+    GROUP_MAX_SIZE_REACHED = 81, retriable: false;
+    /// A record is not valid for the topic: a record without a key produced to a compacted
+    /// topic (`cleanup.policy=compact`).
+    INVALID_RECORD = 87, retriable: false;
+    /// The producer epoch was bumped by a newer InitProducerId: this producer is fenced.
+    PRODUCER_FENCED = 90, retriable: false;
     /// The frame is larger than the broker accepts; the connection is closed.
     FRAME_TOO_LARGE = 1000, retriable: false;
     /// The API key is unknown.
@@ -73,6 +116,11 @@ codes! {
     SHUTTING_DOWN = 1002, retriable: true;
     /// The shard is at its memory or queue limit; retry after the throttle time.
     THROTTLED = 1003, retriable: true;
+    /// The disk holding the partition is full: the append was refused (nothing of it was
+    /// written). Fetches still work; appends are accepted again once space is freed.
+    DISK_FULL = 1004, retriable: false;
+    /// An offset commit names a partition not assigned to the committing member.
+    PARTITION_NOT_ASSIGNED = 1005, retriable: false;
 }
 
 impl ErrorCode {

@@ -18,6 +18,8 @@ pub const RESPONSE_OVERHEAD_BYTES_MAX: usize = 8 * MIB;
 pub const STRING_BYTES_MAX: usize = 32 * 1024;
 /// Most elements in one array field.
 pub const ARRAY_LEN_MAX: usize = 1 << 20;
+/// Longest opaque bytes field (consumer group metadata and assignments).
+pub const OPAQUE_BYTES_MAX: usize = MIB;
 /// Longest topic name (Kafka's rule).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Most partitions one topic may have.
@@ -39,4 +41,5 @@ const _: () = {
     assert!(RESPONSE_FRAME_BYTES_MAX <= u32::MAX as usize);
     assert!(STRING_BYTES_MAX <= u16::MAX as usize);
     assert!(TOPIC_NAME_BYTES_MAX <= STRING_BYTES_MAX);
+    assert!(OPAQUE_BYTES_MAX <= REQUEST_FRAME_BYTES_MAX);
 };

@@ -3,8 +3,11 @@
 
 use super::codec::{ProtocolError, Reader, RecordSet, Writer};
 use super::error_code::ErrorCode;
-use super::limits::{ARRAY_LEN_MAX, REQUEST_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX};
+use super::limits::{
+    ARRAY_LEN_MAX, OPAQUE_BYTES_MAX, REQUEST_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
+};
 use crate::Offset;
+use bytes::{Bytes, BytesMut};
 
 /// A type with a wire encoding.
 pub trait Wire: Sized {
@@ -120,6 +123,29 @@ impl<T: Wire> Wire for Option<Vec<T>> {
     }
 }
 
+/// Opaque bytes (group metadata, assignments): `u32` length, then the bytes, at most
+/// [`OPAQUE_BYTES_MAX`].
+impl Wire for Bytes {
+    const MIN_BYTES: usize = 4;
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.len() as u32);
+        w.chunk(self.clone());
+    }
+    fn decode(r: &mut Reader, field: &'static str) -> Result<Self, ProtocolError> {
+        let at = r.position();
+        let len = r.u32(field)? as usize;
+        if len > OPAQUE_BYTES_MAX {
+            return Err(ProtocolError::TooLarge {
+                at,
+                field,
+                size: len as u64,
+                max: OPAQUE_BYTES_MAX as u64,
+            });
+        }
+        r.bytes(field, len).map(BytesMut::freeze)
+    }
+}
+
 impl Wire for RecordSet {
     const MIN_BYTES: usize = 4;
     fn encode(&self, w: &mut Writer) {
@@ -177,5 +203,20 @@ impl Default for ErrorCode {
 impl Default for RecordSet {
     fn default() -> Self {
         RecordSet::empty()
+    }
+}
+
+/// A nullable string: absent is encoded as length `u16::MAX` (above
+/// [`super::limits::STRING_BYTES_MAX`], so no present string has that length).
+impl Wire for Option<String> {
+    const MIN_BYTES: usize = 2;
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Some(s) => w.string(s),
+            None => w.u16(u16::MAX),
+        }
+    }
+    fn decode(r: &mut Reader, field: &'static str) -> Result<Self, ProtocolError> {
+        r.optional_string(field)
     }
 }

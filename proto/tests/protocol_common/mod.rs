@@ -59,6 +59,61 @@ macro_rules! with_api_types {
                 type $resp = ListOffsetsResponse;
                 $body
             }
+            ApiKey::FindCoordinator => {
+                type $req = FindCoordinatorRequest;
+                type $resp = FindCoordinatorResponse;
+                $body
+            }
+            ApiKey::JoinGroup => {
+                type $req = JoinGroupRequest;
+                type $resp = JoinGroupResponse;
+                $body
+            }
+            ApiKey::SyncGroup => {
+                type $req = SyncGroupRequest;
+                type $resp = SyncGroupResponse;
+                $body
+            }
+            ApiKey::Heartbeat => {
+                type $req = HeartbeatRequest;
+                type $resp = HeartbeatResponse;
+                $body
+            }
+            ApiKey::LeaveGroup => {
+                type $req = LeaveGroupRequest;
+                type $resp = LeaveGroupResponse;
+                $body
+            }
+            ApiKey::OffsetCommit => {
+                type $req = OffsetCommitRequest;
+                type $resp = OffsetCommitResponse;
+                $body
+            }
+            ApiKey::OffsetFetch => {
+                type $req = OffsetFetchRequest;
+                type $resp = OffsetFetchResponse;
+                $body
+            }
+            ApiKey::ListGroups => {
+                type $req = ListGroupsRequest;
+                type $resp = ListGroupsResponse;
+                $body
+            }
+            ApiKey::DescribeGroups => {
+                type $req = DescribeGroupsRequest;
+                type $resp = DescribeGroupsResponse;
+                $body
+            }
+            ApiKey::DeleteGroups => {
+                type $req = DeleteGroupsRequest;
+                type $resp = DeleteGroupsResponse;
+                $body
+            }
+            ApiKey::InitProducerId => {
+                type $req = InitProducerIdRequest;
+                type $resp = InitProducerIdResponse;
+                $body
+            }
         }
     }};
 }
@@ -433,6 +488,278 @@ pub(crate) mod samples {
         }
     }
 
+    pub(crate) fn init_producer_id_request() -> InitProducerIdRequest {
+        InitProducerIdRequest {
+            transactional_id: None,
+            producer_id: 4096,
+            producer_epoch: 2,
+        }
+    }
+
+    pub(crate) fn init_producer_id_response() -> InitProducerIdResponse {
+        InitProducerIdResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            producer_id: 4096,
+            producer_epoch: 3,
+        }
+    }
+
+    pub(crate) fn consumer_assignment() -> ConsumerAssignment {
+        ConsumerAssignment {
+            partitions: vec![ConsumerTopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![0, 1],
+            }],
+            user_data: Bytes::new(),
+        }
+    }
+
+    pub(crate) fn consumer_subscription() -> ConsumerSubscription {
+        ConsumerSubscription {
+            topics: vec!["orders".into()],
+            owned: vec![ConsumerTopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![1],
+            }],
+            user_data: Bytes::from_static(b"ud"),
+        }
+    }
+
+    pub(crate) fn find_coordinator_request() -> FindCoordinatorRequest {
+        FindCoordinatorRequest {
+            group: "billing".into(),
+        }
+    }
+
+    pub(crate) fn find_coordinator_response() -> FindCoordinatorResponse {
+        FindCoordinatorResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            node_id: 1,
+            shard: 1,
+            host: "127.0.0.1".into(),
+            port: 9094,
+        }
+    }
+
+    pub(crate) fn join_group_request() -> JoinGroupRequest {
+        JoinGroupRequest {
+            group: "billing".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+            member_id: String::new(),
+            client_id: "consumer-1".into(),
+            protocol_type: PROTOCOL_TYPE_CONSUMER.into(),
+            protocols: vec![
+                JoinGroupProtocol {
+                    name: ASSIGNOR_RANGE.into(),
+                    metadata: consumer_subscription().to_bytes(),
+                },
+                JoinGroupProtocol {
+                    name: ASSIGNOR_ROUND_ROBIN.into(),
+                    metadata: consumer_subscription().to_bytes(),
+                },
+            ],
+        }
+    }
+
+    pub(crate) fn join_group_response() -> JoinGroupResponse {
+        JoinGroupResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            generation_id: 3,
+            protocol_name: ASSIGNOR_RANGE.into(),
+            leader_id: "consumer-1-0001".into(),
+            member_id: "consumer-1-0001".into(),
+            members: vec![JoinGroupMember {
+                member_id: "consumer-1-0001".into(),
+                metadata: consumer_subscription().to_bytes(),
+            }],
+        }
+    }
+
+    pub(crate) fn sync_group_request() -> SyncGroupRequest {
+        SyncGroupRequest {
+            group: "billing".into(),
+            generation_id: 3,
+            member_id: "consumer-1-0001".into(),
+            assignments: vec![SyncGroupAssignment {
+                member_id: "consumer-1-0001".into(),
+                assignment: consumer_assignment().to_bytes(),
+            }],
+        }
+    }
+
+    pub(crate) fn sync_group_response() -> SyncGroupResponse {
+        SyncGroupResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            assignment: consumer_assignment().to_bytes(),
+        }
+    }
+
+    pub(crate) fn heartbeat_request() -> HeartbeatRequest {
+        HeartbeatRequest {
+            group: "billing".into(),
+            generation_id: 3,
+            member_id: "consumer-1-0001".into(),
+        }
+    }
+
+    pub(crate) fn heartbeat_response() -> HeartbeatResponse {
+        HeartbeatResponse {
+            error: ErrorCode::REBALANCE_IN_PROGRESS,
+            message: "group billing is rebalancing".into(),
+        }
+    }
+
+    pub(crate) fn leave_group_request() -> LeaveGroupRequest {
+        LeaveGroupRequest {
+            group: "billing".into(),
+            member_id: "consumer-1-0001".into(),
+        }
+    }
+
+    pub(crate) fn leave_group_response() -> LeaveGroupResponse {
+        LeaveGroupResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+        }
+    }
+
+    pub(crate) fn offset_commit_request() -> OffsetCommitRequest {
+        OffsetCommitRequest {
+            group: "billing".into(),
+            generation_id: 3,
+            member_id: "consumer-1-0001".into(),
+            topics: vec![OffsetCommitTopic {
+                topic: "orders".into(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: 1,
+                    offset: 42,
+                    metadata: "m".into(),
+                }],
+            }],
+        }
+    }
+
+    pub(crate) fn offset_commit_response() -> OffsetCommitResponse {
+        OffsetCommitResponse {
+            topics: vec![OffsetCommitTopicResult {
+                topic: "orders".into(),
+                partitions: vec![OffsetCommitPartitionResult {
+                    partition: 1,
+                    error: ErrorCode::PARTITION_NOT_ASSIGNED,
+                    message: "orders-1 is not assigned to consumer-1-0001".into(),
+                }],
+            }],
+        }
+    }
+
+    pub(crate) fn offset_fetch_request() -> OffsetFetchRequest {
+        OffsetFetchRequest {
+            group: "billing".into(),
+            topics: vec![OffsetFetchTopic {
+                topic: "orders".into(),
+                partitions: vec![0, 1],
+            }],
+        }
+    }
+
+    pub(crate) fn offset_fetch_response() -> OffsetFetchResponse {
+        OffsetFetchResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            topics: vec![OffsetFetchTopicResult {
+                topic: "orders".into(),
+                partitions: vec![
+                    OffsetFetchPartition {
+                        partition: 0,
+                        offset: OFFSET_NONE,
+                        metadata: String::new(),
+                        error: ErrorCode::NONE,
+                    },
+                    OffsetFetchPartition {
+                        partition: 1,
+                        offset: 42,
+                        metadata: "m".into(),
+                        error: ErrorCode::NONE,
+                    },
+                ],
+            }],
+        }
+    }
+
+    pub(crate) fn list_groups_request() -> ListGroupsRequest {
+        ListGroupsRequest {}
+    }
+
+    pub(crate) fn list_groups_response() -> ListGroupsResponse {
+        ListGroupsResponse {
+            groups: vec![ListedGroup {
+                group: "billing".into(),
+                state: group_state::STABLE.into(),
+                protocol_type: PROTOCOL_TYPE_CONSUMER.into(),
+                members: 1,
+            }],
+        }
+    }
+
+    pub(crate) fn describe_groups_request() -> DescribeGroupsRequest {
+        DescribeGroupsRequest {
+            groups: vec!["billing".into(), "nope".into()],
+        }
+    }
+
+    pub(crate) fn describe_groups_response() -> DescribeGroupsResponse {
+        DescribeGroupsResponse {
+            groups: vec![
+                DescribedGroup {
+                    group: "billing".into(),
+                    error: ErrorCode::NONE,
+                    message: String::new(),
+                    state: group_state::STABLE.into(),
+                    protocol_type: PROTOCOL_TYPE_CONSUMER.into(),
+                    protocol: ASSIGNOR_RANGE.into(),
+                    generation_id: 3,
+                    members: vec![DescribedMember {
+                        member_id: "consumer-1-0001".into(),
+                        client_id: "consumer-1".into(),
+                        client_host: "127.0.0.1".into(),
+                        assignment: consumer_assignment().to_bytes(),
+                    }],
+                },
+                DescribedGroup {
+                    group: "nope".into(),
+                    error: ErrorCode::GROUP_ID_NOT_FOUND,
+                    message: "no group nope".into(),
+                    state: group_state::DEAD.into(),
+                    protocol_type: String::new(),
+                    protocol: String::new(),
+                    generation_id: GENERATION_NONE,
+                    members: vec![],
+                },
+            ],
+        }
+    }
+
+    pub(crate) fn delete_groups_request() -> DeleteGroupsRequest {
+        DeleteGroupsRequest {
+            groups: vec!["billing".into()],
+        }
+    }
+
+    pub(crate) fn delete_groups_response() -> DeleteGroupsResponse {
+        DeleteGroupsResponse {
+            groups: vec![DeleteGroupResult {
+                group: "billing".into(),
+                error: ErrorCode::NON_EMPTY_GROUP,
+                message: "group billing has 1 member".into(),
+            }],
+        }
+    }
+
     /// The sample request frame of `api` (correlation id 7, client id "golden").
     pub(crate) fn request_frame(api: ApiKey) -> Vec<Bytes> {
         match api {
@@ -447,6 +774,23 @@ pub(crate) mod samples {
             ApiKey::Produce => encode_request(api, 0, 7, "golden", &produce_request()),
             ApiKey::Fetch => encode_request(api, 0, 7, "golden", &fetch_request()),
             ApiKey::ListOffsets => encode_request(api, 0, 7, "golden", &list_offsets_request()),
+            ApiKey::FindCoordinator => {
+                encode_request(api, 0, 7, "golden", &find_coordinator_request())
+            }
+            ApiKey::JoinGroup => encode_request(api, 0, 7, "golden", &join_group_request()),
+            ApiKey::SyncGroup => encode_request(api, 0, 7, "golden", &sync_group_request()),
+            ApiKey::Heartbeat => encode_request(api, 0, 7, "golden", &heartbeat_request()),
+            ApiKey::LeaveGroup => encode_request(api, 0, 7, "golden", &leave_group_request()),
+            ApiKey::OffsetCommit => encode_request(api, 0, 7, "golden", &offset_commit_request()),
+            ApiKey::OffsetFetch => encode_request(api, 0, 7, "golden", &offset_fetch_request()),
+            ApiKey::ListGroups => encode_request(api, 0, 7, "golden", &list_groups_request()),
+            ApiKey::DescribeGroups => {
+                encode_request(api, 0, 7, "golden", &describe_groups_request())
+            }
+            ApiKey::DeleteGroups => encode_request(api, 0, 7, "golden", &delete_groups_request()),
+            ApiKey::InitProducerId => {
+                encode_request(api, 0, 7, "golden", &init_producer_id_request())
+            }
         }
     }
 
@@ -462,6 +806,17 @@ pub(crate) mod samples {
             ApiKey::Produce => encode_response(7, &produce_response()),
             ApiKey::Fetch => encode_response(7, &fetch_response()),
             ApiKey::ListOffsets => encode_response(7, &list_offsets_response()),
+            ApiKey::FindCoordinator => encode_response(7, &find_coordinator_response()),
+            ApiKey::JoinGroup => encode_response(7, &join_group_response()),
+            ApiKey::SyncGroup => encode_response(7, &sync_group_response()),
+            ApiKey::Heartbeat => encode_response(7, &heartbeat_response()),
+            ApiKey::LeaveGroup => encode_response(7, &leave_group_response()),
+            ApiKey::OffsetCommit => encode_response(7, &offset_commit_response()),
+            ApiKey::OffsetFetch => encode_response(7, &offset_fetch_response()),
+            ApiKey::ListGroups => encode_response(7, &list_groups_response()),
+            ApiKey::DescribeGroups => encode_response(7, &describe_groups_response()),
+            ApiKey::DeleteGroups => encode_response(7, &delete_groups_response()),
+            ApiKey::InitProducerId => encode_response(7, &init_producer_id_response()),
         }
     }
 
@@ -478,6 +833,17 @@ pub(crate) mod samples {
             ApiKey::Produce => decode_body(r) == Ok(received_produce(&produce_request())),
             ApiKey::Fetch => decode_body(r) == Ok(fetch_request()),
             ApiKey::ListOffsets => decode_body(r) == Ok(list_offsets_request()),
+            ApiKey::FindCoordinator => decode_body(r) == Ok(find_coordinator_request()),
+            ApiKey::JoinGroup => decode_body(r) == Ok(join_group_request()),
+            ApiKey::SyncGroup => decode_body(r) == Ok(sync_group_request()),
+            ApiKey::Heartbeat => decode_body(r) == Ok(heartbeat_request()),
+            ApiKey::LeaveGroup => decode_body(r) == Ok(leave_group_request()),
+            ApiKey::OffsetCommit => decode_body(r) == Ok(offset_commit_request()),
+            ApiKey::OffsetFetch => decode_body(r) == Ok(offset_fetch_request()),
+            ApiKey::ListGroups => decode_body(r) == Ok(list_groups_request()),
+            ApiKey::DescribeGroups => decode_body(r) == Ok(describe_groups_request()),
+            ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_request()),
+            ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_request()),
         }
     }
 
@@ -493,6 +859,17 @@ pub(crate) mod samples {
             ApiKey::Produce => decode_body(r) == Ok(produce_response()),
             ApiKey::Fetch => decode_body(r) == Ok(received_fetch(&fetch_response())),
             ApiKey::ListOffsets => decode_body(r) == Ok(list_offsets_response()),
+            ApiKey::FindCoordinator => decode_body(r) == Ok(find_coordinator_response()),
+            ApiKey::JoinGroup => decode_body(r) == Ok(join_group_response()),
+            ApiKey::SyncGroup => decode_body(r) == Ok(sync_group_response()),
+            ApiKey::Heartbeat => decode_body(r) == Ok(heartbeat_response()),
+            ApiKey::LeaveGroup => decode_body(r) == Ok(leave_group_response()),
+            ApiKey::OffsetCommit => decode_body(r) == Ok(offset_commit_response()),
+            ApiKey::OffsetFetch => decode_body(r) == Ok(offset_fetch_response()),
+            ApiKey::ListGroups => decode_body(r) == Ok(list_groups_response()),
+            ApiKey::DescribeGroups => decode_body(r) == Ok(describe_groups_response()),
+            ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_response()),
+            ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_response()),
         }
     }
 }

@@ -2,14 +2,18 @@
 
 mod api_versions;
 mod fetch;
+mod group;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producer;
 mod topics;
 
 pub use api_versions::*;
 pub use fetch::*;
+pub use group::*;
 pub use list_offsets::*;
 pub use metadata::*;
 pub use produce::*;
+pub use producer::*;
 pub use topics::*;
