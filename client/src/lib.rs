@@ -25,16 +25,18 @@ mod topic_partition;
 
 pub use client::Client;
 pub use config::ClientConfig;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::ClientError;
+pub use group::admin::{CommittedOffset, decode_assignment};
 pub use group::assignor::{Assignor, COOPERATIVE_STICKY, MemberSubscription, RANGE, ROUND_ROBIN};
+pub use group::member::RebalanceListener;
 pub use partitioner::{murmur2, partition_for_key, to_positive};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 pub use sluice_proto::Compression;
 pub use sluice_proto::protocol::{
-    ConfigEntry, EARLIEST_TIMESTAMP, ErrorCode, LATEST_TIMESTAMP, PartitionDescription,
-    TopicDescription, TopicListing,
+    ConfigEntry, DescribedGroup, DescribedMember, EARLIEST_TIMESTAMP, ErrorCode, LATEST_TIMESTAMP,
+    ListedGroup, PartitionDescription, TopicDescription, TopicListing,
 };
 pub use topic_partition::TopicPartition;
