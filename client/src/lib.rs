@@ -7,7 +7,14 @@
 //! - [`Producer`] batches records per partition (`linger`, `batch_bytes`, lz4/zstd),
 //!   partitions by key like Kafka (murmur2), retries retriable failures, and bounds its memory.
 //!   Retries after a lost connection may duplicate records: there is no idempotence yet.
-//! - [`Consumer`] reads assigned partitions from a position, with long polling.
+//! - [`Consumer`] reads assigned partitions from a position, with long polling. With
+//!   [`ConsumerConfig::group_id`] and [`Consumer::subscribe`] it is a member of a consumer
+//!   group: the group shares the topics' partitions among its members (the leader member
+//!   runs the [`Assignor`]: `cooperative-sticky` by default, then `range`; `roundrobin`),
+//!   [`RebalanceListener`] hears about assigned and revoked partitions, and progress is
+//!   committed to the broker (auto-commit every 5 s and before a revocation, or
+//!   `commit_sync` / `commit_async` / `commit_offsets`): at-least-once. Different groups
+//!   each read every record.
 //!
 //! Every failure is a [`ClientError`] whose message reads like a sentence.
 
