@@ -40,6 +40,7 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
         LogError::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
         LogError::Closed => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        LogError::DiskFull { .. } => ErrorCode::DISK_FULL,
         LogError::Io { .. }
         | LogError::Stopped { .. }
         | LogError::Corrupt { .. }
@@ -175,11 +176,18 @@ async fn produce_one(
     let mut base = None;
     let mut last = None;
     for batch in batches {
+        let bytes = batch.len();
         let appended = p
             .log
             .append(batch)
             .await
             .map_err(|e| log_error(&p.topic, p.index, &e))?;
+        crate::metrics::produced(
+            &p.topic,
+            p.index,
+            bytes,
+            appended.last_offset.get() - appended.base_offset.get() + 1,
+        );
         base.get_or_insert(appended.base_offset);
         last = Some(appended.durable);
     }
