@@ -10,7 +10,6 @@ mod config;
 mod handlers;
 mod limits;
 mod metadata;
-mod metrics;
 mod net;
 mod placement;
 mod serve;

@@ -28,7 +28,9 @@ pub mod protocol;
 pub use batch::attributes::{Attributes, Compression, TimestampType};
 pub use batch::builder::BatchBuilder;
 pub use batch::crc::{compute_crc, verify_crc};
-pub use batch::header::{BatchHeader, peek_batch_length, stamp_base_offset, stamp_leader_epoch};
+pub use batch::header::{
+    BatchHeader, peek_batch_length, stamp_base_offset, stamp_leader_epoch, stamp_producer,
+};
 pub use batch::layout::{
     ATTRIBUTES_AT, BASE_OFFSET_AT, BASE_SEQUENCE_AT, BASE_TIMESTAMP_AT, BATCH_FORMAT_VERSION,
     BATCH_HEADER_BYTES, BATCH_LENGTH_AT, CRC_AT, CRC_COVERED_FROM, LAST_OFFSET_DELTA_AT,

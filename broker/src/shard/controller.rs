@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use sluice_proto::protocol::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ErrorCode, TopicResult,
+    ErrorCode, InitProducerIdRequest, InitProducerIdResponse, TopicResult,
 };
 
 use crate::metadata::{Metadata, TopicMeta, topic_dir, validate_partitions, validate_topic_name};
 use crate::placement::ShardId;
 use crate::shard::Shard;
 use crate::shard::msg::{ShardMsg, reply_channel};
+use crate::shard::producer_ids::ProducerIds;
 use crate::topic_config;
 
 fn result(name: &str, error: ErrorCode, message: impl Into<String>) -> TopicResult {
@@ -238,4 +239,32 @@ async fn broadcast(shard: &Rc<Shard>, next: Metadata) {
     for rx in replies {
         let _ = rx.recv_async().await;
     }
+}
+
+/// Answers InitProducerId (see [`crate::shard::producer_ids`]): loads the allocator at the
+/// first call, then allocates or bumps. Runs synchronously on the controller, so requests
+/// are answered one at a time.
+pub(crate) fn init_producer_id(
+    shard: &Rc<Shard>,
+    request: &InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let mut ids = shard.producer_ids.borrow_mut();
+    if ids.is_none() {
+        match ProducerIds::load(&shard.cluster.config.data_dir) {
+            Ok(loaded) => {
+                tracing::info!(next = loaded.high_mark(), "producer id allocator loaded");
+                *ids = Some(loaded);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the producer id allocator");
+                return InitProducerIdResponse {
+                    error: ErrorCode::STORAGE_ERROR,
+                    message: e,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                };
+            }
+        }
+    }
+    ids.as_mut().expect("loaded above").init(request)
 }

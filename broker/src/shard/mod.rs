@@ -5,6 +5,8 @@
 pub(crate) mod controller;
 pub(crate) mod msg;
 pub(crate) mod partition;
+pub(crate) mod producer_ids;
+pub(crate) mod producer_state;
 pub(crate) mod run;
 
 use std::cell::{Cell, RefCell};
@@ -67,6 +69,9 @@ pub(crate) struct Shard {
     pub(crate) drained: flume::Receiver<()>,
     /// Serializes admin changes on the controller (shard 0).
     pub(crate) admin: Admission,
+    /// The controller's producer-id allocator (shard 0 only; loaded at the first
+    /// InitProducerId).
+    pub(crate) producer_ids: RefCell<Option<producer_ids::ProducerIds>>,
 }
 
 impl Shard {

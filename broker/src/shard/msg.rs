@@ -8,7 +8,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use sluice_proto::protocol::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ErrorCode, FetchPartitionResult, ListOffsetsPartitionResult, ProducePartitionResult,
+    ErrorCode, FetchPartitionResult, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsPartitionResult, ProducePartitionResult,
 };
 
 use crate::metadata::Metadata;
@@ -115,6 +116,13 @@ pub(crate) enum ShardMsg {
         /// The answer.
         reply: Reply<CreateTopicsResponse>,
     },
+    /// To the controller: a producer id and epoch.
+    InitProducerId {
+        /// The request.
+        request: InitProducerIdRequest,
+        /// The answer.
+        reply: Reply<InitProducerIdResponse>,
+    },
     /// To the controller: delete topics.
     DeleteTopics {
         /// The request.
@@ -148,11 +156,6 @@ pub(crate) enum ShardMsg {
         metadata: Arc<Metadata>,
         /// Sent once installed.
         reply: Reply<()>,
-    },
-    /// From the metrics endpoint: this shard's counters.
-    Metrics {
-        /// The snapshot, built on the shard.
-        reply: Reply<crate::metrics::ShardSnapshot>,
     },
     /// Shutdown, phase 1: stop accepting and reading, finish in-flight requests (bounded).
     Drain {

@@ -4,12 +4,18 @@
 //!
 //! Every batch gets a sequence number when it is opened; the set of unfinished numbers lets
 //! `flush` wait for exactly the batches that existed when it was called.
+//!
+//! An idempotent producer also stamps each batch, when it is first taken to be sent, with
+//! its producer id, epoch and the partition's next record sequence number (batches of a
+//! partition are taken in the order they were closed). The stamped bytes are kept, so a
+//! retry sends exactly the same batch, and a retried batch goes back into its queue in
+//! order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use bytes::Bytes;
-use sluice_proto::{BatchBuilder, BuildError, Limits};
+use bytes::{Bytes, BytesMut};
+use sluice_proto::{BatchBuilder, BuildError, Limits, stamp_producer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::config::ProducerConfig;
@@ -48,7 +54,10 @@ pub(crate) struct ReadyBatch {
     /// The error of the last attempt, reported if the deadline passes.
     last_error: Option<ClientError>,
     _memory: Option<OwnedSemaphorePermit>,
-    seq: u64,
+    /// The batch number (in close order).
+    pub(crate) seq: u64,
+    /// Idempotent: the batch's base record sequence, once stamped.
+    pub(crate) sequence: Option<i32>,
 }
 
 impl ReadyBatch {
@@ -104,6 +113,28 @@ struct PartitionQueue {
     open: Option<OpenBatch>,
     ready: VecDeque<ReadyBatch>,
     in_flight: usize,
+    /// Idempotent: the record sequence number the next stamped batch starts at.
+    next_sequence: i32,
+    /// Idempotent: batch numbers stamped and not yet finished (queued or in flight).
+    stamped: BTreeSet<u64>,
+}
+
+/// An idempotent producer's identity from InitProducerId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdentity {
+    /// The producer id.
+    pub(crate) id: i64,
+    /// Its epoch.
+    pub(crate) epoch: i16,
+}
+
+/// `seq + n` with Kafka's wrap from `i32::MAX` to 0 (the broker's rule).
+fn seq_add(seq: i32, n: i32) -> i32 {
+    if seq > i32::MAX - n {
+        n - (i32::MAX - seq) - 1
+    } else {
+        seq + n
+    }
 }
 
 /// What [`Accumulator::drain`] hands the sender.
@@ -125,6 +156,10 @@ pub(crate) struct Accumulator {
     next_seq: u64,
     unfinished: BTreeSet<u64>,
     closed: bool,
+    /// Idempotent: the identity batches are stamped with; nothing is sent until it is known.
+    pub(crate) identity: Option<ProducerIdentity>,
+    /// A fatal error (fenced, sequence gap): every queued batch and later send fails with it.
+    pub(crate) fatal: Option<ClientError>,
 }
 
 impl Accumulator {
@@ -136,6 +171,8 @@ impl Accumulator {
             next_seq: 0,
             unfinished: BTreeSet::new(),
             closed: false,
+            identity: None,
+            fatal: None,
         }
     }
 
@@ -264,6 +301,7 @@ impl Accumulator {
                 last_error: None,
                 _memory: open.memory,
                 seq: open.seq,
+                sequence: None,
             }),
             Err(e) => {
                 let error = ClientError::Build(e);
@@ -292,8 +330,10 @@ impl Accumulator {
     }
 
     /// Takes what can be sent now: lingered or full batches, respecting backoff and the
-    /// per-partition in-flight cap; fails batches past their delivery deadline.
-    pub(crate) fn drain(&mut self, now: Instant) -> Drained {
+    /// per-partition in-flight cap; fails batches past their delivery deadline. An
+    /// idempotent producer without its identity yet sends nothing (`can_send` false); after
+    /// a fatal error every queued batch fails with it.
+    pub(crate) fn drain(&mut self, now: Instant, can_send: bool) -> Drained {
         let mut out = Drained::default();
         let linger = self.config.linger;
         let max_in_flight = self.config.max_in_flight_per_partition;
@@ -314,8 +354,15 @@ impl Accumulator {
                 wake_at(&mut out.next_wake, open.created + linger);
             }
             while let Some(front) = q.ready.front() {
+                if let Some(fatal) = &self.fatal {
+                    let batch = q.ready.pop_front().expect("front exists");
+                    q.stamped.remove(&batch.seq);
+                    out.failed.push(batch.fail(fatal));
+                    continue;
+                }
                 if now >= front.deadline {
                     let batch = q.ready.pop_front().expect("front exists");
+                    q.stamped.remove(&batch.seq);
                     let error = batch.last_error.clone().unwrap_or(ClientError::Timeout {
                         what: format!(
                             "delivery of {} records to {}",
@@ -327,7 +374,7 @@ impl Accumulator {
                     out.failed.push(batch.fail(&error));
                     continue;
                 }
-                if q.in_flight >= max_in_flight {
+                if q.in_flight >= max_in_flight || !can_send {
                     wake_at(&mut out.next_wake, front.deadline);
                     break;
                 }
@@ -338,6 +385,18 @@ impl Accumulator {
                     break;
                 }
                 let mut batch = q.ready.pop_front().expect("front exists");
+                if let Some(identity) = self.identity
+                    && batch.sequence.is_none()
+                {
+                    let sequence = q.next_sequence;
+                    let count = i32::try_from(batch.record_count()).unwrap_or(i32::MAX);
+                    q.next_sequence = seq_add(sequence, count);
+                    let mut bytes = BytesMut::from(&batch.bytes[..]);
+                    stamp_producer(&mut bytes, identity.id, identity.epoch, sequence);
+                    batch.bytes = bytes.freeze();
+                    batch.sequence = Some(sequence);
+                    q.stamped.insert(batch.seq);
+                }
                 batch.attempts += 1;
                 batch.retry_at = None;
                 q.in_flight += 1;
@@ -354,15 +413,27 @@ impl Accumulator {
     pub(crate) fn finished(&mut self, tp: &TopicPartition, seq: u64) {
         if let Some(q) = self.partitions.get_mut(tp) {
             q.in_flight = q.in_flight.saturating_sub(1);
+            q.stamped.remove(&seq);
         }
         self.unfinished.remove(&seq);
     }
 
-    /// A sent batch goes back to the front of its queue for another attempt.
+    /// A sent batch goes back into its queue for another attempt, before every batch closed
+    /// after it (several requeued batches keep their order).
     pub(crate) fn requeue(&mut self, batch: ReadyBatch) {
         let q = self.partitions.entry(batch.tp.clone()).or_default();
         q.in_flight = q.in_flight.saturating_sub(1);
-        q.ready.push_front(batch);
+        let at = q.ready.partition_point(|b| b.seq < batch.seq);
+        q.ready.insert(at, batch);
+    }
+
+    /// Whether a batch of `tp` closed before batch `seq` is stamped and not finished: a
+    /// sequence gap the broker reports for `seq` is then that batch's retry in progress.
+    pub(crate) fn earlier_unfinished(&self, tp: &TopicPartition, seq: u64) -> bool {
+        self.partitions
+            .get(tp)
+            .and_then(|q| q.stamped.first())
+            .is_some_and(|&first| first < seq)
     }
 
     /// The lowest unfinished batch number, `u64::MAX` when all are done.
@@ -451,13 +522,13 @@ mod tests {
             .append(tp.clone(), &record, 1, permit(&sem, 364), now)
             .expect("append");
         assert!(wake);
-        let drained = acc.drain(now);
+        let drained = acc.drain(now, true);
         assert_eq!(drained.send.len(), 1);
         assert_eq!(drained.send[0].record_count(), 3);
         assert!(drained.send[0].bytes.len() <= 1024);
         assert_eq!(drained.next_wake, Some(now + acc.linger()));
         // After the linger the open batch goes too.
-        let later = acc.drain(now + acc.linger());
+        let later = acc.drain(now + acc.linger(), true);
         assert_eq!(later.send.len(), 1);
         assert_eq!(later.send[0].record_count(), 1);
         // Memory stays held until the batches finish.
@@ -486,9 +557,9 @@ mod tests {
             acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
                 .expect("append");
         }
-        let first = acc.drain(now);
+        let first = acc.drain(now, true);
         assert_eq!(first.send.len(), 2);
-        assert!(acc.drain(now).send.is_empty(), "cap of 2 in flight");
+        assert!(acc.drain(now, true).send.is_empty(), "cap of 2 in flight");
         let mut sent = first.send.into_iter();
         let mut a = sent.next().expect("a");
         let seq_a = a.seq;
@@ -496,7 +567,7 @@ mod tests {
         a.schedule_retry(ClientError::Closed, acc.config(), now)
             .expect("retry allowed");
         acc.requeue(a);
-        let again = acc.drain(now + Duration::from_secs(1));
+        let again = acc.drain(now + Duration::from_secs(1), true);
         assert_eq!(again.send.len(), 1);
         assert_eq!(again.send[0].seq, seq_a, "the retried batch goes first");
         assert_eq!(again.send[0].attempts, 2);
@@ -534,7 +605,7 @@ mod tests {
                 now,
             )
             .expect("append");
-        let drained = acc.drain(now + Duration::from_millis(60));
+        let drained = acc.drain(now + Duration::from_millis(60), true);
         assert_eq!(drained.failed.len(), 1);
         assert!(acc.is_idle());
         match fut.rx_try() {

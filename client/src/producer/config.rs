@@ -32,12 +32,18 @@ impl Acks {
     }
 }
 
+/// Most requests in flight per partition for an idempotent producer: the broker remembers
+/// the last 5 batches of each producer, so a retry is recognised only within that window.
+pub(crate) const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+
 /// How a [`crate::Producer`] batches and sends.
 ///
-/// Retries after a lost connection can write a batch twice: the broker may have appended it
-/// before the connection failed. There is no idempotent producer yet, so use `retries: 0`
-/// where duplicates are worse than loss. With `max_in_flight_per_partition > 1`, a retried
-/// batch can also land after a later batch of the same partition.
+/// With idempotence (the default with `acks = All`) the producer gets a producer id from the
+/// broker and numbers each partition's batches: a batch retried after a lost connection or a
+/// timeout is recognised by the broker, which answers its original offset instead of
+/// writing it again, and retried batches keep their order. Without it (`idempotence:
+/// Some(false)`, or `acks` other than `All`), a retry can write a batch twice, and with
+/// `max_in_flight_per_partition > 1` a retried batch can land after a later one.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Acknowledgement level.
@@ -58,11 +64,16 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Most produce requests in flight per partition.
     pub max_in_flight_per_partition: usize,
+    /// Idempotent production: `None` means on exactly when `acks` is [`Acks::All`];
+    /// `Some(true)` with other acks is an invalid config. Needs
+    /// `max_in_flight_per_partition <= 5`.
+    pub idempotence: Option<bool>,
 }
 
 impl Default for ProducerConfig {
     /// acks all, linger 5 ms, batches of 256 KiB, no compression, 5 retries 100 ms apart,
-    /// 120 s delivery timeout, 32 MiB buffer, 5 requests in flight per partition.
+    /// 120 s delivery timeout, 32 MiB buffer, 5 requests in flight per partition,
+    /// idempotent (because acks is all).
     fn default() -> Self {
         ProducerConfig {
             acks: Acks::All,
@@ -74,11 +85,17 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             buffer_bytes: 32 * 1024 * 1024,
             max_in_flight_per_partition: 5,
+            idempotence: None,
         }
     }
 }
 
 impl ProducerConfig {
+    /// Whether this config produces idempotently.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotence.unwrap_or(self.acks == Acks::All)
+    }
+
     /// Checks the values make sense.
     pub(crate) fn validate(&self) -> Result<(), ClientError> {
         let bad = |msg: String| Err(ClientError::InvalidConfig(msg));
@@ -99,6 +116,19 @@ impl ProducerConfig {
         {
             return bad(format!(
                 "max_in_flight_per_partition {} is outside 1..={IN_FLIGHT_PER_PARTITION_MAX}",
+                self.max_in_flight_per_partition
+            ));
+        }
+        if self.idempotence == Some(true) && self.acks != Acks::All {
+            return bad(format!(
+                "idempotence needs acks = All, not {:?} (set idempotence: Some(false) or None)",
+                self.acks
+            ));
+        }
+        if self.is_idempotent() && self.max_in_flight_per_partition > IDEMPOTENT_IN_FLIGHT_MAX {
+            return bad(format!(
+                "an idempotent producer allows at most {IDEMPOTENT_IN_FLIGHT_MAX} requests in \
+                 flight per partition, not {}",
                 self.max_in_flight_per_partition
             ));
         }

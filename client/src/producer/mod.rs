@@ -4,7 +4,17 @@
 //!
 //! Memory is bounded by `buffer_bytes`: each record holds permits of a semaphore for its
 //! size from `send` until its batch is settled, so `send` waits when the buffer is full.
-//! Retries after a lost connection can duplicate records (no idempotence yet).
+//!
+//! Idempotence (on by default with acks=all): the sender gets a producer id and epoch
+//! (InitProducerId) before its first send, and stamps each partition's batches with
+//! consecutive sequence numbers; the broker answers a retried batch it already wrote with
+//! the original offset. Policy for the producer errors: a sequence gap behind a batch that
+//! is being retried is resent in order; any other `OUT_OF_ORDER_SEQUENCE_NUMBER` and a
+//! fenced epoch (`PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`) are fatal: the batch and every
+//! later send fail with [`ClientError::OutOfOrderSequence`] / [`ClientError::ProducerFenced`].
+//! A batch that fails for good after it was stamped (delivery timeout, a non-retriable
+//! error) leaves a gap, so the partition's next batch then fails that way too (Kafka 2.5+
+//! bumps the epoch instead; not done here).
 
 mod accumulator;
 mod config;
@@ -124,8 +134,14 @@ impl Producer {
         if let Some(e) = &shared.config_error {
             return Err(e.clone());
         }
-        if shared.lock().is_closed() {
-            return Err(ClientError::Closed);
+        {
+            let acc = shared.lock();
+            if let Some(fatal) = &acc.fatal {
+                return Err(fatal.clone());
+            }
+            if acc.is_closed() {
+                return Err(ClientError::Closed);
+            }
         }
         if !shared.sender_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(sender::run(shared.clone()));

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_proto::protocol::{
-    ApiKey, ErrorCode, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, RecordSet,
+    ApiKey, ErrorCode, InitProducerIdRequest, InitProducerIdResponse, NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, RecordSet,
 };
 
 use super::ProducerShared;
-use super::accumulator::ReadyBatch;
+use super::accumulator::{ProducerIdentity, ReadyBatch};
 use crate::config::millis_u32;
 use crate::connection::Connection;
 use crate::error::ClientError;
@@ -23,13 +24,43 @@ use crate::limits::PRODUCE_REQUEST_BYTES_MAX;
 
 /// Runs until the producer is closed and everything is settled.
 pub(crate) async fn run(shared: Arc<ProducerShared>) {
+    let idempotent = shared.config.is_idempotent();
+    let mut next_init = Instant::now();
     loop {
-        let (drained, done) = {
+        let wants_identity = idempotent && {
+            let acc = shared.lock();
+            acc.identity.is_none() && acc.fatal.is_none() && !acc.is_idle()
+        };
+        if wants_identity && Instant::now() >= next_init {
+            match init_identity(&shared).await {
+                Ok(identity) => {
+                    tracing::debug!(
+                        producer_id = identity.id,
+                        epoch = identity.epoch,
+                        "idempotent producer ready"
+                    );
+                    shared.lock().identity = Some(identity);
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "InitProducerId failed; will retry");
+                    next_init = Instant::now() + shared.config.retry_backoff;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "InitProducerId refused: the producer cannot send");
+                    shared.lock().fatal = Some(e);
+                }
+            }
+        }
+        let (mut drained, done) = {
             let mut acc = shared.lock();
-            let drained = acc.drain(Instant::now());
+            let can_send = !idempotent || acc.identity.is_some() || acc.fatal.is_some();
+            let drained = acc.drain(Instant::now(), can_send);
             let done = acc.is_closed() && acc.is_idle();
             (drained, done)
         };
+        if wants_identity && shared.lock().identity.is_none() {
+            drained.next_wake = Some(drained.next_wake.map_or(next_init, |w| w.min(next_init)));
+        }
         if !drained.failed.is_empty() {
             shared.publish_progress();
         }
@@ -54,6 +85,30 @@ pub(crate) async fn run(shared: Arc<ProducerShared>) {
         }
     }
     tracing::debug!("producer sender stopped");
+}
+
+/// Asks the broker for a producer id and epoch.
+async fn init_identity(shared: &ProducerShared) -> Result<ProducerIdentity, ClientError> {
+    let request = InitProducerIdRequest {
+        transactional_id: None,
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: NO_PRODUCER_EPOCH,
+    };
+    let response: InitProducerIdResponse = shared
+        .client
+        .admin(ApiKey::InitProducerId, &request)
+        .await?;
+    if response.error != ErrorCode::NONE {
+        return Err(ClientError::from_code(
+            response.error,
+            &response.message,
+            "",
+        ));
+    }
+    Ok(ProducerIdentity {
+        id: response.producer_id,
+        epoch: response.producer_epoch,
+    })
 }
 
 /// One produce request: at most one batch per partition, within the request byte cap.
@@ -191,7 +246,7 @@ fn settle_request(
                         shared.lock().finished(&tp, seq);
                     }
                     Some(p) => {
-                        let error = partition_error(&b, p.error, &p.message);
+                        let error = partition_error(shared, &b, p.error, &p.message);
                         settle_failure(shared, b, error);
                     }
                     None => {
@@ -216,7 +271,27 @@ fn settle_request(
     shared.after_settle();
 }
 
-fn partition_error(batch: &ReadyBatch, code: ErrorCode, message: &str) -> ClientError {
+fn partition_error(
+    shared: &ProducerShared,
+    batch: &ReadyBatch,
+    code: ErrorCode,
+    message: &str,
+) -> ClientError {
+    if code == ErrorCode::PRODUCER_FENCED || code == ErrorCode::INVALID_PRODUCER_EPOCH {
+        let identity = shared.lock().identity;
+        return ClientError::ProducerFenced {
+            producer_id: identity.map_or(-1, |i| i.id),
+            epoch: identity.map_or(-1, |i| i.epoch),
+            message: format!("{code}: {message}"),
+        };
+    }
+    if code == ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER {
+        return ClientError::OutOfOrderSequence {
+            topic: batch.tp.topic.clone(),
+            partition: batch.tp.partition,
+            message: message.to_owned(),
+        };
+    }
     if code == ErrorCode::MESSAGE_TOO_LARGE {
         let what = if batch.record_count() == 1 {
             "record"
@@ -241,6 +316,28 @@ fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: Cl
     let unknown = matches!(error, ClientError::UnknownTopic { .. });
     if error.wants_metadata_refresh() || unknown {
         shared.client.forget_topic(&batch.tp.topic);
+    }
+    if let ClientError::OutOfOrderSequence { .. } = error
+        && shared.lock().earlier_unfinished(&batch.tp, batch.seq)
+    {
+        // A batch before this one is being retried: the broker refused this one because it
+        // came first. It goes back behind that batch, without using up a retry.
+        tracing::debug!(tp = %batch.tp, "sequence gap behind a retried batch; resending in order");
+        batch.attempts = batch.attempts.saturating_sub(1);
+        match batch.schedule_retry(error, &shared.config, Instant::now()) {
+            Ok(()) => shared.lock().requeue(batch),
+            Err(error) => fail(shared, batch, &error),
+        }
+        return;
+    }
+    if matches!(
+        error,
+        ClientError::ProducerFenced { .. } | ClientError::OutOfOrderSequence { .. }
+    ) {
+        tracing::warn!(tp = %batch.tp, %error, "idempotent producer stopped by a fatal error");
+        shared.lock().fatal.get_or_insert_with(|| error.clone());
+        fail(shared, batch, &error);
+        return;
     }
     // An unknown topic may be a stale cache (topic just created elsewhere): one retry.
     let retriable = error.is_retriable() || (unknown && !batch.refreshed_unknown);

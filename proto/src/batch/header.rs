@@ -196,6 +196,20 @@ pub fn stamp_leader_epoch(batch: &mut [u8], epoch: u32) {
     stamp(batch, LEADER_EPOCH_AT, &epoch.to_le_bytes());
 }
 
+/// Overwrites the idempotent-producer fields (id, epoch, base sequence) of the batch at the
+/// start of `batch` and recomputes its CRC (these fields are covered by it), so the batch
+/// stays valid. The client stamps a sealed batch this way when it is first sent.
+///
+/// # Panics
+/// If `batch` is shorter than a header: the caller holds a batch it has built.
+pub fn stamp_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    stamp(batch, PRODUCER_ID_AT, &producer_id.to_le_bytes());
+    stamp(batch, PRODUCER_EPOCH_AT, &epoch.to_le_bytes());
+    stamp(batch, BASE_SEQUENCE_AT, &base_sequence.to_le_bytes());
+    let crc = crate::batch::crc::compute_crc(batch);
+    stamp(batch, CRC_AT, &crc.to_le_bytes());
+}
+
 fn stamp(batch: &mut [u8], at: usize, value: &[u8]) {
     assert!(
         batch.len() >= BATCH_HEADER_BYTES,
@@ -221,6 +235,20 @@ fn put(h: &mut [u8; BATCH_HEADER_BYTES], at: usize, value: &[u8]) {
 mod tests {
     use super::*;
     use crate::batch::attributes::TimestampType;
+
+    #[test]
+    fn stamp_producer_keeps_the_batch_valid() {
+        let mut b = crate::BatchBuilder::new(Compression::None, Limits::DEFAULT);
+        b.push(1, None, Some(b"v"), &[]).expect("push");
+        let mut bytes = b.build().expect("build");
+        stamp_producer(&mut bytes, 42, 3, 17);
+        crate::verify_crc(&bytes).expect("crc recomputed");
+        let h = BatchHeader::parse(&bytes, &Limits::DEFAULT).expect("parse");
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 3, 17)
+        );
+    }
 
     fn sample() -> BatchHeader {
         BatchHeader {

@@ -203,6 +203,20 @@ impl Reader {
         String::from_utf8(bytes.to_vec()).map_err(|_| ProtocolError::InvalidUtf8 { at, field })
     }
 
+    /// Reads a nullable string: length `u16::MAX` is null.
+    pub fn optional_string(
+        &mut self,
+        field: &'static str,
+    ) -> Result<Option<String>, ProtocolError> {
+        self.need(field, 2)?;
+        if self.buf[..2] == [0xff; 2] {
+            self.at += 2;
+            self.buf.advance(2);
+            return Ok(None);
+        }
+        self.string(field).map(Some)
+    }
+
     /// Reads an array count (`u32`), bounded by `max`, by [`ARRAY_LEN_MAX`] and by the bytes
     /// left (each element takes at least `min_element_bytes`), so a hostile count cannot make
     /// the caller reserve memory.

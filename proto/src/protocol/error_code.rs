@@ -89,13 +89,11 @@ codes! {
     /// An idempotent batch repeats a sequence number the partition no longer remembers the
     /// offset of (older than the batches it keeps per producer).
     DUPLICATE_SEQUENCE_NUMBER = 46, retriable: false;
-    /// The producer's epoch is older than the partition's (another producer took over the
-    /// id), or a new epoch did not start at sequence 0.
+    /// A negative producer epoch with a producer id.
     INVALID_PRODUCER_EPOCH = 47, retriable: false;
     /// The partition's log failed (a write or fsync error stops it for good).
     STORAGE_ERROR = 56, retriable: false;
-    /// The partition has no state for this producer id and the batch does not start a
-    /// sequence (its state expired, or the id was never given).
+    /// InitProducerId names a producer id this broker never gave.
     UNKNOWN_PRODUCER_ID = 59, retriable: false;
     /// The group still has members, so it cannot be deleted (or reset).
     NON_EMPTY_GROUP = 68, retriable: false;
@@ -116,9 +114,6 @@ codes! {
     SHUTTING_DOWN = 1002, retriable: true;
     /// The shard is at its memory or queue limit; retry after the throttle time.
     THROTTLED = 1003, retriable: true;
-    /// The disk holding the partition is full: the append was refused (nothing of it was
-    /// written). Fetches still work; appends are accepted again once space is freed.
-    DISK_FULL = 1004, retriable: false;
     /// The disk holding the partition is full: the append was refused (nothing of it was
     /// written). Fetches still work; appends are accepted again once space is freed.
     DISK_FULL = 1004, retriable: false;
