@@ -65,3 +65,95 @@ pub(crate) fn print_result<T: Serialize>(
     }
     Ok(())
 }
+
+/// CPU seconds (user + system, all threads) process `pid` has used, from /proc/PID/stat.
+pub(crate) fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// Peak resident set size of process `pid` in bytes (`VmHWM` in /proc/PID/status).
+pub(crate) fn pid_peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The process listening on TCP `port` on this machine: the socket's inode from
+/// /proc/net/tcp and tcp6 (state 0A = LISTEN), then the process holding that inode in
+/// /proc/*/fd. Needs permission to read other processes' fds (same user or root).
+pub(crate) fn find_listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The percentile spectrum of a histogram for plots: `[percentile, µs]` pairs at
+/// 0, 50, 68.4, 90, ... nines spaced 1/4 apart, up to the recorded count's resolution,
+/// then the maximum at 100.
+pub(crate) fn spectrum(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    /// Quarter-nines steps: 24 steps reach 99.9999%.
+    const STEPS: i32 = 24;
+    let mut points = Vec::new();
+    if h.is_empty() {
+        return points;
+    }
+    for step in 0..=STEPS {
+        let q = 1.0 - 10f64.powf(-f64::from(step) / 4.0);
+        // Beyond 1/count a percentile only repeats the maximum.
+        if step > 0 && (1.0 - q) * (h.len() as f64) < 1.0 {
+            break;
+        }
+        points.push([q * 100.0, h.value_at_quantile(q) as f64]);
+    }
+    points.push([100.0, h.max() as f64]);
+    points
+}

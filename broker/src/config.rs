@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Interval between retention passes, in ms [default: 60000].
     #[arg(long)]
     pub retention_check_ms: Option<u64>,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); `off` disables it
+    /// [default: 127.0.0.1:9644].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// The settings of the TOML file (every key optional).
@@ -46,6 +50,7 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     shard_request_bytes: Option<usize>,
     shard_fetch_bytes: Option<usize>,
+    metrics_listen: Option<String>,
 }
 
 /// The resolved configuration of a broker.
@@ -69,6 +74,8 @@ pub(crate) struct BrokerConfig {
     pub(crate) shard_request_bytes: usize,
     /// Per-shard budget of fetched bytes not yet written.
     pub(crate) shard_fetch_bytes: usize,
+    /// Where the metrics endpoint listens; `None`: disabled.
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -138,6 +145,12 @@ impl BrokerConfig {
                 "shard_fetch_bytes {shard_fetch_bytes} is below one whole fetch ({one_fetch})"
             )));
         }
+        let metrics_listen = parse_metrics_listen(
+            args.metrics_listen
+                .as_deref()
+                .or(file.metrics_listen.as_deref())
+                .unwrap_or(METRICS_LISTEN_DEFAULT),
+        )?;
         Ok(BrokerConfig {
             data_dir: args
                 .data_dir
@@ -152,8 +165,25 @@ impl BrokerConfig {
             retention_check_ms,
             shard_request_bytes,
             shard_fetch_bytes,
+            metrics_listen,
         })
     }
+}
+
+/// Where the metrics endpoint listens unless told otherwise.
+const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9644";
+
+/// `off` or empty disables the endpoint; anything else must be `HOST:PORT`.
+fn parse_metrics_listen(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() || value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e| {
+        ConfigError(format!(
+            "metrics_listen {value:?} is neither HOST:PORT nor \"off\": {e}"
+        ))
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

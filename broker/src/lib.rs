@@ -10,6 +10,7 @@ mod config;
 mod handlers;
 mod limits;
 mod metadata;
+mod metrics;
 mod net;
 mod placement;
 mod serve;

@@ -1,5 +1,5 @@
 //! `sluice`: the broker (`sluice serve`) and the command-line client (`topic`, `produce`,
-//! `consume`).
+//! `consume`, `group`).
 
 mod cli;
 
@@ -25,6 +25,8 @@ enum Command {
     Produce(cli::ProduceArgs),
     /// Consume records and print them.
     Consume(cli::ConsumeArgs),
+    /// Consumer groups: list, describe (lag), reset offsets, delete.
+    Group(cli::GroupArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +36,6 @@ fn main() -> ExitCode {
         Command::Topic(args) => cli::run_topic(args),
         Command::Produce(args) => cli::run_produce(args),
         Command::Consume(args) => cli::run_consume(args),
+        Command::Group(args) => cli::run_group(args),
     }
 }

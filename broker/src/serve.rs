@@ -14,6 +14,7 @@ use sluice_proto::protocol::ShardAddress;
 use crate::config::{BrokerConfig, ServeArgs};
 use crate::limits::SHARD_INBOX_CAPACITY;
 use crate::metadata::{Metadata, meta_dir};
+use crate::metrics;
 use crate::net::listener;
 use crate::shard::Cluster;
 use crate::shard::msg::{ShardMsg, reply_channel};
@@ -58,6 +59,10 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     remove_orphans(&config.data_dir, &metadata);
     let (shared, own, shared_addr, shard_addresses) = match bind_all(&config) {
         Ok(bound) => bound,
+        Err(e) => return fail(e),
+    };
+    let metrics_listener = match config.metrics_listen.map(bind_metrics).transpose() {
+        Ok(listener) => listener,
         Err(e) => return fail(e),
     };
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
@@ -116,6 +121,17 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         topics = metadata.topics.len(),
         "broker started"
     );
+    if let Some(listener) = metrics_listener {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        if let Err(e) = metrics::http::start(listener, senders.clone()) {
+            stop_all(&senders);
+            return fail(format!("cannot start the metrics thread: {e}"));
+        }
+        tracing::info!(%addr, "metrics endpoint: GET /metrics");
+        println!("metrics on {addr}");
+    }
     println!("listening on {shared_addr}");
     let _ = std::io::stdout().flush();
 
@@ -217,6 +233,14 @@ fn remove_orphans(data_dir: &Path, metadata: &Metadata) {
             }
         }
     }
+}
+
+/// Binds the metrics endpoint's address (plain blocking socket: the endpoint has its own
+/// thread).
+fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        format!("cannot listen for metrics on {addr}: {e} (set --metrics-listen ADDR, or off)")
+    })
 }
 
 type Bound = (

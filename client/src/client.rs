@@ -241,7 +241,7 @@ impl Client {
         Err(last_error)
     }
 
-    fn bootstrap_addr(&self) -> String {
+    pub(crate) fn bootstrap_addr(&self) -> String {
         self.inner
             .bootstrap
             .lock()

@@ -155,6 +155,75 @@ pub enum ClientError {
     /// A configuration value is not valid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The broker's disk holding the partition is full (`DISK_FULL`): the batch was not
+    /// written. Not retried by the producer; appends are accepted again once the operator
+    /// frees space.
+    #[error("{message}")]
+    DiskFull {
+        /// The broker's explanation ("disk full on DIR: N bytes free").
+        message: String,
+    },
+    /// The broker's disk holding the partition is full (`DISK_FULL`): the batch was not
+    /// written. Not retried by the producer; appends are accepted again once the operator
+    /// frees space.
+    #[error("{message}")]
+    DiskFull {
+        /// The broker's explanation ("disk full on DIR: N bytes free").
+        message: String,
+    },
+    /// The group is rebalancing; the member must rejoin (the consumer does so itself).
+    #[error("group '{group}' is rebalancing")]
+    RebalanceInProgress {
+        /// The group id.
+        group: String,
+    },
+    /// The member's generation is no longer the group's; it must rejoin.
+    #[error("generation {generation} of group '{group}' is stale")]
+    IllegalGeneration {
+        /// The group id.
+        group: String,
+        /// The generation the member used.
+        generation: i32,
+    },
+    /// The coordinator does not know the member (evicted after its session timeout, or the
+    /// group was rebuilt); it must rejoin as a new member.
+    #[error("group '{group}' does not know member '{member_id}'")]
+    UnknownMember {
+        /// The group id.
+        group: String,
+        /// The member id used.
+        member_id: String,
+    },
+    /// The member's protocol type or assignors do not match the group's.
+    #[error("group '{group}' uses a different protocol: {message}")]
+    InconsistentGroupProtocol {
+        /// The group id.
+        group: String,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The group has active members, so it cannot be deleted or have its offsets reset.
+    #[error("group '{group}' has active members: {message}")]
+    NonEmptyGroup {
+        /// The group id.
+        group: String,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// No such group.
+    #[error("unknown group '{group}'")]
+    GroupNotFound {
+        /// The group id.
+        group: String,
+    },
+    /// No coordinator answered for the group within the time allowed.
+    #[error("no coordinator for group '{group}': {reason}")]
+    CoordinatorNotAvailable {
+        /// The group id.
+        group: String,
+        /// The last error seen.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -189,10 +258,60 @@ impl ClientError {
                 topic: topic.to_owned(),
             };
         }
+        if code == ErrorCode::DISK_FULL {
+            return ClientError::DiskFull {
+                message: if message.is_empty() {
+                    "DISK_FULL: the broker's disk is full".to_owned()
+                } else {
+                    format!("DISK_FULL: {message}")
+                },
+            };
+        }
+        if code == ErrorCode::DISK_FULL {
+            return ClientError::DiskFull {
+                message: if message.is_empty() {
+                    "DISK_FULL: the broker's disk is full".to_owned()
+                } else {
+                    format!("DISK_FULL: {message}")
+                },
+            };
+        }
         ClientError::Broker {
             code,
             message: message.to_owned(),
         }
+    }
+}
+
+/// A group API's error code as the matching typed error (`Broker` for the others).
+pub(crate) fn group_error(
+    code: ErrorCode,
+    message: &str,
+    group: &str,
+    member_id: &str,
+    generation: i32,
+) -> ClientError {
+    let group = group.to_owned();
+    match code {
+        ErrorCode::REBALANCE_IN_PROGRESS => ClientError::RebalanceInProgress { group },
+        ErrorCode::ILLEGAL_GENERATION => ClientError::IllegalGeneration { group, generation },
+        ErrorCode::UNKNOWN_MEMBER_ID => ClientError::UnknownMember {
+            group,
+            member_id: member_id.to_owned(),
+        },
+        ErrorCode::INCONSISTENT_GROUP_PROTOCOL => ClientError::InconsistentGroupProtocol {
+            group,
+            message: message.to_owned(),
+        },
+        ErrorCode::NON_EMPTY_GROUP => ClientError::NonEmptyGroup {
+            group,
+            message: message.to_owned(),
+        },
+        ErrorCode::GROUP_ID_NOT_FOUND => ClientError::GroupNotFound { group },
+        _ => ClientError::Broker {
+            code,
+            message: message.to_owned(),
+        },
     }
 }
 
@@ -259,5 +378,21 @@ mod tests {
             e.to_string(),
             "the broker answered TOPIC_ALREADY_EXISTS: topic 'x' exists"
         );
+    }
+
+    #[test]
+    fn disk_full_code_becomes_typed() {
+        let e = ClientError::from_code(ErrorCode::DISK_FULL, "disk full on /d: 0 bytes free", "t");
+        assert!(matches!(e, ClientError::DiskFull { .. }));
+        assert_eq!(e.to_string(), "DISK_FULL: disk full on /d: 0 bytes free");
+        assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn disk_full_code_becomes_typed() {
+        let e = ClientError::from_code(ErrorCode::DISK_FULL, "disk full on /d: 0 bytes free", "t");
+        assert!(matches!(e, ClientError::DiskFull { .. }));
+        assert_eq!(e.to_string(), "DISK_FULL: disk full on /d: 0 bytes free");
+        assert!(!e.is_retriable());
     }
 }

@@ -31,6 +31,11 @@ pub const IN_FLIGHT_PER_PARTITION_MAX: usize = IN_FLIGHT_REQUESTS_MAX;
 pub const RECORD_OVERHEAD_BYTES: usize = 64;
 /// Pause before a consumer retries a round whose fetches all hit retriable errors.
 pub const CONSUMER_RETRY_BACKOFF_MS: u64 = 50;
+/// Join rounds a consumer tries (on rebalance and coordinator errors) before giving up
+/// with `CoordinatorNotAvailable`.
+pub const GROUP_JOIN_ATTEMPTS_MAX: u32 = 50;
+/// Pause between two join rounds.
+pub const GROUP_RETRY_BACKOFF_MS: u64 = 100;
 
 const _: () = {
     assert!(WRITE_COALESCE_FRAMES_MAX <= WRITE_QUEUE_DEPTH);

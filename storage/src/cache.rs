@@ -77,6 +77,18 @@ impl TailCache {
         }
     }
 
+    /// Drops the batches of segment `segment` and of any older segment (all written: the
+    /// segment is closed, and its file was replaced by a compacted copy whose positions and
+    /// contents differ).
+    pub(crate) fn drop_segment(&mut self, segment: Offset) {
+        while let Some(front) = self.batches.front()
+            && front.segment <= segment
+        {
+            self.bytes -= front.batch.len();
+            self.batches.pop_front();
+        }
+    }
+
     /// Batches holding offsets `>= from` and starting below `end`, no more than `max_bytes`
     /// in all except that the first batch is returned whatever its size.
     pub(crate) fn read(&self, from: Offset, end: Offset, max_bytes: usize) -> Vec<RecordBatch> {

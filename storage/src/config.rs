@@ -88,6 +88,45 @@ pub struct LogConfig {
     pub lock_wait_ms: u64,
     /// Fault injection for tests; `None` in production.
     pub faults: Option<Arc<FaultInjector>>,
+    /// `cleanup.policy=compact` (or `compact,delete`): how the cleaner compacts this log.
+    /// `None` for `delete` only. A compacted log may have offset gaps inside and between
+    /// batches, so its reads and recovery accept a batch that starts past where the previous
+    /// one ended (see `docs/ARCHITECTURE.md`, "Compaction").
+    pub compaction: Option<CompactionConfig>,
+}
+
+/// How the log cleaner compacts one log (`cleanup.policy=compact`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionConfig {
+    /// `delete.retention.ms`: a tombstone (null value) that is the latest for its key is
+    /// removed once its timestamp is older than this.
+    pub delete_retention_ms: u64,
+    /// `min.cleanable.dirty.ratio`: a pass runs only when the bytes of closed segments not yet
+    /// cleaned are at least this fraction of all closed segments' bytes.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a segment is cleaned only once its newest record is this old.
+    pub min_compaction_lag_ms: u64,
+    /// Memory of the cleaner's key -> latest offset map (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`): when full, a pass cleans only up to the last whole
+    /// segment the map covers.
+    pub dedupe_buffer_bytes: usize,
+    /// Read and write rate limit of the cleaner in bytes per second; `None` unthrottled.
+    pub io_bytes_per_s: Option<u64>,
+}
+
+/// Smallest dedupe buffer accepted: a few thousand keys.
+pub const CLEANER_DEDUPE_BUFFER_BYTES_MIN: usize = 64 * 1024;
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            dedupe_buffer_bytes: 64 << 20,
+            io_bytes_per_s: None,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -108,6 +147,7 @@ impl Default for LogConfig {
             clock: system_clock_ms,
             lock_wait_ms: 10_000,
             faults: None,
+            compaction: None,
         }
     }
 }
@@ -152,6 +192,23 @@ impl LogConfig {
         }
         if self.preallocate_bytes == 0 {
             return fail("preallocation step must be positive".into());
+        }
+        if let Some(c) = &self.compaction {
+            if !(0.0..=1.0).contains(&c.min_cleanable_dirty_ratio) {
+                return fail(format!(
+                    "min.cleanable.dirty.ratio {} not in [0, 1]",
+                    c.min_cleanable_dirty_ratio
+                ));
+            }
+            if c.dedupe_buffer_bytes < CLEANER_DEDUPE_BUFFER_BYTES_MIN {
+                return fail(format!(
+                    "cleaner dedupe buffer of {} bytes is below {CLEANER_DEDUPE_BUFFER_BYTES_MIN}",
+                    c.dedupe_buffer_bytes
+                ));
+            }
+            if c.io_bytes_per_s == Some(0) {
+                return fail("cleaner I/O rate must be positive".into());
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 mod aligned;
 mod cache;
+mod compact;
 mod config;
 mod error;
 mod index;
@@ -22,12 +23,14 @@ mod stats;
 mod writer;
 
 pub use aligned::{AlignedBuf, BLOCK_BYTES};
+pub use compact::{CLEANER_READ_BYTES, CLEANER_WRITE_BYTES, OFFSET_MAP_ENTRY_OVERHEAD_BYTES};
 pub use config::{
-    Clock, FlushPolicy, LogConfig, READ_BYTES_MAX, SCAN_READ_BYTES, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, WRITE_CHUNK_BYTES_MAX, WRITE_DEPTH_MAX, system_clock_ms,
+    CLEANER_DEDUPE_BUFFER_BYTES_MIN, Clock, CompactionConfig, FlushPolicy, LogConfig,
+    READ_BYTES_MAX, SCAN_READ_BYTES, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_CHUNK_BYTES_MAX,
+    WRITE_DEPTH_MAX, system_clock_ms,
 };
 pub use error::{LogError, LogResult};
 pub use io::FaultInjector;
-pub use log::{Appended, Durable, LogOffsets, LogStats, PartitionLog};
-pub use stats::{LATENCY_BUCKETS, LATENCY_BUCKETS_US, LatencyHistogram, LogIoStats};
+pub use log::{Appended, CleanStats, Durable, LogOffsets, LogStats, PartitionLog};
 pub use sluice_proto::{Offset, RecordBatch};
+pub use stats::{LATENCY_BUCKETS, LATENCY_BUCKETS_US, LatencyHistogram, LogIoStats};

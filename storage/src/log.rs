@@ -35,6 +35,10 @@ use crate::segment::{Segment, SegmentFile, SegmentState};
 use crate::stats::LogIoStats;
 use crate::writer::{Job, Pipeline, WriteJob};
 
+mod clean;
+
+pub use clean::CleanStats;
+
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// After ENOSPC, how long the flusher waits before retrying an allocation or write that
@@ -151,6 +155,12 @@ struct State {
     waiters: Vec<Waker>,
     flusher: Option<Waker>,
     flusher_kicked: bool,
+    /// Compaction: offsets below this were cleaned by a pass since the log was opened.
+    cleaned_to: Offset,
+    /// A compaction pass is running.
+    cleaning: bool,
+    /// A compaction pass is renaming a segment's files: retention deletes nothing meanwhile.
+    swapping: bool,
     /// An allocation failed with ENOSPC and none succeeded since: appends that do not fit in
     /// the allocated space try to allocate it themselves and are refused if that fails.
     disk_full: bool,
@@ -365,6 +375,9 @@ impl PartitionLog {
             waiters: Vec::new(),
             flusher: None,
             flusher_kicked: false,
+            cleaned_to: Offset::ZERO,
+            cleaning: false,
+            swapping: false,
             disk_full: false,
             write_no_space: false,
         };
@@ -743,6 +756,7 @@ impl PartitionLog {
                 end_offset: cache_start.map_or(end, |c| c.min(end)),
                 max_bytes,
                 limits: &self.shared.config.limits,
+                gaps: self.shared.config.compaction.is_some(),
             },
         )
         .await?;
@@ -767,8 +781,10 @@ impl PartitionLog {
             }
         }
         // Verify what the disk gave back continues from `from` (paired with the CRC check).
+        // In a compacted log `from` may have been compacted away: the next record is served.
+        let gaps = self.shared.config.compaction.is_some();
         if let Some(first) = batches.first()
-            && (first.base_offset() > from || first.next_offset() <= from)
+            && ((first.base_offset() > from && !gaps) || first.next_offset() <= from)
         {
             return Err(LogError::corrupt(
                 file.file.path(),
@@ -828,6 +844,10 @@ impl PartitionLog {
         let config = &self.shared.config;
         let doomed = {
             let mut st = self.shared.state.borrow_mut();
+            if st.swapping {
+                // A compaction swap is renaming files; the next retention pass runs as usual.
+                return Ok(st.log_start);
+            }
             let mut total: u64 = st.segments.values().map(|s| s.size).sum();
             let mut doomed = Vec::new();
             for segment in st.segments.values() {

@@ -80,6 +80,7 @@ async fn scan_all(
             index: SegmentIndex::default(),
             max_timestamp: i64::MIN,
             limits: &config.limits,
+            gaps: config.compaction.is_some(),
         },
     )
     .await
@@ -132,6 +133,7 @@ async fn scan_tail(
             index: entries,
             max_timestamp: last.max_timestamp_before,
             limits: &config.limits,
+            gaps: config.compaction.is_some(),
         },
     )
     .await
@@ -213,6 +215,7 @@ async fn recover_closed(
                 index: SegmentIndex::default(),
                 max_timestamp: before,
                 limits: &config.limits,
+                gaps: config.compaction.is_some(),
             },
         )
         .await
@@ -340,6 +343,11 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
         }
         break (file, len, outcome);
     };
+    // A compaction swap that reached its commit point is finished, any other is discarded
+    // (see `compact`): a closed segment is then either the cleaned or the original one,
+    // whole. Done only now that the tail's lock is held, like the removal below.
+    crate::compact::finish_swaps(dir)
+        .map_err(|e| LogError::io("finish compaction swap", dir, e))?;
     // Half-written index files from a crash during a seal (the index is rebuilt). Removed
     // only now that the tail's lock is held: another live instance would still own them.
     for path in leftovers {

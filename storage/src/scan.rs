@@ -111,6 +111,8 @@ pub(crate) struct ScanFrom<'a> {
     pub max_timestamp: i64,
     /// Decoding limits.
     pub limits: &'a Limits,
+    /// A compacted log: a batch may start past where the previous one ended.
+    pub gaps: bool,
 }
 
 /// Checks batches from `from.position` on until the file ends or a batch is not valid:
@@ -158,7 +160,7 @@ pub(crate) async fn scan_segment(file: &DirectFile, from: ScanFrom<'_>) -> io::R
         if let Err(err) = sluice_proto::verify_crc(bytes) {
             break invalid(err.to_string());
         }
-        if header.base_offset != expected {
+        if header.base_offset < expected || (!from.gaps && header.base_offset != expected) {
             break invalid(format!(
                 "offset gap: expected base offset {expected}, found {}",
                 header.base_offset
@@ -232,6 +234,8 @@ pub(crate) struct ReadFrom<'a> {
     pub max_bytes: usize,
     /// Decoding limits.
     pub limits: &'a Limits,
+    /// A compacted log: a batch may start past where the previous one ended.
+    pub gaps: bool,
 }
 
 /// Reads whole batches holding offsets `>= offset` from `position` on, with direct reads into
@@ -288,7 +292,7 @@ pub(crate) async fn read_batches(
             }
             let header = BatchHeader::parse(&buf[at..header_end], req.limits)
                 .map_err(|e| corrupt(e.to_string()))?;
-            if header.base_offset != expected {
+            if header.base_offset < expected || (!req.gaps && header.base_offset != expected) {
                 return Err(corrupt(format!(
                     "offset gap: expected base offset {expected}, found {}",
                     header.base_offset

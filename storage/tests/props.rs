@@ -84,6 +84,7 @@ impl ConfigSpec {
             clock: fake_clock_ms,
             lock_wait_ms: 10_000,
             faults: None,
+            compaction: None,
         };
         config.validate().expect("generated config is valid");
         config

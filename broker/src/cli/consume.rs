@@ -1,6 +1,11 @@
 //! `sluice consume TOPIC`: prints records as they arrive (like `tail -f`); stops after
 //! `--max-messages` records (waiting for them, as Kafka's console consumer does), or at the
 //! end offsets seen at start with `--no-follow`.
+//!
+//! With `--group G` it is a member of consumer group G: it reads only the partitions the
+//! group assigns it, starts at the group's committed offsets, and commits the offsets of
+//! what it has printed after each batch (so a killed consumer's successor re-prints at most
+//! the last batch). On exit it commits and leaves the group.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,7 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sluice_client::{
-    ClientError, Consumer, ConsumerConfig, LATEST_TIMESTAMP, SeekTo, TopicPartition,
+    Client, ClientError, Consumer, ConsumerConfig, LATEST_TIMESTAMP, OffsetReset,
+    RebalanceListener, SeekTo, TopicPartition,
 };
 
 use super::format::{Template, record_json};
@@ -27,19 +33,31 @@ pub(crate) struct ConsumeArgs {
     /// Broker addresses, `host:port[,host:port]`.
     #[arg(long, default_value = DEFAULT_BROKERS)]
     brokers: String,
-    /// Start at the first offset of each partition (default: only new records).
+    /// Start at the first offset of each partition (default: only new records). With
+    /// `--group`: where partitions without a committed offset start.
     #[arg(long, group = "start")]
     from_beginning: bool,
     /// Start at this offset in each partition.
-    #[arg(long, group = "start")]
+    #[arg(long, group = "start", conflicts_with = "group")]
     offset: Option<u64>,
     /// Start at the first record at or after this time: milliseconds since the epoch or
     /// RFC 3339 (`2024-05-01T12:00:00Z`).
-    #[arg(long, group = "start", value_parser = parse_time_ms)]
+    #[arg(long, group = "start", value_parser = parse_time_ms, conflicts_with = "group")]
     from_time: Option<i64>,
     /// Read only this partition.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
+    /// Join this consumer group: share the partitions with its other members and commit
+    /// progress.
+    #[arg(long, conflicts_with = "no_follow")]
+    group: Option<String>,
+    /// With `--group`: the coordinator evicts this consumer after this long without a
+    /// heartbeat.
+    #[arg(long, default_value_t = 10_000, requires = "group")]
+    session_timeout_ms: u64,
+    /// With `--group`: print rebalances and commits to stderr.
+    #[arg(long, requires = "group")]
+    verbose: bool,
     /// Stop after this many records, waiting for them to arrive (with --no-follow, stop
     /// earlier if the end offsets seen at start come first).
     #[arg(long)]
@@ -62,6 +80,9 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> ExitCode {
 async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
     let template = Template::parse(&args.format).map_err(ClientError::InvalidConfig)?;
     let client = connect(&args.brokers).await?;
+    if let Some(group) = args.group.clone() {
+        return consume_group(client, group, &args, &template).await;
+    }
     let partitions = client.partition_count(&args.topic).await?;
     let assigned: Vec<TopicPartition> = match args.partition {
         Some(p) if p >= partitions => {
@@ -136,6 +157,113 @@ async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
             return stdout_closed(e);
         }
     }
+}
+
+/// Prints rebalances to stderr (`--verbose`).
+struct Announce {
+    verbose: bool,
+}
+
+impl RebalanceListener for Announce {
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        if self.verbose {
+            eprintln!("assigned {}", list(partitions));
+        }
+    }
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        if self.verbose {
+            eprintln!("revoked {}", list(partitions));
+        }
+    }
+}
+
+fn list(partitions: &[TopicPartition]) -> String {
+    let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+    names.join(",")
+}
+
+/// `consume --group`: a group member that commits what it printed after each batch.
+async fn consume_group(
+    client: Client,
+    group: String,
+    args: &ConsumeArgs,
+    template: &Template,
+) -> Result<(), ClientError> {
+    let session = Duration::from_millis(args.session_timeout_ms);
+    let config = ConsumerConfig {
+        group_id: Some(group),
+        session_timeout: session,
+        heartbeat_interval: (session / 3).min(Duration::from_secs(3)),
+        // Commits are explicit: only what was printed (a --max-messages stop can leave the
+        // rest of a batch unprinted).
+        auto_commit: false,
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, config);
+    consumer.subscribe(
+        vec![args.topic.clone()],
+        Announce {
+            verbose: args.verbose,
+        },
+    )?;
+    let max = args.max_messages.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut result = Ok(());
+    while printed < max {
+        let records = match consumer.poll(POLL_TIMEOUT).await {
+            Ok(records) => records,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let mut next: BTreeMap<TopicPartition, (u64, String)> = BTreeMap::new();
+        let mut out = stdout.lock();
+        for record in &records {
+            if printed >= max {
+                break;
+            }
+            let line = if args.json {
+                record_json(record).to_string()
+            } else {
+                template.render(record)
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                return stdout_closed(e);
+            }
+            printed += 1;
+            next.insert(
+                TopicPartition::new(record.topic.clone(), record.partition),
+                (record.offset + 1, String::new()),
+            );
+        }
+        if let Err(e) = out.flush() {
+            return stdout_closed(e);
+        }
+        drop(out);
+        if next.is_empty() {
+            continue;
+        }
+        let summary: Vec<String> = next
+            .iter()
+            .map(|(tp, (o, _))| format!("{tp}@{o}"))
+            .collect();
+        match consumer.commit_offsets(next).await {
+            Ok(()) if args.verbose => eprintln!("committed {}", summary.join(",")),
+            Ok(()) => {}
+            // A rebalance took the partitions; the next poll rejoins. The records may be
+            // printed again by their next owner (at-least-once).
+            Err(e) => eprintln!("warning: commit failed: {e}"),
+        }
+    }
+    let closed = consumer.close().await;
+    result.and(closed)
 }
 
 /// A closed stdout (`| head`) ends the command quietly; other write errors are reported.

@@ -1,9 +1,10 @@
-//! The command-line client: `sluice topic`, `sluice produce`, `sluice consume`. Each runs
-//! the client library on a small tokio runtime; errors go to stderr as one sentence and the
-//! exit code is 1.
+//! The command-line client: `sluice topic`, `sluice produce`, `sluice consume`, `sluice
+//! group`. Each runs the client library on a small tokio runtime; errors go to stderr as one
+//! sentence and the exit code is 1.
 
 mod consume;
 mod format;
+mod group;
 mod produce;
 mod time;
 mod topic;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use sluice_client::{Client, ClientConfig, ClientError};
 
 pub(crate) use consume::{ConsumeArgs, run_consume};
+pub(crate) use group::{GroupArgs, run_group};
 pub(crate) use produce::{ProduceArgs, run_produce};
 pub(crate) use topic::{TopicArgs, run_topic};
 

@@ -28,6 +28,7 @@ pub(super) fn admit(shard: &Rc<Shard>, request: FetchRequest, ctx: RequestCtx) -
             .fetch_budget
             .acquire(max_bytes + BATCH_BYTES_MAX as usize)
             .await;
+        crate::metrics::throttled(waited);
         let wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
         let deadline = Instant::now() + wait;
         let min_bytes = request.min_bytes as usize;
@@ -43,6 +44,14 @@ pub(super) fn admit(shard: &Rc<Shard>, request: FetchRequest, ctx: RequestCtx) -
             }
             wait_for_data(&shard, watched, deadline).await;
         };
+        for (results, t) in topics.iter().zip(&request.topics) {
+            for p in results {
+                crate::metrics::error(sluice_proto::protocol::ApiKey::Fetch.spec().name, p.error);
+                if let RecordSet::Chunks(chunks) = &p.records {
+                    crate::metrics::fetched(&t.name, p.partition, chunks);
+                }
+            }
+        }
         let response = FetchResponse {
             throttle_ms: ctx.throttle_ms(waited),
             topics: topics

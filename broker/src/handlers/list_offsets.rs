@@ -48,5 +48,12 @@ pub(super) async fn run(shard: Rc<Shard>, request: ListOffsetsRequest) -> ListOf
             partitions,
         })
         .collect();
-    ListOffsetsResponse { topics }
+    let response = ListOffsetsResponse { topics };
+    for p in response.topics.iter().flat_map(|t| &t.partitions) {
+        crate::metrics::error(
+            sluice_proto::protocol::ApiKey::ListOffsets.spec().name,
+            p.error,
+        );
+    }
+    response
 }

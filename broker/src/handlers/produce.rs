@@ -89,7 +89,10 @@ pub(super) async fn admit(shard: &Rc<Shard>, request: ProduceRequest, ctx: Reque
             .into_iter()
             .zip(names)
             .map(|(partitions, name)| ProduceTopicResult { name, partitions })
-            .collect();
+            .collect::<Vec<_>>();
+        for p in topics.iter().flat_map(|t| &t.partitions) {
+            crate::metrics::error(sluice_proto::protocol::ApiKey::Produce.spec().name, p.error);
+        }
         let response = ProduceResponse {
             throttle_ms: ctx.throttle_ms(Default::default()),
             topics,

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use compio::BufResult;
@@ -27,6 +27,7 @@ use sluice_proto::protocol::{
 use crate::budget::Permit;
 use crate::handlers::{self, Admitted, RequestCtx};
 use crate::limits::CONNECTION_REQUESTS_IN_FLIGHT_MAX;
+use crate::metrics::{self, InFlightGuard, UNKNOWN_API};
 use crate::shard::Shard;
 
 /// iovecs per vectored write (the kernel refuses more than 1024).
@@ -50,6 +51,17 @@ pub(crate) struct Outgoing {
 /// A request in flight: its task yields the response, or `None` (acks=0).
 pub(crate) type InFlight = JoinHandle<Option<Outgoing>>;
 
+/// What the writer needs for the metrics of a request: its API, when it was read, and the
+/// in-flight gauge's share (released when the response is written or dropped).
+struct Started {
+    api: ApiKey,
+    at: Instant,
+    _in_flight: InFlightGuard,
+}
+
+/// A request queued for the writer.
+type Queued = (InFlight, Option<Started>);
+
 /// Starts serving a connection on this shard.
 pub(crate) fn start(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let id = shard.next_connection.get();
@@ -58,7 +70,7 @@ pub(crate) fn start(shard: &Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     tracing::debug!(shard = shard.id, %peer, "connection opened");
     let (reader_half, writer_half) = stream.into_split();
-    let (tx, rx) = flume::bounded::<InFlight>(CONNECTION_REQUESTS_IN_FLIGHT_MAX);
+    let (tx, rx) = flume::bounded::<Queued>(CONNECTION_REQUESTS_IN_FLIGHT_MAX);
     let reader = compio::runtime::spawn(read_loop(shard.clone(), reader_half, tx, peer));
     shard.readers.borrow_mut().insert(id, reader);
     let owner = shard.clone();
@@ -86,7 +98,7 @@ pub(crate) fn ready(chunks: Vec<Bytes>, close: bool, permits: Vec<Permit>) -> In
 async fn read_loop(
     shard: Rc<Shard>,
     mut stream: TcpStream,
-    tx: flume::Sender<InFlight>,
+    tx: flume::Sender<Queued>,
     peer: SocketAddr,
 ) {
     loop {
@@ -99,12 +111,17 @@ async fn read_loop(
             Ok(len) => len,
             Err(e) => {
                 tracing::warn!(shard = shard.id, %peer, error = %e, "refusing frame; closing connection");
+                metrics::error(UNKNOWN_API, ErrorCode::FRAME_TOO_LARGE);
                 let response = encode_error_response(0, ErrorCode::FRAME_TOO_LARGE, &e.to_string());
-                let _ = tx.send_async(ready(response, true, Vec::new())).await;
+                let _ = tx
+                    .send_async((ready(response, true, Vec::new()), None))
+                    .await;
                 return;
             }
         };
         let (permit, waited) = shard.request_budget.acquire(FRAME_PREFIX_BYTES + len).await;
+        metrics::throttled(waited);
+        let read_at = Instant::now();
         let body = BytesMut::with_capacity(len);
         let BufResult(res, body) = stream.read_exact(body.slice(..len)).await;
         if let Err(e) = res {
@@ -117,15 +134,25 @@ async fn read_loop(
             Ok(header) => header,
             Err(e) => {
                 tracing::warn!(shard = shard.id, %peer, error = %e, "malformed request header; closing connection");
+                metrics::error(UNKNOWN_API, ErrorCode::INVALID_REQUEST);
                 let response = encode_error_response(0, ErrorCode::INVALID_REQUEST, &e.to_string());
-                let _ = tx.send_async(ready(response, true, vec![permit])).await;
+                let _ = tx
+                    .send_async((ready(response, true, vec![permit]), None))
+                    .await;
                 return;
             }
         };
         let cid = header.correlation_id;
-        let in_flight = match ApiKey::from_u16(header.api_key) {
+        let api_key = ApiKey::from_u16(header.api_key);
+        let started = api_key.map(|api| Started {
+            api,
+            at: read_at,
+            _in_flight: InFlightGuard::new(),
+        });
+        let in_flight = match api_key {
             None => {
                 tracing::debug!(shard = shard.id, %peer, api_key = header.api_key, "unsupported API");
+                metrics::error(UNKNOWN_API, ErrorCode::UNSUPPORTED_API);
                 let message = format!("API key {} is not supported", header.api_key);
                 ready(
                     encode_error_response(cid, ErrorCode::UNSUPPORTED_API, &message),
@@ -139,6 +166,7 @@ async fn read_loop(
                     "{} version {} is not supported (supported: {}..={})",
                     spec.name, header.api_version, spec.min_version, spec.max_version
                 );
+                metrics::error(spec.name, ErrorCode::UNSUPPORTED_VERSION);
                 ready(
                     encode_error_response(cid, ErrorCode::UNSUPPORTED_VERSION, &message),
                     false,
@@ -155,33 +183,53 @@ async fn read_loop(
                     Admitted::InFlight(in_flight) => in_flight,
                     Admitted::Invalid(message, permit) => {
                         tracing::warn!(shard = shard.id, %peer, api = api.spec().name, %message, "malformed request; closing connection");
+                        metrics::error(api.spec().name, ErrorCode::INVALID_REQUEST);
                         let response =
                             encode_error_response(cid, ErrorCode::INVALID_REQUEST, &message);
-                        let _ = tx.send_async(ready(response, true, vec![permit])).await;
+                        let _ = tx
+                            .send_async((ready(response, true, vec![permit]), started))
+                            .await;
                         return;
                     }
                 }
             }
         };
-        if tx.send_async(in_flight).await.is_err() {
+        if tx.send_async((in_flight, started)).await.is_err() {
             return;
         }
     }
 }
 
-async fn write_loop(mut stream: TcpStream, rx: flume::Receiver<InFlight>) {
+async fn write_loop(mut stream: TcpStream, rx: flume::Receiver<Queued>) {
     let mut linger = false;
-    while let Ok(in_flight) = rx.recv_async().await {
+    while let Ok((in_flight, started)) = rx.recv_async().await {
         let out = match in_flight.await {
             Ok(Some(out)) => out,
-            Ok(None) => continue,
+            Ok(None) => {
+                if let Some(s) = started {
+                    metrics::request_done(s.api, s.at.elapsed());
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(error = ?e, "request task failed; closing connection");
                 break;
             }
         };
-        if write_chunks(&mut stream, out.chunks).await.is_err() {
+        if let Err(e) = write_chunks(&mut stream, out.chunks).await {
+            // A client that went away is routine; anything else is worth a line.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                tracing::debug!(error = %e, "client gone while writing a response");
+            } else {
+                tracing::warn!(error = %e, "writing a response failed; closing connection");
+            }
             break;
+        }
+        if let Some(s) = started {
+            metrics::request_done(s.api, s.at.elapsed());
         }
         drop(out.permits);
         if out.close {

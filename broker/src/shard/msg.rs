@@ -157,6 +157,11 @@ pub(crate) enum ShardMsg {
         /// Sent once installed.
         reply: Reply<()>,
     },
+    /// From the metrics endpoint: this shard's counters.
+    Metrics {
+        /// The snapshot, built on the shard.
+        reply: Reply<crate::metrics::ShardSnapshot>,
+    },
     /// Shutdown, phase 1: stop accepting and reading, finish in-flight requests (bounded).
     Drain {
         /// Sent when drained.

@@ -1,7 +1,9 @@
 //! Test harness: runs the real `sluice` binary as a child process.
 //!
 //! Contract with `sluice serve`: logs go to stderr; once every shard listens, it prints one
-//! line `listening on HOST:PORT` (the shared address) to stdout.
+//! line `listening on HOST:PORT` (the shared address) to stdout, after `metrics on HOST:PORT`
+//! when the metrics endpoint is on (tests put it on an ephemeral port unless they pass
+//! `--metrics-listen` themselves).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -19,6 +21,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub shards: usize,
+    /// The metrics endpoint's address, if it is on.
+    pub metrics_addr: Option<SocketAddr>,
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -35,6 +39,12 @@ impl Broker {
 
     /// Like [`Broker::start`], with extra `serve` arguments.
     pub fn start_with(data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
+        // Never the default port: tests run in parallel.
+        let metrics: &[&str] = if extra.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(sluice_bin())
             .arg("serve")
             .arg("--data-dir")
@@ -43,6 +53,7 @@ impl Broker {
             .arg("127.0.0.1:0")
             .arg("--shards")
             .arg(shards.to_string())
+            .args(metrics)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -56,6 +67,7 @@ impl Broker {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stdout = BufReader::new(stdout);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut metrics_addr = None;
         let addr = loop {
             let mut line = String::new();
             let n = stdout.read_line(&mut line).expect("read broker stdout");
@@ -64,6 +76,9 @@ impl Broker {
                 "broker exited before listening: {:?}",
                 child.try_wait()
             );
+            if let Some(rest) = line.trim().strip_prefix("metrics on ") {
+                metrics_addr = Some(rest.parse().expect("metrics address"));
+            }
             if let Some(rest) = line.trim().strip_prefix("listening on ") {
                 break rest.parse().expect("listening address");
             }
@@ -74,6 +89,7 @@ impl Broker {
             addr,
             data_dir: data_dir.to_path_buf(),
             shards,
+            metrics_addr,
             _stdout: stdout,
         }
     }

@@ -2,11 +2,18 @@
 //! destination connection, decodes the batches, and advances the positions past what it
 //! returns. Positions only move when a whole poll round succeeds, so an error never loses
 //! records: the next poll fetches them again.
+//!
+//! Partitions come from [`Consumer::assign`] (manual) or [`Consumer::subscribe`] (a consumer
+//! group, see `crate::group::member`): then `poll` also joins and rejoins the group, starts
+//! new partitions at the committed offset (or `auto_offset_reset`), and auto-commits the
+//! positions of what it returned. At-least-once: positions are committed before partitions
+//! are revoked, so a partition's next owner starts at or before the first record this
+//! consumer has not returned.
 
 mod config;
 mod decode;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sluice_proto::protocol::{
@@ -15,12 +22,14 @@ use sluice_proto::protocol::{
 };
 use tokio::task::JoinSet;
 
-pub use config::ConsumerConfig;
+pub use config::{ConsumerConfig, OffsetReset};
 pub use decode::ConsumerRecord;
 
 use crate::client::Client;
 use crate::config::millis_u32;
 use crate::error::ClientError;
+use crate::group::admin::CommittedOffset;
+use crate::group::member::{GroupMember, GroupSettings, RebalanceListener};
 use crate::limits::CONSUMER_RETRY_BACKOFF_MS;
 use crate::topic_partition::TopicPartition;
 
@@ -38,13 +47,27 @@ pub enum SeekTo {
 }
 
 /// Reads assigned partitions. Not shared: one consumer per task.
-#[derive(Debug)]
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     config_error: Option<ClientError>,
     /// Next offset to read per assigned partition; `None` until the first poll or seek.
     positions: BTreeMap<TopicPartition, Option<u64>>,
+    /// The group membership once subscribed.
+    group: Option<GroupMember>,
+    listener: Box<dyn RebalanceListener>,
+    /// Positions last committed (auto-commit sends only what changed).
+    committed: BTreeMap<TopicPartition, u64>,
+    last_auto_commit: Instant,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("positions", &self.positions)
+            .field("group", &self.group)
+            .finish()
+    }
 }
 
 /// What one fetch round produced for one partition.
@@ -62,6 +85,223 @@ impl Consumer {
             config,
             config_error,
             positions: BTreeMap::new(),
+            group: None,
+            listener: Box::new(()),
+            committed: BTreeMap::new(),
+            last_auto_commit: Instant::now(),
+        }
+    }
+
+    /// Joins the consumer group `group_id` (from the config) subscribed to `topics`; the
+    /// group shares the topics' partitions among its members. The join itself happens in
+    /// the next `poll`, which also rejoins on rebalances. `listener` hears about assigned
+    /// and revoked partitions. Replaces any manual assignment.
+    pub fn subscribe(
+        &mut self,
+        topics: Vec<String>,
+        listener: impl RebalanceListener + 'static,
+    ) -> Result<(), ClientError> {
+        if let Some(e) = &self.config_error {
+            return Err(e.clone());
+        }
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(ClientError::InvalidConfig(
+                "subscribe needs a group_id in the consumer config".into(),
+            ));
+        };
+        if topics.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "subscribe needs at least one topic".into(),
+            ));
+        }
+        let settings = GroupSettings {
+            group,
+            session_timeout: self.config.session_timeout,
+            rebalance_timeout: self.config.rebalance_timeout,
+            heartbeat_interval: self.config.heartbeat_interval,
+            assignors: self.config.assignors.clone(),
+        };
+        self.positions.clear();
+        self.committed.clear();
+        self.listener = Box::new(listener);
+        self.group = Some(GroupMember::new(self.client.clone(), settings, topics));
+        Ok(())
+    }
+
+    /// Commits the positions of every assigned partition (what `poll` has returned) and
+    /// waits for the coordinator's answer.
+    pub async fn commit_sync(&mut self) -> Result<(), ClientError> {
+        let offsets = self.uncommitted(true);
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits the positions of every assigned partition in the background; the handle
+    /// gives the outcome. Errors that mean a rebalance are also seen by the next `poll`.
+    pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<(), ClientError>> {
+        let offsets = self.uncommitted(true);
+        match &self.group {
+            Some(member) => {
+                for (tp, (offset, _)) in &offsets {
+                    self.committed.insert(tp.clone(), *offset);
+                }
+                tokio::spawn(member.commit_later(offsets))
+            }
+            None => tokio::spawn(async { Err(not_in_group()) }),
+        }
+    }
+
+    /// Commits these offsets (the next offset to read, with metadata kept beside it) for
+    /// partitions this consumer is assigned, and waits for the answer.
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, (u64, String)>,
+    ) -> Result<(), ClientError> {
+        let Some(member) = &self.group else {
+            return Err(not_in_group());
+        };
+        member.commit(&offsets).await?;
+        for (tp, (offset, _)) in offsets {
+            self.committed.insert(tp, offset);
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets for `partitions`.
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, ClientError> {
+        match &self.group {
+            Some(member) => member.committed(partitions).await,
+            None => Err(not_in_group()),
+        }
+    }
+
+    /// The group member id and generation (`None` outside a group).
+    pub fn group_identity(&self) -> Option<(String, i32)> {
+        self.group.as_ref().map(GroupMember::identity)
+    }
+
+    /// Leaves the group: commits the positions (with `auto_commit`), tells the listener
+    /// everything is revoked, and sends LeaveGroup so the others rebalance at once.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let Some(member) = &self.group else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if self.config.auto_commit && !member.is_lost() && !member.needs_join() {
+            let offsets = self.uncommitted(false);
+            result = member.commit(&offsets).await;
+        }
+        let assigned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        if !assigned.is_empty() {
+            self.listener.on_revoked(&assigned);
+        }
+        self.positions.clear();
+        let left = member.leave().await;
+        result.and(left)
+    }
+
+    /// Positions to commit: all (`all`) or only those changed since the last commit.
+    fn uncommitted(&self, all: bool) -> BTreeMap<TopicPartition, (u64, String)> {
+        self.positions
+            .iter()
+            .filter_map(|(tp, p)| p.map(|p| (tp, p)))
+            .filter(|(tp, p)| all || self.committed.get(*tp) != Some(p))
+            .map(|(tp, p)| (tp.clone(), (p, String::new())))
+            .collect()
+    }
+
+    /// Joins or rejoins the group if needed, and applies the new assignment.
+    async fn ensure_active(&mut self) -> Result<(), ClientError> {
+        let Some(member) = self.group.as_mut() else {
+            return Ok(());
+        };
+        if !member.needs_join() {
+            return Ok(());
+        }
+        let current: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        if !current.is_empty() {
+            let lost = member.is_lost();
+            if !lost && self.config.auto_commit {
+                let offsets: BTreeMap<TopicPartition, (u64, String)> = self
+                    .positions
+                    .iter()
+                    .filter_map(|(tp, p)| p.map(|p| (tp.clone(), (p, String::new()))))
+                    .filter(|(tp, (p, _))| self.committed.get(tp) != Some(p))
+                    .collect();
+                match member.commit(&offsets).await {
+                    Ok(()) => self
+                        .committed
+                        .extend(offsets.into_iter().map(|(tp, (o, _))| (tp, o))),
+                    Err(e) => tracing::warn!(
+                        group = member.group(),
+                        error = %e,
+                        "commit before rebalance failed; the next owner may re-read records"
+                    ),
+                }
+            }
+            let cooperative = member.protocol().is_some_and(|p| p.is_cooperative());
+            if member.is_lost() || !cooperative {
+                self.listener.on_revoked(&current);
+                self.positions.clear();
+            }
+        }
+        let owned: BTreeSet<TopicPartition> = self.positions.keys().cloned().collect();
+        let joined = member.join(&owned).await?;
+        let revoked: Vec<TopicPartition> = owned.difference(&joined.assignment).cloned().collect();
+        let added: Vec<TopicPartition> = joined.assignment.difference(&owned).cloned().collect();
+        tracing::debug!(
+            group = member.group(),
+            generation = joined.generation,
+            revoked = revoked.len(),
+            added = added.len(),
+            "rebalanced"
+        );
+        if !revoked.is_empty() {
+            self.listener.on_revoked(&revoked);
+            for tp in &revoked {
+                self.positions.remove(tp);
+            }
+            // The partitions go to their new owner in the follow-up rebalance.
+            member.request_rejoin();
+        }
+        if !added.is_empty() {
+            let committed = member.committed(&added).await?;
+            for tp in &added {
+                let position = match committed.get(tp) {
+                    Some(c) => c.offset,
+                    None => {
+                        let ts = match self.config.auto_offset_reset {
+                            OffsetReset::Earliest => EARLIEST_TIMESTAMP,
+                            OffsetReset::Latest => LATEST_TIMESTAMP,
+                        };
+                        self.client.list_offset(&tp.topic, tp.partition, ts).await?
+                    }
+                };
+                self.committed.insert(tp.clone(), position);
+                self.positions.insert(tp.clone(), Some(position));
+            }
+            self.listener.on_assigned(&added);
+        }
+        Ok(())
+    }
+
+    /// Commits changed positions if `auto_commit_interval` has passed.
+    async fn maybe_auto_commit(&mut self) {
+        if !self.config.auto_commit
+            || self.last_auto_commit.elapsed() < self.config.auto_commit_interval
+        {
+            return;
+        }
+        self.last_auto_commit = Instant::now();
+        let offsets = self.uncommitted(false);
+        let Some(member) = &self.group else { return };
+        match member.commit(&offsets).await {
+            Ok(()) => self
+                .committed
+                .extend(offsets.into_iter().map(|(tp, (o, _))| (tp, o))),
+            Err(e) => tracing::warn!(group = member.group(), error = %e, "auto-commit failed"),
         }
     }
 
@@ -116,6 +356,10 @@ impl Consumer {
             return Err(e.clone());
         }
         let deadline = Instant::now() + timeout;
+        if self.group.is_some() {
+            self.ensure_active().await?;
+            self.maybe_auto_commit().await;
+        }
         if self.positions.is_empty() {
             tokio::time::sleep(timeout).await;
             return Ok(Vec::new());
@@ -135,6 +379,13 @@ impl Consumer {
                 .config
                 .fetch_max_wait
                 .min(deadline.saturating_duration_since(Instant::now()));
+            if self.group.as_ref().is_some_and(GroupMember::needs_join) {
+                // A rebalance: rejoin now (the caller sees no records this time).
+                self.ensure_active().await?;
+                if self.positions.is_empty() {
+                    return Ok(Vec::new());
+                }
+            }
             let (records, fetched, retry_error) = self.round(wait).await?;
             for f in fetched {
                 self.positions.insert(f.tp, Some(f.next));
@@ -263,4 +514,8 @@ impl Consumer {
         }
         Ok((records, fetched, retry_error))
     }
+}
+
+fn not_in_group() -> ClientError {
+    ClientError::InvalidConfig("commits need a consumer subscribed to a group".into())
 }
