@@ -26,6 +26,14 @@ pub(crate) const SHARD_INBOX_CAPACITY: usize = 1024;
 pub(crate) const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
 /// Default interval between retention passes.
 pub(crate) const RETENTION_CHECK_MS_DEFAULT: u64 = 60_000;
+/// Longest wait between two checks of a shard's compacted partitions (Kafka's
+/// `log.cleaner.backoff.ms`); shorter when `retention_check_ms` is shorter.
+pub(crate) const CLEANER_BACKOFF_MS: u64 = 15_000;
+/// Memory of one compaction pass's key -> offset map (Kafka's
+/// `log.cleaner.dedupe.buffer.size`). A shard runs one pass at a time.
+pub(crate) const CLEANER_DEDUPE_BUFFER_BYTES: usize = 32 << 20;
+/// Read plus write rate of a shard's cleaner, so compaction never saturates the disk.
+pub(crate) const CLEANER_IO_BYTES_PER_S: u64 = 128 << 20;
 /// Most shards a broker runs (shard ids are u16 on the wire).
 pub(crate) const SHARDS_MAX: usize = 1024;
 /// Write-buffer chunk of a partition log.

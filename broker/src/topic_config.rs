@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use sluice_proto::BATCH_BYTES_MAX;
 use sluice_proto::protocol::ConfigEntry;
 use sluice_proto::protocol::config::{self as names, TOPIC_CONFIGS};
-use sluice_storage::{FlushPolicy, LogConfig};
+use sluice_storage::{CompactionConfig, FlushPolicy, LogConfig};
 
 use crate::limits::{
-    LOG_TAIL_CACHE_BYTES, LOG_WRITE_CHUNK_BYTES, LOG_WRITE_CHUNKS_DEFAULT,
-    MAX_MESSAGE_BYTES_DEFAULT,
+    CLEANER_DEDUPE_BUFFER_BYTES, CLEANER_IO_BYTES_PER_S, LOG_TAIL_CACHE_BYTES,
+    LOG_WRITE_CHUNK_BYTES, LOG_WRITE_CHUNKS_DEFAULT, MAX_MESSAGE_BYTES_DEFAULT,
 };
 
 /// Configs set on a topic (only those that differ from the defaults are stored).
@@ -33,6 +33,9 @@ fn default_value(name: &str) -> String {
         names::SEGMENT_MS => week_ms.to_string(),
         names::MAX_MESSAGE_BYTES => MAX_MESSAGE_BYTES_DEFAULT.to_string(),
         names::CLEANUP_POLICY => "delete".into(),
+        names::DELETE_RETENTION_MS => (24 * 3600 * 1000_u64).to_string(),
+        names::MIN_CLEANABLE_DIRTY_RATIO => "0.5".into(),
+        names::MIN_COMPACTION_LAG_MS => "0".into(),
         names::FLUSH_MESSAGES | names::FLUSH_MS => "-1".into(),
         _ => String::new(),
     }
@@ -99,14 +102,45 @@ pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
     let policy = configs
         .get(names::CLEANUP_POLICY)
         .map_or("delete", String::as_str);
-    // `compact` is accepted and stored; compaction itself is not implemented yet (issue 5),
-    // so such a topic is only retained like `delete`.
-    if policy != "delete" && policy != "compact" {
-        return Err(format!(
-            "{}={policy:?} must be delete or compact",
-            names::CLEANUP_POLICY
-        ));
-    }
+    let mut policies: Vec<&str> = policy.split(',').map(str::trim).collect();
+    policies.sort_unstable();
+    let (compact, delete) = match policies[..] {
+        ["delete"] => (false, true),
+        ["compact"] => (true, false),
+        ["compact", "delete"] => (true, true),
+        _ => {
+            return Err(format!(
+                "{}={policy:?} must be delete, compact or compact,delete",
+                names::CLEANUP_POLICY
+            ));
+        }
+    };
+    let ratio_text = configs
+        .get(names::MIN_CLEANABLE_DIRTY_RATIO)
+        .cloned()
+        .unwrap_or_else(|| default_value(names::MIN_CLEANABLE_DIRTY_RATIO));
+    let ratio = ratio_text
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| {
+            format!(
+                "{}={ratio_text:?} must be a number in [0, 1]",
+                names::MIN_CLEANABLE_DIRTY_RATIO
+            )
+        })?;
+    // The cleaner's memory and I/O bounds are the broker's (`limits.rs`).
+    let compaction = compact
+        .then(|| -> Result<CompactionConfig, String> {
+            Ok(CompactionConfig {
+                delete_retention_ms: required_u64(configs, names::DELETE_RETENTION_MS)?,
+                min_cleanable_dirty_ratio: ratio,
+                min_compaction_lag_ms: required_u64(configs, names::MIN_COMPACTION_LAG_MS)?,
+                dedupe_buffer_bytes: CLEANER_DEDUPE_BUFFER_BYTES,
+                io_bytes_per_s: Some(CLEANER_IO_BYTES_PER_S),
+            })
+        })
+        .transpose()?;
     let max_message = required_u64(configs, names::MAX_MESSAGE_BYTES)?;
     if max_message == 0 || max_message > u64::from(BATCH_BYTES_MAX) {
         return Err(format!(
@@ -135,8 +169,10 @@ pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
     let config = LogConfig {
         segment_bytes: required_u64(configs, names::SEGMENT_BYTES)?,
         segment_ms,
-        retention_ms: optional_u64(configs, names::RETENTION_MS)?,
-        retention_bytes: optional_u64(configs, names::RETENTION_BYTES)?,
+        // `compact` alone deletes nothing by age or size (Kafka's rule).
+        retention_ms: optional_u64(configs, names::RETENTION_MS)?.filter(|_| delete),
+        retention_bytes: optional_u64(configs, names::RETENTION_BYTES)?.filter(|_| delete),
+        compaction,
         flush,
         max_batch_bytes,
         write_chunk_bytes: LOG_WRITE_CHUNK_BYTES,
@@ -192,6 +228,32 @@ mod tests {
         assert!(validate(&[entry("retention.ms", "soon")]).is_err());
         assert!(validate(&[entry("segment.bytes", "10")]).is_err());
         assert!(validate(&[entry("cleanup.policy", "shred")]).is_err());
+        assert!(validate(&[entry("cleanup.policy", "compact,shred")]).is_err());
+        assert!(validate(&[entry("min.cleanable.dirty.ratio", "1.5")]).is_err());
+        assert!(validate(&[entry("delete.retention.ms", "-1")]).is_err());
+        let compact = log_config(
+            &validate(&[
+                entry("cleanup.policy", "compact"),
+                entry("delete.retention.ms", "100"),
+                entry("min.cleanable.dirty.ratio", "0.25"),
+            ])
+            .expect("valid"),
+        )
+        .expect("valid");
+        let c = compact.compaction.expect("compacted");
+        assert_eq!(c.delete_retention_ms, 100);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.25);
+        assert_eq!(compact.retention_ms, None, "compact alone deletes nothing");
+        let both =
+            log_config(&validate(&[entry("cleanup.policy", "delete,compact")]).expect("valid"))
+                .expect("valid");
+        assert!(both.compaction.is_some());
+        assert!(
+            both.retention_ms.is_some(),
+            "compact,delete applies retention"
+        );
+        let plain = log_config(&TopicConfigs::new()).expect("valid");
+        assert!(plain.compaction.is_none());
         assert!(validate(&[entry("flush.ms", "1"), entry("flush.ms", "2")]).is_err());
     }
 }

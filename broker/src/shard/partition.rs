@@ -1,7 +1,6 @@
 //! One partition on its owning shard, and the operations the shard runs on it: append
 //! (admitted in order), read up to the high watermark, offsets, watch for new data.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,10 @@ use sluice_proto::protocol::{
     ACKS_ALL, ACKS_NONE, EARLIEST_TIMESTAMP, ErrorCode, FetchPartitionResult, LATEST_TIMESTAMP,
     ListOffsetsPartitionResult, ProducePartitionResult, RecordSet,
 };
-use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Limits, Offset, peek_batch_length};
-use sluice_storage::{LogError, PartitionLog, system_clock_ms};
+use sluice_proto::{BATCH_HEADER_BYTES, Offset, peek_batch_length};
+use sluice_storage::{LogError, PartitionLog};
 
 use crate::shard::msg::{FetchPart, OffsetsResult, ProducePart, WatchPart};
-use crate::shard::producer_state::{ProducerStates, Verdict};
 use crate::ticket::{Admission, Ticket};
 
 /// A partition's log and its admission queue.
@@ -30,9 +28,6 @@ pub(crate) struct Partition {
     pub(crate) admission: Admission,
     /// `max.message.bytes`.
     pub(crate) max_batch_bytes: usize,
-    /// Idempotent producers' sequences and epochs; checked and updated only while holding
-    /// an admission ticket.
-    pub(crate) producers: RefCell<ProducerStates>,
 }
 
 /// A per-partition failure: code and message.
@@ -45,7 +40,6 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
         LogError::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
         LogError::Closed => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-        LogError::DiskFull { .. } => ErrorCode::DISK_FULL,
         LogError::Io { .. }
         | LogError::Stopped { .. }
         | LogError::Corrupt { .. }
@@ -158,6 +152,39 @@ pub(crate) fn admit_produce(
     }
 }
 
+/// A compacted topic needs a key on every record (the cleaner keeps the latest record per
+/// key; a keyless one could never be superseded): Kafka's `INVALID_RECORD`, naming the record.
+fn reject_keyless(p: &Partition, batches: &[BytesMut]) -> Result<(), Failure> {
+    for (i, batch) in batches.iter().enumerate() {
+        let corrupt =
+            |e: sluice_proto::DecodeError| (ErrorCode::CORRUPT_MESSAGE, format!("batch {i}: {e}"));
+        // A copy: the set is appended (and stamped in place) only after the checks.
+        let batch = sluice_proto::RecordBatch::from_bytes(
+            Bytes::copy_from_slice(batch),
+            &sluice_proto::Limits::DEFAULT,
+        )
+        .map_err(corrupt)?;
+        for (j, record) in batch.records().map_err(corrupt)?.enumerate() {
+            if record.map_err(corrupt)?.key.is_none() {
+                tracing::debug!(
+                    topic = %p.topic,
+                    partition = p.index,
+                    "keyless record refused on a compacted topic"
+                );
+                return Err((
+                    ErrorCode::INVALID_RECORD,
+                    format!(
+                        "record {j} of batch {i} has no key: topic {} is compacted \
+                         (cleanup.policy=compact) and every record needs a key",
+                        p.topic
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn produce_one(
     p: Rc<Partition>,
     ticket: Ticket,
@@ -166,69 +193,31 @@ async fn produce_one(
     deadline: Instant,
 ) -> Result<(u64, u64), Failure> {
     let batches = split_record_set(records, p.max_batch_bytes)?;
+    if p.log.compacted() {
+        reject_keyless(&p, &batches)?;
+    }
     let timed_out = || {
         (
             ErrorCode::REQUEST_TIMED_OUT,
             "not acknowledged within the request timeout".to_string(),
         )
     };
-    let headers = batches
-        .iter()
-        .map(|b| BatchHeader::parse(b, &Limits::DEFAULT))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| (ErrorCode::CORRUPT_MESSAGE, format!("bad batch header: {e}")))?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     compio::time::timeout(remaining, ticket.turn())
         .await
         .map_err(|_| timed_out())?;
-    // From here to `drop(ticket)` no other append of this partition runs, so the producer
-    // checks and the appends they allow cannot interleave with another request's.
-    check_producers(&p, &headers)?;
     // Appends are not cut by the timeout: a set is appended whole or not at all, barring a
     // failure of the log.
     let mut base = None;
     let mut last = None;
-    for (batch, header) in batches.into_iter().zip(&headers) {
-        // Checked again against the state the set's earlier batches left.
-        let verdict = p.producers.borrow().check(header);
-        match verdict.map_err(|refusal| refuse(&p, header, refusal))? {
-            Verdict::Duplicate {
-                base_offset,
-                last_offset,
-            } => {
-                tracing::debug!(
-                    topic = %p.topic,
-                    partition = p.index,
-                    producer_id = header.producer_id,
-                    sequence = header.base_sequence,
-                    base_offset,
-                    "duplicate batch: answering its original offset"
-                );
-                base.get_or_insert(Offset(base_offset));
-                last = Some(p.log.durable_at(Offset(last_offset + 1)));
-            }
-            Verdict::Append => {
-                let bytes = batch.len();
-                let appended = p
-                    .log
-                    .append(batch)
-                    .await
-                    .map_err(|e| log_error(&p.topic, p.index, &e))?;
-                crate::metrics::produced(
-                    &p.topic,
-                    p.index,
-                    bytes,
-                    appended.last_offset.get() - appended.base_offset.get() + 1,
-                );
-                p.producers.borrow_mut().record(
-                    header,
-                    appended.base_offset.get(),
-                    system_clock_ms(),
-                );
-                base.get_or_insert(appended.base_offset);
-                last = Some(appended.durable);
-            }
-        }
+    for batch in batches {
+        let appended = p
+            .log
+            .append(batch)
+            .await
+            .map_err(|e| log_error(&p.topic, p.index, &e))?;
+        base.get_or_insert(appended.base_offset);
+        last = Some(appended.durable);
     }
     drop(ticket);
     let base = base.expect("a record set has at least one batch");
@@ -249,45 +238,6 @@ async fn produce_one(
         debug_assert!(acks == ACKS_NONE || acks == sluice_proto::protocol::ACKS_LEADER);
     }
     Ok((base.get(), log_start))
-}
-
-/// Checks every batch of a set against the producer state before any is written, so a set
-/// with a bad batch is refused whole.
-fn check_producers(p: &Partition, headers: &[BatchHeader]) -> Result<(), Failure> {
-    if headers.iter().all(|h| h.producer_id < 0) {
-        return Ok(());
-    }
-    let mut states = p.producers.borrow_mut();
-    states.maybe_expire(system_clock_ms());
-    if headers.len() == 1 {
-        return states
-            .check(&headers[0])
-            .map(|_| ())
-            .map_err(|refusal| refuse(p, &headers[0], refusal));
-    }
-    // Several batches: check each against the state the earlier ones would leave.
-    let mut scratch = states.clone_for(headers.iter().map(|h| h.producer_id));
-    for h in headers {
-        match scratch.check(h).map_err(|refusal| refuse(p, h, refusal))? {
-            Verdict::Duplicate { .. } => {}
-            Verdict::Append => scratch.record(h, 0, 0),
-        }
-    }
-    Ok(())
-}
-
-/// Logs a refused idempotent batch and returns its failure.
-fn refuse(p: &Partition, h: &BatchHeader, (code, message): Failure) -> Failure {
-    tracing::warn!(
-        topic = %p.topic,
-        partition = p.index,
-        producer_id = h.producer_id,
-        epoch = h.producer_epoch,
-        sequence = h.base_sequence,
-        error = %code,
-        "{message}"
-    );
-    (code, message)
 }
 
 /// Reads `parts` in order, sharing `max_bytes` between them; the first batch of the

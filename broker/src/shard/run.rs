@@ -16,7 +16,6 @@ use crate::net::conn;
 use crate::placement::ShardId;
 use crate::shard::msg::ShardMsg;
 use crate::shard::partition::{self, Partition};
-use crate::shard::producer_state::ProducerStates;
 use crate::shard::{Cluster, Shard, controller};
 use crate::ticket::Admission;
 use crate::topic_config;
@@ -98,7 +97,6 @@ async fn shard_main(start: ShardStart) -> bool {
         next_connection: Cell::new(0),
         draining: Cell::new(false),
         admin: Admission::default(),
-        producer_ids: RefCell::new(None),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -125,6 +123,8 @@ async fn shard_main(start: ShardStart) -> bool {
     }
     let retention = compio::runtime::spawn(retention_loop(shard.clone()));
     shard.background.borrow_mut().push(retention);
+    let cleaner = compio::runtime::spawn(cleaner_loop(shard.clone()));
+    shard.background.borrow_mut().push(cleaner);
     tracing::info!(
         shard = id,
         partitions = shard.partitions.borrow().len(),
@@ -181,6 +181,34 @@ async fn retention_loop(shard: Rc<Shard>) {
     }
 }
 
+/// Compacts the shard's compacted partitions (`cleanup.policy=compact`), one pass at a time
+/// so the shard holds at most one offset map (`CLEANER_DEDUPE_BUFFER_BYTES`). A pass reads and
+/// writes in bounded steps and yields between them; appends go on meanwhile.
+async fn cleaner_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(
+        shard
+            .cluster
+            .config
+            .retention_check_ms
+            .min(crate::limits::CLEANER_BACKOFF_MS),
+    );
+    loop {
+        compio::time::sleep(interval).await;
+        let partitions: Vec<Rc<Partition>> = shard
+            .partitions
+            .borrow()
+            .values()
+            .filter(|p| p.log.compacted())
+            .cloned()
+            .collect();
+        for p in partitions {
+            if let Err(e) = p.log.clean(system_clock_ms()).await {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "compaction failed");
+            }
+        }
+    }
+}
+
 /// Opens (creating if needed) the logs of `partitions` of `topic`.
 pub(crate) async fn open_partitions(
     shard: &Rc<Shard>,
@@ -197,16 +225,12 @@ pub(crate) async fn open_partitions(
         let log = PartitionLog::open(&dir, config.clone())
             .await
             .map_err(|e| format!("cannot open partition {topic}/{index}: {e}"))?;
-        let producers = ProducerStates::rebuild(&log).await.map_err(|e| {
-            format!("cannot rebuild producer state of partition {topic}/{index}: {e}")
-        })?;
         let p = Partition {
             topic: topic.to_string(),
             index,
             log,
             admission: Admission::default(),
             max_batch_bytes: config.max_batch_bytes,
-            producers: RefCell::new(producers),
         };
         shard
             .partitions
@@ -353,9 +377,6 @@ impl Shard {
             ShardMsg::CreateTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::create_topics(&self, request).await);
             })),
-            ShardMsg::InitProducerId { request, reply } => {
-                let _ = reply.try_send(controller::init_producer_id(&self, &request));
-            }
             ShardMsg::DeleteTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::delete_topics(&self, request).await);
             })),
@@ -375,9 +396,6 @@ impl Shard {
                 remove_partitions(&self, &topic, &partitions).await;
                 let _ = reply.try_send(());
             })),
-            ShardMsg::Metrics { reply } => {
-                let _ = reply.try_send(crate::metrics::snapshot(&self));
-            }
             ShardMsg::Snapshot { metadata, reply } => {
                 *self.metadata.borrow_mut() = metadata;
                 let _ = reply.try_send(());

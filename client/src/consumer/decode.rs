@@ -119,6 +119,21 @@ mod tests {
         }
     }
 
+    /// A compacted topic has offset gaps between batches: a position inside a gap gets the
+    /// next existing record, and the position moves past the last batch.
+    #[test]
+    fn gaps_between_batches_as_left_by_compaction() {
+        let mut set = BytesMut::new();
+        set.extend_from_slice(&batch(10, &["a", "b"], Compression::None));
+        set.extend_from_slice(&batch(20, &["c"], Compression::Lz4));
+        set.extend_from_slice(&batch(35, &["d", "e"], Compression::None));
+        let mut out = Vec::new();
+        let next = decode_records("t", 0, set.freeze(), 14, &mut out).expect("decode");
+        let offsets: Vec<u64> = out.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![20, 35, 36]);
+        assert_eq!(next, 37);
+    }
+
     #[test]
     fn corrupt_set_is_a_typed_error() {
         let mut set = BytesMut::from(&batch(0, &["a"], Compression::None)[..]);

@@ -12,8 +12,15 @@ pub const SEGMENT_BYTES: &str = "segment.bytes";
 pub const SEGMENT_MS: &str = "segment.ms";
 /// Largest batch accepted.
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
-/// `delete` (retention) or `compact`.
+/// `delete` (retention), `compact` (keep the latest record per key), or `compact,delete`.
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// Compacted topics: how long a tombstone (null value) stays after its timestamp (ms).
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// Compacted topics: the cleaner runs when uncleaned bytes reach this fraction of the closed
+/// segments' bytes.
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
+/// Compacted topics: a record stays uncompacted at least this long (ms).
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
 /// fdatasync after this many records; unset (with `flush.ms` unset): every batch.
 pub const FLUSH_MESSAGES: &str = "flush.messages";
 /// fdatasync at least this often (ms); unset (with `flush.messages` unset): every batch.
@@ -27,6 +34,9 @@ pub const TOPIC_CONFIGS: &[&str] = &[
     SEGMENT_MS,
     MAX_MESSAGE_BYTES,
     CLEANUP_POLICY,
+    DELETE_RETENTION_MS,
+    MIN_CLEANABLE_DIRTY_RATIO,
+    MIN_COMPACTION_LAG_MS,
     FLUSH_MESSAGES,
     FLUSH_MS,
 ];
