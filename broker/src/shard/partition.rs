@@ -1,6 +1,7 @@
 //! One partition on its owning shard, and the operations the shard runs on it: append
 //! (admitted in order), read up to the high watermark, offsets, watch for new data.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +11,11 @@ use sluice_proto::protocol::{
     ACKS_ALL, ACKS_NONE, EARLIEST_TIMESTAMP, ErrorCode, FetchPartitionResult, LATEST_TIMESTAMP,
     ListOffsetsPartitionResult, ProducePartitionResult, RecordSet,
 };
-use sluice_proto::{BATCH_HEADER_BYTES, Offset, peek_batch_length};
-use sluice_storage::{LogError, PartitionLog};
+use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Limits, Offset, peek_batch_length};
+use sluice_storage::{LogError, PartitionLog, system_clock_ms};
 
 use crate::shard::msg::{FetchPart, OffsetsResult, ProducePart, WatchPart};
+use crate::shard::producer_state::{ProducerStates, Verdict};
 use crate::ticket::{Admission, Ticket};
 
 /// A partition's log and its admission queue.
@@ -28,6 +30,9 @@ pub(crate) struct Partition {
     pub(crate) admission: Admission,
     /// `max.message.bytes`.
     pub(crate) max_batch_bytes: usize,
+    /// Idempotent producers' sequences and epochs; checked and updated only while holding
+    /// an admission ticket.
+    pub(crate) producers: RefCell<ProducerStates>,
 }
 
 /// A per-partition failure: code and message.
@@ -40,12 +45,16 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
         LogError::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
         LogError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
         LogError::Closed => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+        LogError::DiskFull { .. } => ErrorCode::DISK_FULL,
         LogError::Io { .. }
         | LogError::Stopped { .. }
         | LogError::Corrupt { .. }
         | LogError::InvalidConfig(_) => ErrorCode::STORAGE_ERROR,
     };
-    if code == ErrorCode::STORAGE_ERROR {
+    if matches!(err, LogError::Stopped { .. }) {
+        // The log said so once, at error, when it stopped: not again for every request.
+        tracing::debug!(topic, partition, error = %err, "request refused by a stopped log");
+    } else if code == ErrorCode::STORAGE_ERROR {
         tracing::error!(topic, partition, error = %err, "partition log error");
     } else {
         tracing::debug!(topic, partition, error = %err, "request refused by the log");
@@ -159,11 +168,9 @@ fn reject_keyless(p: &Partition, batches: &[BytesMut]) -> Result<(), Failure> {
         let corrupt =
             |e: sluice_proto::DecodeError| (ErrorCode::CORRUPT_MESSAGE, format!("batch {i}: {e}"));
         // A copy: the set is appended (and stamped in place) only after the checks.
-        let batch = sluice_proto::RecordBatch::from_bytes(
-            Bytes::copy_from_slice(batch),
-            &sluice_proto::Limits::DEFAULT,
-        )
-        .map_err(corrupt)?;
+        let batch =
+            sluice_proto::RecordBatch::from_bytes(Bytes::copy_from_slice(batch), &Limits::DEFAULT)
+                .map_err(corrupt)?;
         for (j, record) in batch.records().map_err(corrupt)?.enumerate() {
             if record.map_err(corrupt)?.key.is_none() {
                 tracing::debug!(
@@ -193,31 +200,65 @@ async fn produce_one(
     deadline: Instant,
 ) -> Result<(u64, u64), Failure> {
     let batches = split_record_set(records, p.max_batch_bytes)?;
-    if p.log.compacted() {
-        reject_keyless(&p, &batches)?;
-    }
     let timed_out = || {
         (
             ErrorCode::REQUEST_TIMED_OUT,
             "not acknowledged within the request timeout".to_string(),
         )
     };
+    let headers = batches
+        .iter()
+        .map(|b| BatchHeader::parse(b, &Limits::DEFAULT))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| (ErrorCode::CORRUPT_MESSAGE, format!("bad batch header: {e}")))?;
+    if p.log.compacted() {
+        reject_keyless(&p, &batches)?;
+    }
     let remaining = deadline.saturating_duration_since(Instant::now());
     compio::time::timeout(remaining, ticket.turn())
         .await
         .map_err(|_| timed_out())?;
+    // From here to `drop(ticket)` no other append of this partition runs, so the producer
+    // checks and the appends they allow cannot interleave with another request's.
+    check_producers(&p, &headers)?;
     // Appends are not cut by the timeout: a set is appended whole or not at all, barring a
     // failure of the log.
     let mut base = None;
     let mut last = None;
-    for batch in batches {
-        let appended = p
-            .log
-            .append(batch)
-            .await
-            .map_err(|e| log_error(&p.topic, p.index, &e))?;
-        base.get_or_insert(appended.base_offset);
-        last = Some(appended.durable);
+    for (batch, header) in batches.into_iter().zip(&headers) {
+        // Checked again against the state the set's earlier batches left.
+        let verdict = p.producers.borrow().check(header);
+        match verdict.map_err(|refusal| refuse(&p, header, refusal))? {
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                tracing::debug!(
+                    topic = %p.topic,
+                    partition = p.index,
+                    producer_id = header.producer_id,
+                    sequence = header.base_sequence,
+                    base_offset,
+                    "duplicate batch: answering its original offset"
+                );
+                base.get_or_insert(Offset(base_offset));
+                last = Some(p.log.durable_at(Offset(last_offset + 1)));
+            }
+            Verdict::Append => {
+                let appended = p
+                    .log
+                    .append(batch)
+                    .await
+                    .map_err(|e| log_error(&p.topic, p.index, &e))?;
+                p.producers.borrow_mut().record(
+                    header,
+                    appended.base_offset.get(),
+                    system_clock_ms(),
+                );
+                base.get_or_insert(appended.base_offset);
+                last = Some(appended.durable);
+            }
+        }
     }
     drop(ticket);
     let base = base.expect("a record set has at least one batch");
@@ -238,6 +279,45 @@ async fn produce_one(
         debug_assert!(acks == ACKS_NONE || acks == sluice_proto::protocol::ACKS_LEADER);
     }
     Ok((base.get(), log_start))
+}
+
+/// Checks every batch of a set against the producer state before any is written, so a set
+/// with a bad batch is refused whole.
+fn check_producers(p: &Partition, headers: &[BatchHeader]) -> Result<(), Failure> {
+    if headers.iter().all(|h| h.producer_id < 0) {
+        return Ok(());
+    }
+    let mut states = p.producers.borrow_mut();
+    states.maybe_expire(system_clock_ms());
+    if headers.len() == 1 {
+        return states
+            .check(&headers[0])
+            .map(|_| ())
+            .map_err(|refusal| refuse(p, &headers[0], refusal));
+    }
+    // Several batches: check each against the state the earlier ones would leave.
+    let mut scratch = states.clone_for(headers.iter().map(|h| h.producer_id));
+    for h in headers {
+        match scratch.check(h).map_err(|refusal| refuse(p, h, refusal))? {
+            Verdict::Duplicate { .. } => {}
+            Verdict::Append => scratch.record(h, 0, 0),
+        }
+    }
+    Ok(())
+}
+
+/// Logs a refused idempotent batch and returns its failure.
+fn refuse(p: &Partition, h: &BatchHeader, (code, message): Failure) -> Failure {
+    tracing::warn!(
+        topic = %p.topic,
+        partition = p.index,
+        producer_id = h.producer_id,
+        epoch = h.producer_epoch,
+        sequence = h.base_sequence,
+        error = %code,
+        "{message}"
+    );
+    (code, message)
 }
 
 /// Reads `parts` in order, sharing `max_bytes` between them; the first batch of the

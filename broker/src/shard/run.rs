@@ -16,6 +16,7 @@ use crate::net::conn;
 use crate::placement::ShardId;
 use crate::shard::msg::ShardMsg;
 use crate::shard::partition::{self, Partition};
+use crate::shard::producer_state::ProducerStates;
 use crate::shard::{Cluster, Shard, controller};
 use crate::ticket::Admission;
 use crate::topic_config;
@@ -97,6 +98,7 @@ async fn shard_main(start: ShardStart) -> bool {
         next_connection: Cell::new(0),
         draining: Cell::new(false),
         admin: Admission::default(),
+        producer_ids: RefCell::new(None),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -225,12 +227,16 @@ pub(crate) async fn open_partitions(
         let log = PartitionLog::open(&dir, config.clone())
             .await
             .map_err(|e| format!("cannot open partition {topic}/{index}: {e}"))?;
+        let producers = ProducerStates::rebuild(&log).await.map_err(|e| {
+            format!("cannot rebuild producer state of partition {topic}/{index}: {e}")
+        })?;
         let p = Partition {
             topic: topic.to_string(),
             index,
             log,
             admission: Admission::default(),
             max_batch_bytes: config.max_batch_bytes,
+            producers: RefCell::new(producers),
         };
         shard
             .partitions
@@ -377,6 +383,9 @@ impl Shard {
             ShardMsg::CreateTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::create_topics(&self, request).await);
             })),
+            ShardMsg::InitProducerId { request, reply } => {
+                let _ = reply.try_send(controller::init_producer_id(&self, &request));
+            }
             ShardMsg::DeleteTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::delete_topics(&self, request).await);
             })),
