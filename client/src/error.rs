@@ -163,14 +163,6 @@ pub enum ClientError {
         /// The broker's explanation ("disk full on DIR: N bytes free").
         message: String,
     },
-    /// The broker's disk holding the partition is full (`DISK_FULL`): the batch was not
-    /// written. Not retried by the producer; appends are accepted again once the operator
-    /// frees space.
-    #[error("{message}")]
-    DiskFull {
-        /// The broker's explanation ("disk full on DIR: N bytes free").
-        message: String,
-    },
     /// The group is rebalancing; the member must rejoin (the consumer does so itself).
     #[error("group '{group}' is rebalancing")]
     RebalanceInProgress {
@@ -256,15 +248,6 @@ impl ClientError {
         if code == ErrorCode::UNKNOWN_TOPIC_OR_PARTITION {
             return ClientError::UnknownTopic {
                 topic: topic.to_owned(),
-            };
-        }
-        if code == ErrorCode::DISK_FULL {
-            return ClientError::DiskFull {
-                message: if message.is_empty() {
-                    "DISK_FULL: the broker's disk is full".to_owned()
-                } else {
-                    format!("DISK_FULL: {message}")
-                },
             };
         }
         if code == ErrorCode::DISK_FULL {
@@ -378,14 +361,6 @@ mod tests {
             e.to_string(),
             "the broker answered TOPIC_ALREADY_EXISTS: topic 'x' exists"
         );
-    }
-
-    #[test]
-    fn disk_full_code_becomes_typed() {
-        let e = ClientError::from_code(ErrorCode::DISK_FULL, "disk full on /d: 0 bytes free", "t");
-        assert!(matches!(e, ClientError::DiskFull { .. }));
-        assert_eq!(e.to_string(), "DISK_FULL: disk full on /d: 0 bytes free");
-        assert!(!e.is_retriable());
     }
 
     #[test]

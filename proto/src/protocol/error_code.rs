@@ -117,9 +117,6 @@ codes! {
     /// The disk holding the partition is full: the append was refused (nothing of it was
     /// written). Fetches still work; appends are accepted again once space is freed.
     DISK_FULL = 1004, retriable: false;
-    /// The disk holding the partition is full: the append was refused (nothing of it was
-    /// written). Fetches still work; appends are accepted again once space is freed.
-    DISK_FULL = 1004, retriable: false;
     /// An offset commit names a partition not assigned to the committing member.
     PARTITION_NOT_ASSIGNED = 1005, retriable: false;
 }
