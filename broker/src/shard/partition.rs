@@ -245,11 +245,18 @@ async fn produce_one(
                 last = Some(p.log.durable_at(Offset(last_offset + 1)));
             }
             Verdict::Append => {
+                let bytes = batch.len();
                 let appended = p
                     .log
                     .append(batch)
                     .await
                     .map_err(|e| log_error(&p.topic, p.index, &e))?;
+                crate::metrics::produced(
+                    &p.topic,
+                    p.index,
+                    bytes,
+                    appended.last_offset.get() - appended.base_offset.get() + 1,
+                );
                 p.producers.borrow_mut().record(
                     header,
                     appended.base_offset.get(),
