@@ -405,6 +405,9 @@ impl Shard {
                 remove_partitions(&self, &topic, &partitions).await;
                 let _ = reply.try_send(());
             })),
+            ShardMsg::Metrics { reply } => {
+                let _ = reply.try_send(crate::metrics::snapshot(&self));
+            }
             ShardMsg::Snapshot { metadata, reply } => {
                 *self.metadata.borrow_mut() = metadata;
                 let _ = reply.try_send(());
