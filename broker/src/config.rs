@@ -5,10 +5,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_proto::protocol::REQUEST_FRAME_BYTES_MAX;
 use sluice_proto::{BATCH_BYTES_MAX, protocol::FETCH_BYTES_MAX};
 
+use crate::doctor::IoDriver;
 use crate::limits::{
     RETENTION_CHECK_MS_DEFAULT, SHARD_FETCH_BYTES_DEFAULT, SHARD_REQUEST_BYTES_DEFAULT, SHARDS_MAX,
 };
@@ -31,14 +32,37 @@ pub struct ServeArgs {
     /// Interval between retention passes, in ms [default: 60000].
     #[arg(long)]
     pub retention_check_ms: Option<u64>,
+    /// When io_uring cannot be used (seccomp, sysctl), run on compio's polling (epoll)
+    /// driver instead of refusing to start. Slower; logged loudly.
+    #[arg(long)]
+    pub allow_epoll_fallback: bool,
+    /// Log filter: a level (error, warn, info, debug, trace) or `tracing` directives such as
+    /// `info,sluice_storage=debug`. `RUST_LOG`, when set, wins [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); `off` disables it
     /// [default: 127.0.0.1:9644].
     #[arg(long)]
     pub metrics_listen: Option<String>,
 }
 
-/// The settings of the TOML file (every key optional).
-#[derive(Deserialize, Debug, Default)]
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
+/// The settings of the TOML file (every key optional). `Serialize` lets a test list every key
+/// and check that `deploy/sluice.toml` documents it.
+#[derive(Deserialize, Serialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
@@ -50,6 +74,9 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     shard_request_bytes: Option<usize>,
     shard_fetch_bytes: Option<usize>,
+    allow_epoll_fallback: Option<bool>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
     metrics_listen: Option<String>,
 }
 
@@ -74,6 +101,14 @@ pub(crate) struct BrokerConfig {
     pub(crate) shard_request_bytes: usize,
     /// Per-shard budget of fetched bytes not yet written.
     pub(crate) shard_fetch_bytes: usize,
+    /// Whether epoll may replace an unusable io_uring.
+    pub(crate) allow_epoll_fallback: bool,
+    /// The driver the shards run on: set by the start-up checks.
+    pub(crate) io_driver: IoDriver,
+    /// Log filter directives (`RUST_LOG` wins when set).
+    pub(crate) log_level: String,
+    /// Log line format.
+    pub(crate) log_format: LogFormat,
     /// Where the metrics endpoint listens; `None`: disabled.
     pub(crate) metrics_listen: Option<SocketAddr>,
 }
@@ -151,6 +186,14 @@ impl BrokerConfig {
                 .or(file.metrics_listen.as_deref())
                 .unwrap_or(METRICS_LISTEN_DEFAULT),
         )?;
+        let log_level = args
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError(format!("invalid log_level {log_level:?}: {e}")));
+        }
         Ok(BrokerConfig {
             data_dir: args
                 .data_dir
@@ -165,6 +208,11 @@ impl BrokerConfig {
             retention_check_ms,
             shard_request_bytes,
             shard_fetch_bytes,
+            allow_epoll_fallback: args.allow_epoll_fallback
+                || file.allow_epoll_fallback.unwrap_or(false),
+            io_driver: IoDriver::IoUring,
+            log_level,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             metrics_listen,
         })
     }
@@ -191,4 +239,51 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
     toml::from_str(&text)
         .map_err(|e| ConfigError(format!("invalid config {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod deploy_example_tests {
+    use super::*;
+
+    /// `deploy/sluice.toml`, the documented example.
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sluice.toml")
+    }
+
+    #[test]
+    fn example_config_parses_with_the_broker_loader_and_resolves() {
+        // read_file is the loader `serve --config` uses; it rejects unknown keys.
+        let file = read_file(&example_path()).expect("deploy/sluice.toml parses");
+        assert!(file.data_dir.is_some() && file.listen.is_some());
+        let args = ServeArgs {
+            config: Some(example_path()),
+            ..ServeArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args).expect("deploy/sluice.toml resolves");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/sluice"));
+    }
+
+    #[test]
+    fn example_config_documents_every_key() {
+        let keys = match serde_json::to_value(FileConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k),
+            other => panic!("FileConfig serialises to an object, got {other:?}"),
+        };
+        let text = std::fs::read_to_string(example_path()).expect("read deploy/sluice.toml");
+        let table: toml::Table = toml::from_str(&text).expect("TOML");
+        let missing: Vec<String> = keys.filter(|k| !table.contains_key(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/sluice.toml does not set (and document) {missing:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("typo.toml");
+        std::fs::write(&path, "shard = 2\n").expect("write");
+        let err = read_file(&path).expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
 }

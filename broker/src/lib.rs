@@ -7,6 +7,7 @@
 
 mod budget;
 mod config;
+mod doctor;
 mod handlers;
 mod limits;
 mod metadata;
@@ -18,5 +19,6 @@ mod shard;
 mod ticket;
 mod topic_config;
 
-pub use config::ServeArgs;
+pub use config::{LogFormat, ServeArgs};
+pub use doctor::{DoctorArgs, doctor_main};
 pub use serve::serve_main;

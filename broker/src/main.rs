@@ -1,5 +1,5 @@
-//! `sluice`: the broker (`sluice serve`) and the command-line client (`topic`, `produce`,
-//! `consume`, `group`).
+//! `sluice`: the broker (`sluice serve`), its checks (`sluice doctor`) and the command-line
+//! client (`topic`, `produce`, `consume`, `group`).
 
 mod cli;
 
@@ -27,6 +27,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Consumer groups: list, describe (lag), reset offsets, delete.
     Group(cli::GroupArgs),
+    /// Check this machine and the data directory before running a broker.
+    Doctor(sluice_broker::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +39,6 @@ fn main() -> ExitCode {
         Command::Produce(args) => cli::run_produce(args),
         Command::Consume(args) => cli::run_consume(args),
         Command::Group(args) => cli::run_group(args),
+        Command::Doctor(args) => sluice_broker::doctor_main(args),
     }
 }

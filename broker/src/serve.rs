@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sluice_proto::protocol::ShardAddress;
 
-use crate::config::{BrokerConfig, ServeArgs};
+use crate::config::{BrokerConfig, LogFormat, ServeArgs};
+use crate::doctor;
 use crate::limits::SHARD_INBOX_CAPACITY;
 use crate::metadata::{Metadata, meta_dir};
 use crate::metrics;
@@ -25,15 +26,21 @@ const EXIT_CONFIG: u8 = 2;
 /// How often the main thread checks on the shard threads while waiting for a signal.
 const SIGNAL_POLL_MS: i64 = 200;
 
-fn init_logging() {
+/// Logs to stderr with `RUST_LOG` when it is set (and valid), else `log_level` (flag or file;
+/// checked by `BrokerConfig::resolve`), as text or one JSON object per line.
+fn init_logging(log_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
         // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -43,14 +50,27 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 /// Runs `sluice serve`.
 pub fn serve_main(args: ServeArgs) -> ExitCode {
-    init_logging();
-    let config = match BrokerConfig::resolve(&args) {
+    let mut config = match BrokerConfig::resolve(&args) {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
+    init_logging(&config.log_level, config.log_format);
+    if let Some((before, after)) = doctor::raise_nofile_limit() {
+        tracing::info!(before, after, "raised the soft RLIMIT_NOFILE to the hard limit");
+    }
     let _lock = match prepare_data_dir(&config.data_dir) {
         Ok(lock) => lock,
         Err(e) => return fail(e),
+    };
+    // The doctor's checks: one line per problem and exit 2, or the I/O driver to run on.
+    config.io_driver = match doctor::startup_checks(&config) {
+        Ok(driver) => driver,
+        Err(problems) => {
+            for line in &problems {
+                eprintln!("sluice serve: {line}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let metadata = match Metadata::load(&config.data_dir) {
         Ok(meta) => meta,
@@ -117,6 +137,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(
         shards = config.shards,
+        io_driver = ?config.io_driver,
         data_dir = %config.data_dir.display(),
         topics = metadata.topics.len(),
         "broker started"

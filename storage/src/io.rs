@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use compio::BufResult;
 use compio::buf::IntoInner;
 use compio::driver::op::TruncateFile;
-use compio::driver::{OpCode, OpEntry, SharedFd, ToSharedFd};
+use compio::driver::{Decision, IourOpCode, OpEntry, PollOpCode, SharedFd, ToSharedFd};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAt, AsyncWriteAt};
 use io_uring::{opcode, types::Fd};
@@ -26,8 +26,24 @@ struct Fallocate {
     len: u64,
 }
 
+impl Fallocate {
+    /// The blocking syscall: for rings that lack the opcode and for the polling driver.
+    fn call(&self) -> io::Result<usize> {
+        let (offset, len) = (self.offset as libc::off_t, self.len as libc::off_t);
+        // SAFETY: plain syscall on an open fd.
+        let rc = unsafe { libc::fallocate(self.fd.as_raw_fd(), self.mode, offset, len) };
+        if rc == 0 {
+            Ok(0)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+// compio is built with its fusion driver (io_uring, or epoll when the broker runs with
+// `--allow-epoll-fallback`), so an operation implements both drivers' traits.
 // SAFETY: the entry refers only to the fd, which `SharedFd` keeps open until completion.
-unsafe impl OpCode for Fallocate {
+unsafe impl IourOpCode for Fallocate {
     type Control = ();
 
     fn create_entry(&mut self, _: &mut Self::Control) -> OpEntry {
@@ -40,14 +56,21 @@ unsafe impl OpCode for Fallocate {
 
     fn call_blocking(&mut self, _: &mut Self::Control) -> io::Result<usize> {
         // Kernels whose ring lacks IORING_OP_FALLOCATE (< 5.6) take this path.
-        let (offset, len) = (self.offset as libc::off_t, self.len as libc::off_t);
-        // SAFETY: plain syscall on an open fd.
-        let rc = unsafe { libc::fallocate(self.fd.as_raw_fd(), self.mode, offset, len) };
-        if rc == 0 {
-            Ok(0)
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.call()
+    }
+}
+
+// SAFETY: the operation only touches the fd, which `SharedFd` keeps open until completion;
+// it runs on compio's blocking thread pool.
+unsafe impl PollOpCode for Fallocate {
+    type Control = ();
+
+    fn pre_submit(&mut self, _: &mut Self::Control) -> io::Result<Decision> {
+        Ok(Decision::Blocking)
+    }
+
+    fn operate(&mut self, _: &mut Self::Control) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Ready(self.call())
     }
 }
 

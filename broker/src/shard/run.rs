@@ -39,6 +39,20 @@ pub(crate) struct ShardStart {
     pub(crate) ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
+/// The CPUs the calling thread may run on, in order (empty if the mask cannot be read).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a plain bitmask owned by this frame; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
 /// Pins the calling thread to `cpu`. A failure is logged, not fatal: the shard still works.
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity(0, ..) only
@@ -56,14 +70,19 @@ fn pin_to_cpu(cpu: usize) {
 /// Runs shard `start.id` on the calling thread until it is stopped. Returns whether every
 /// log closed cleanly.
 pub(crate) fn run_shard(start: ShardStart) -> bool {
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    pin_to_cpu(start.id % ncpus);
-    let runtime = match compio::runtime::Runtime::new() {
+    // The i-th CPU the process may use (systemd CPUAffinity=, taskset, cpusets), not CPU i:
+    // pinning outside the inherited mask would escape what the operator set.
+    let allowed = allowed_cpus();
+    match allowed.get(start.id % allowed.len().max(1)) {
+        Some(&cpu) => pin_to_cpu(cpu),
+        None => pin_to_cpu(start.id % std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+    let runtime = match crate::doctor::build_runtime(start.cluster.config.io_driver) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = start.ready.send(Err(format!(
-                "shard {}: cannot start io_uring runtime: {e}",
-                start.id
+                "shard {}: cannot start the {:?} runtime: {e}",
+                start.id, start.cluster.config.io_driver
             )));
             return false;
         }
