@@ -130,17 +130,16 @@ pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
             )
         })?;
     // The cleaner's memory and I/O bounds are the broker's (`limits.rs`).
-    let compaction = compact
-        .then(|| -> Result<CompactionConfig, String> {
-            Ok(CompactionConfig {
-                delete_retention_ms: required_u64(configs, names::DELETE_RETENTION_MS)?,
-                min_cleanable_dirty_ratio: ratio,
-                min_compaction_lag_ms: required_u64(configs, names::MIN_COMPACTION_LAG_MS)?,
-                dedupe_buffer_bytes: CLEANER_DEDUPE_BUFFER_BYTES,
-                io_bytes_per_s: Some(CLEANER_IO_BYTES_PER_S),
-            })
-        })
-        .transpose()?;
+    // Checked whatever the policy, as Kafka does.
+    let delete_retention_ms = required_u64(configs, names::DELETE_RETENTION_MS)?;
+    let min_compaction_lag_ms = required_u64(configs, names::MIN_COMPACTION_LAG_MS)?;
+    let compaction = compact.then_some(CompactionConfig {
+        delete_retention_ms,
+        min_cleanable_dirty_ratio: ratio,
+        min_compaction_lag_ms,
+        dedupe_buffer_bytes: CLEANER_DEDUPE_BUFFER_BYTES,
+        io_bytes_per_s: Some(CLEANER_IO_BYTES_PER_S),
+    });
     let max_message = required_u64(configs, names::MAX_MESSAGE_BYTES)?;
     if max_message == 0 || max_message > u64::from(BATCH_BYTES_MAX) {
         return Err(format!(
