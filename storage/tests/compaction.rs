@@ -489,3 +489,147 @@ fn interrupted_swaps_recover_to_one_side() {
         assert!(leftovers.is_empty(), "{name}: leftovers {leftovers:?}");
     }
 }
+
+/// Environment variable that makes [`sigkill_child_cleaner`] run: the log directory.
+const CHILD_DIR_ENV: &str = "SLUICE_COMPACTION_CHILD_DIR";
+
+/// The child of [`sigkill_mid_clean_recovers_a_whole_segment_either_way`]: opens the log and
+/// runs one slow (throttled) pass until it is killed. Does nothing unless started by it.
+#[test]
+#[ignore = "child process of sigkill_mid_clean_recovers_a_whole_segment_either_way"]
+fn sigkill_child_cleaner() {
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
+    let mut config = config(1 << 20, 0);
+    if let Some(c) = config.compaction.as_mut() {
+        c.io_bytes_per_s = Some(1 << 20);
+    }
+    run(async {
+        let log = PartitionLog::open(&dir, config).await.expect("child open");
+        println!("cleaning");
+        use std::io::Write;
+        std::io::stdout().flush().expect("flush");
+        log.clean_now(1_000).await.expect("child clean");
+        println!("cleaned");
+        std::io::stdout().flush().expect("flush");
+        // Wait to be killed.
+        compio::time::sleep(std::time::Duration::from_secs(60)).await;
+    });
+}
+
+/// SIGKILL a process in the middle of a (throttled) compaction pass, at several moments:
+/// after recovery every segment holds either exactly its original records or exactly its
+/// cleaned ones, every key's latest record is there, and nothing else is.
+#[test]
+fn sigkill_mid_clean_recovers_a_whole_segment_either_way() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().expect("tempdir");
+    let original = root.path().join("original");
+    let written = run(async {
+        let log = PartitionLog::open(&original, config(1 << 20, 0))
+            .await
+            .expect("open");
+        let mut batches: Workload = Vec::new();
+        for i in 0..600u32 {
+            let key = format!("key-{}", i % 20).into_bytes();
+            batches.push((
+                vec![(key, Some(vec![i as u8; 1000]), i64::from(i))],
+                Compression::None,
+                false,
+            ));
+        }
+        let written = append_all(&log, &batches).await;
+        log.roll_now().await.expect("roll");
+        wait_sealed(&log).await;
+        log.close().await.expect("close");
+        written
+    });
+    let bases: Vec<u64> = {
+        let mut b: Vec<u64> = std::fs::read_dir(&original)
+            .expect("list")
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        b.sort_unstable();
+        b
+    };
+    assert!(bases.len() > 10, "many segments: {bases:?}");
+    // The last segment is the empty one the roll left: a reopen removes it, and the segment
+    // before becomes the active one, which is not cleaned.
+    let bases = &bases[..bases.len() - 1];
+    let cleaned = model(&written, bases, 1_000, 0);
+    let mut outcomes = (0, 0);
+    for (i, delay_ms) in [5u64, 150, 400, 900, 1500, 2500].into_iter().enumerate() {
+        let dir = root.path().join(format!("run-{i}"));
+        copy_dir(&original, &dir);
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "sigkill_child_cleaner",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_DIR_ENV, &dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn child");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("child output")
+                .expect("read child output");
+            if line.trim() == "cleaning" {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let got = run(async {
+            let log = PartitionLog::open(&dir, config(1 << 20, 0))
+                .await
+                .expect("recovery after SIGKILL");
+            let got = read_all(&log).await;
+            log.close().await.expect("close");
+            got
+        });
+        // Segment by segment: original or cleaned, whole.
+        for w in bases.windows(2) {
+            let (start, end) = (w[0], w[1]);
+            let part = |recs: &[Rec]| -> Vec<Rec> {
+                recs.iter()
+                    .filter(|r| r.offset >= start && r.offset < end)
+                    .cloned()
+                    .collect()
+            };
+            let seg = part(&got);
+            if seg == part(&written) {
+                outcomes.0 += 1;
+            } else {
+                assert!(
+                    seg == part(&cleaned),
+                    "kill after {delay_ms} ms: segment {start} is neither original nor cleaned: \
+                     offsets {:?}",
+                    seg.iter().map(|r| r.offset).collect::<Vec<_>>()
+                );
+                outcomes.1 += 1;
+            }
+        }
+        let tail = *bases.last().expect("base");
+        let active = |recs: &[Rec]| -> Vec<Rec> {
+            recs.iter().filter(|r| r.offset >= tail).cloned().collect()
+        };
+        assert!(
+            active(&got) == active(&written),
+            "the active segment is untouched"
+        );
+    }
+    assert!(
+        outcomes.0 > 0 && outcomes.1 > 0,
+        "kills landed before and after swaps: {outcomes:?}"
+    );
+}
