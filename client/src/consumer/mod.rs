@@ -388,7 +388,33 @@ impl Consumer {
                     return Ok(Vec::new());
                 }
             }
-            let (records, fetched, retry_error) = self.round(wait).await?;
+            let (records, fetched, retry_error) = match self.round(wait).await {
+                // A group member whose position fell out of the log (retention deleted it,
+                // or a reset went past the end) starts over per `auto_offset_reset`.
+                Err(ClientError::OffsetOutOfRange {
+                    topic,
+                    partition,
+                    offset,
+                    start,
+                    end,
+                }) if self.group.is_some() => {
+                    let to = match self.config.auto_offset_reset {
+                        OffsetReset::Earliest => start,
+                        OffsetReset::Latest => end,
+                    };
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        offset,
+                        to,
+                        "position out of range: reset by auto_offset_reset"
+                    );
+                    self.positions
+                        .insert(TopicPartition::new(topic, partition), Some(to));
+                    continue;
+                }
+                other => other?,
+            };
             for f in fetched {
                 self.positions.insert(f.tp, Some(f.next));
             }
