@@ -8,7 +8,6 @@
 mod budget;
 mod config;
 mod doctor;
-mod group;
 mod handlers;
 mod limits;
 mod metadata;

@@ -16,8 +16,9 @@
 //!   producer unusable. A gap right after expiry is therefore not detected.
 //!
 //! The state is rebuilt when the partition opens by reading the batch headers of its last
-//! [`REBUILD_SEGMENTS`] segments (at most [`REBUILD_BYTES_MAX`] bytes from the end), so a
-//! retry of an acknowledged batch is still recognised after a restart or a SIGKILL.
+//! [`REBUILD_SEGMENTS`] segments (so at most twice `segment.bytes`, in reads of
+//! [`REBUILD_READ_BYTES`]), so a retry of an acknowledged batch is still recognised after a
+//! restart or a SIGKILL.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -34,10 +35,8 @@ pub(crate) const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 pub(crate) const PRODUCER_ID_EXPIRATION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Segments read from the end of the log to rebuild the state at open.
 pub(crate) const REBUILD_SEGMENTS: usize = 2;
-/// Most bytes read per call while rebuilding.
-const REBUILD_READ_BYTES: usize = 4 << 20;
-/// Most bytes read to rebuild one partition's state at open.
-pub(crate) const REBUILD_BYTES_MAX: u64 = 256 << 20;
+/// Most bytes read per call while rebuilding (the memory a rebuild holds at a time).
+pub(crate) const REBUILD_READ_BYTES: usize = 4 << 20;
 
 /// One remembered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,15 +269,13 @@ impl ProducerStates {
             .max(offsets.log_start);
         let end = offsets.log_end;
         let mut at = from;
-        let mut read = 0u64;
-        while at < end && read < REBUILD_BYTES_MAX {
+        while at < end {
             let batches = log.read(at, REBUILD_READ_BYTES).await?;
             if batches.is_empty() {
                 break;
             }
             for batch in &batches {
                 let h = *batch.header();
-                read += u64::from(h.batch_length);
                 states.record(&h, h.base_offset.get(), now_ms);
                 at = Offset(h.base_offset.get() + u64::from(h.record_count));
             }

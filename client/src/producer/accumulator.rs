@@ -589,6 +589,57 @@ mod tests {
     }
 
     #[test]
+    fn idempotent_batches_are_stamped_once_and_requeued_in_order() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(config(100));
+        let tp = TopicPartition::new("t", 0);
+        let now = Instant::now();
+        for i in 0..3u8 {
+            // Two records per batch: each record is over half of batch_bytes.
+            let record = ProducerRecord::new("t", vec![i; 60]);
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .expect("append");
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .expect("append");
+        }
+        // Without an identity nothing is sent.
+        assert!(acc.drain(now, false).send.is_empty());
+        acc.identity = Some(ProducerIdentity { id: 9, epoch: 2 });
+        let sent = acc.drain(now + Duration::from_secs(1), true).send;
+        let sequences: Vec<_> = sent.iter().map(|b| b.sequence).collect();
+        let counts: Vec<_> = sent.iter().map(ReadyBatch::record_count).collect();
+        let mut expected = Vec::new();
+        let mut next = 0i32;
+        for c in &counts {
+            expected.push(Some(next));
+            next += *c as i32;
+        }
+        assert_eq!(sequences, expected);
+        for b in &sent {
+            sluice_proto::verify_crc(&b.bytes).expect("stamped batches keep a valid CRC");
+            let h = sluice_proto::BatchHeader::parse(&b.bytes, &Limits::DEFAULT).expect("header");
+            assert_eq!((h.producer_id, h.producer_epoch), (9, 2));
+            assert_eq!(Some(h.base_sequence), b.sequence);
+        }
+        // The first two fail (lost connection); requeued in any order they go back in order,
+        // and a retry sends the same bytes.
+        let mut sent = sent.into_iter();
+        let (a, b) = (sent.next().expect("a"), sent.next().expect("b"));
+        let (a_bytes, a_seq) = (a.bytes.clone(), a.seq);
+        assert!(
+            acc.earlier_unfinished(&tp, b.seq),
+            "a is before b and unfinished"
+        );
+        assert!(!acc.earlier_unfinished(&tp, a.seq));
+        acc.requeue(b);
+        acc.requeue(a);
+        let again = acc.drain(now + Duration::from_secs(2), true).send;
+        assert_eq!(again[0].seq, a_seq);
+        assert_eq!(again[0].bytes, a_bytes, "a retry is byte-identical");
+        assert!(again[0].seq < again[1].seq);
+    }
+
+    #[test]
     fn delivery_deadline_fails_waiting_batches() {
         let sem = Arc::new(Semaphore::new(1 << 20));
         let mut acc = Accumulator::new(ProducerConfig {
