@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Interval between retention passes, in ms [default: 60000].
     #[arg(long)]
     pub retention_check_ms: Option<u64>,
+    /// Partitions of `__consumer_offsets` when the broker creates it [default: 16].
+    #[arg(long)]
+    pub offsets_topic_partitions: Option<u32>,
     /// When io_uring cannot be used (seccomp, sysctl), run on compio's polling (epoll)
     /// driver instead of refusing to start. Slower; logged loudly.
     #[arg(long)]
@@ -72,6 +75,7 @@ struct FileConfig {
     advertised_host: Option<String>,
     shard_port_base: Option<u16>,
     retention_check_ms: Option<u64>,
+    offsets_topic_partitions: Option<u32>,
     shard_request_bytes: Option<usize>,
     shard_fetch_bytes: Option<usize>,
     allow_epoll_fallback: Option<bool>,
@@ -97,6 +101,8 @@ pub(crate) struct BrokerConfig {
     pub(crate) shard_port_base: Option<u16>,
     /// Interval between retention passes.
     pub(crate) retention_check_ms: u64,
+    /// Partitions of `__consumer_offsets` when the broker creates it.
+    pub(crate) offsets_topic_partitions: u32,
     /// Per-shard budget of request bytes in flight.
     pub(crate) shard_request_bytes: usize,
     /// Per-shard budget of fetched bytes not yet written.
@@ -164,6 +170,12 @@ impl BrokerConfig {
         if retention_check_ms == 0 {
             return Err(ConfigError("retention_check_ms must be positive".into()));
         }
+        let offsets_topic_partitions = args
+            .offsets_topic_partitions
+            .or(file.offsets_topic_partitions)
+            .unwrap_or(crate::group::OFFSETS_TOPIC_PARTITIONS_DEFAULT);
+        crate::metadata::validate_partitions(offsets_topic_partitions)
+            .map_err(|e| ConfigError(format!("offsets_topic_partitions: {e}")))?;
         let shard_request_bytes = file
             .shard_request_bytes
             .unwrap_or(SHARD_REQUEST_BYTES_DEFAULT);
@@ -206,6 +218,7 @@ impl BrokerConfig {
             advertised_host,
             shard_port_base,
             retention_check_ms,
+            offsets_topic_partitions,
             shard_request_bytes,
             shard_fetch_bytes,
             allow_epoll_fallback: args.allow_epoll_fallback

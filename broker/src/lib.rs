@@ -8,6 +8,7 @@
 mod budget;
 mod config;
 mod doctor;
+mod group;
 mod handlers;
 mod limits;
 mod metadata;

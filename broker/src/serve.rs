@@ -72,10 +72,21 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let metadata = match Metadata::load(&config.data_dir) {
+    let mut metadata = match Metadata::load(&config.data_dir) {
         Ok(meta) => meta,
         Err(e) => return fail(e),
     };
+    // The internal topic of committed offsets, created at the first start.
+    if crate::group::ensure_offsets_topic(&mut metadata, config.offsets_topic_partitions) {
+        if let Err(e) = metadata.persist(&config.data_dir) {
+            return fail(e);
+        }
+        tracing::info!(
+            partitions = config.offsets_topic_partitions,
+            "created {}",
+            crate::group::OFFSETS_TOPIC
+        );
+    }
     remove_orphans(&config.data_dir, &metadata);
     let (shared, own, shared_addr, shard_addresses) = match bind_all(&config) {
         Ok(bound) => bound,

@@ -39,7 +39,11 @@ impl Member {
         let mut child = Command::new(sluice_bin())
             .args(["consume", topic, "--group", group, "--brokers", brokers])
             .args(["--format", "{partition}:{offset}", "--verbose"])
-            .args(["--session-timeout-ms", &session])
+            .args(if extra.contains(&"--session-timeout-ms") {
+                Vec::new()
+            } else {
+                vec!["--session-timeout-ms", &session]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -630,4 +634,57 @@ fn group_commands_list_describe_reset_delete() {
     let gone = sluice(&["group", "describe", "gc", "--brokers", &b]);
     assert_eq!(gone.code, 1, "{}", gone.stdout);
     assert!(gone.stderr.starts_with("error: "), "{}", gone.stderr);
+}
+
+#[test]
+fn sigterm_commits_and_leaves_the_group_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), 1);
+    let b = broker.addr_string();
+    let rt = runtime();
+    let client = rt.block_on(client(&broker));
+    rt.block_on(client.create_topic("jobs", 2, &[]))
+        .expect("create topic");
+    rt.block_on(produce(&client, "jobs", 2, 5, Duration::ZERO));
+    // A long session: only a LeaveGroup empties the group quickly.
+    let mut member = Member::spawn(
+        &b,
+        "jobs",
+        "gt",
+        &["--from-beginning", "--session-timeout-ms", "30000"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while member.records().len() < 10 {
+        assert!(Instant::now() < deadline, "read {:?}", member.records());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(member.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let stopped = Instant::now();
+    assert_eq!(
+        member.wait_exit(Duration::from_secs(20)),
+        0,
+        "{:?}",
+        member.log()
+    );
+    let left = loop {
+        let (_, members) = rt.block_on(assignment(&client, "gt"));
+        if members.is_empty() {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "member still in the group"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("group empty {left:?} after SIGTERM");
+    let committed = rt
+        .block_on(client.committed_offsets("gt", &[]))
+        .expect("committed");
+    for p in 0..2 {
+        assert_eq!(committed[&TopicPartition::new("jobs", p)].offset, 5);
+    }
 }

@@ -5,7 +5,8 @@
 //! With `--group G` it is a member of consumer group G: it reads only the partitions the
 //! group assigns it, starts at the group's committed offsets, and commits the offsets of
 //! what it has printed after each batch (so a killed consumer's successor re-prints at most
-//! the last batch). On exit it commits and leaves the group.
+//! the last batch). On exit (also on SIGINT or SIGTERM) it leaves the group, so the others
+//! take its partitions at once.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -215,8 +216,18 @@ async fn consume_group(
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     let mut result = Ok(());
+    // SIGINT or SIGTERM: stop, commit and leave, so the others take over at once instead
+    // of after the session timeout.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     while printed < max {
-        let records = match consumer.poll(POLL_TIMEOUT).await {
+        let polled = tokio::select! {
+            polled = consumer.poll(POLL_TIMEOUT) => polled,
+            _ = &mut interrupt => break,
+            _ = terminate.recv() => break,
+        };
+        let records = match polled {
             Ok(records) => records,
             Err(e) => {
                 result = Err(e);

@@ -72,6 +72,8 @@ pub(crate) struct Shard {
     /// The controller's producer-id allocator (shard 0 only; loaded at the first
     /// InitProducerId).
     pub(crate) producer_ids: RefCell<Option<producer_ids::ProducerIds>>,
+    /// The consumer groups this shard coordinates.
+    pub(crate) groups: RefCell<crate::group::Coordinator>,
 }
 
 impl Shard {

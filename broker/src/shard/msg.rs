@@ -109,6 +109,13 @@ pub(crate) enum ShardMsg {
         /// Results in the same order.
         reply: Reply<Vec<OffsetsResult>>,
     },
+    /// To a group's coordinator shard: a consumer group request.
+    Group {
+        /// The request.
+        op: crate::group::GroupOp,
+        /// The answer.
+        reply: Reply<crate::group::GroupReply>,
+    },
     /// To the controller: create topics.
     CreateTopics {
         /// The request.

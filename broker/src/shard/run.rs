@@ -118,6 +118,7 @@ async fn shard_main(start: ShardStart) -> bool {
         draining: Cell::new(false),
         admin: Admission::default(),
         producer_ids: RefCell::new(None),
+        groups: RefCell::new(crate::group::Coordinator::default()),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -130,6 +131,13 @@ async fn shard_main(start: ShardStart) -> bool {
             return false;
         }
     }
+    // Committed offsets come back before the shard serves a single group request.
+    if let Err(e) = crate::group::restore(&shard).await {
+        let _ = ready.send(Err(format!("shard {id}: restoring committed offsets: {e}")));
+        close_all(&shard).await;
+        return false;
+    }
+    crate::group::start(&shard);
     for listener in [shared_listener, own_listener] {
         let listener = match compio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -399,6 +407,9 @@ impl Shard {
             ShardMsg::Offsets { parts, reply } => {
                 let _ = reply.try_send(partition::offsets(lookup, &parts));
             }
+            ShardMsg::Group { op, reply } => spawn(Box::pin(async move {
+                let _ = reply.try_send(crate::group::serve(self, op).await);
+            })),
             ShardMsg::CreateTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::create_topics(&self, request).await);
             })),

@@ -55,7 +55,9 @@ pub struct Consumer {
     positions: BTreeMap<TopicPartition, Option<u64>>,
     /// The group membership once subscribed.
     group: Option<GroupMember>,
-    listener: Box<dyn RebalanceListener>,
+    /// Behind a mutex only so `Consumer` is `Sync` (its futures are `Send`); always reached
+    /// through `&mut self`.
+    listener: std::sync::Mutex<Box<dyn RebalanceListener>>,
     /// Positions last committed (auto-commit sends only what changed).
     committed: BTreeMap<TopicPartition, u64>,
     last_auto_commit: Instant,
@@ -86,7 +88,7 @@ impl Consumer {
             config_error,
             positions: BTreeMap::new(),
             group: None,
-            listener: Box::new(()),
+            listener: std::sync::Mutex::new(Box::new(())),
             committed: BTreeMap::new(),
             last_auto_commit: Instant::now(),
         }
@@ -123,7 +125,7 @@ impl Consumer {
         };
         self.positions.clear();
         self.committed.clear();
-        self.listener = Box::new(listener);
+        self.listener = std::sync::Mutex::new(Box::new(listener));
         self.group = Some(GroupMember::new(self.client.clone(), settings, topics));
         Ok(())
     }
@@ -195,7 +197,7 @@ impl Consumer {
         }
         let assigned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
         if !assigned.is_empty() {
-            self.listener.on_revoked(&assigned);
+            listener(&mut self.listener).on_revoked(&assigned);
         }
         self.positions.clear();
         let left = member.leave().await;
@@ -243,7 +245,7 @@ impl Consumer {
             }
             let cooperative = member.protocol().is_some_and(|p| p.is_cooperative());
             if member.is_lost() || !cooperative {
-                self.listener.on_revoked(&current);
+                listener(&mut self.listener).on_revoked(&current);
                 self.positions.clear();
             }
         }
@@ -259,7 +261,7 @@ impl Consumer {
             "rebalanced"
         );
         if !revoked.is_empty() {
-            self.listener.on_revoked(&revoked);
+            listener(&mut self.listener).on_revoked(&revoked);
             for tp in &revoked {
                 self.positions.remove(tp);
             }
@@ -282,7 +284,7 @@ impl Consumer {
                 self.committed.insert(tp.clone(), position);
                 self.positions.insert(tp.clone(), Some(position));
             }
-            self.listener.on_assigned(&added);
+            listener(&mut self.listener).on_assigned(&added);
         }
         Ok(())
     }
@@ -386,7 +388,33 @@ impl Consumer {
                     return Ok(Vec::new());
                 }
             }
-            let (records, fetched, retry_error) = self.round(wait).await?;
+            let (records, fetched, retry_error) = match self.round(wait).await {
+                // A group member whose position fell out of the log (retention deleted it,
+                // or a reset went past the end) starts over per `auto_offset_reset`.
+                Err(ClientError::OffsetOutOfRange {
+                    topic,
+                    partition,
+                    offset,
+                    start,
+                    end,
+                }) if self.group.is_some() => {
+                    let to = match self.config.auto_offset_reset {
+                        OffsetReset::Earliest => start,
+                        OffsetReset::Latest => end,
+                    };
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        offset,
+                        to,
+                        "position out of range: reset by auto_offset_reset"
+                    );
+                    self.positions
+                        .insert(TopicPartition::new(topic, partition), Some(to));
+                    continue;
+                }
+                other => other?,
+            };
             for f in fetched {
                 self.positions.insert(f.tp, Some(f.next));
             }
@@ -519,3 +547,17 @@ impl Consumer {
 fn not_in_group() -> ClientError {
     ClientError::InvalidConfig("commits need a consumer subscribed to a group".into())
 }
+
+/// The rebalance listener (no locking cost to speak of: the consumer's `&mut self` is
+/// exclusive).
+fn listener(
+    slot: &mut std::sync::Mutex<Box<dyn RebalanceListener>>,
+) -> &mut Box<dyn RebalanceListener> {
+    slot.get_mut().unwrap_or_else(|p| p.into_inner())
+}
+
+// A consumer moves between tasks, and its `poll` future must be `Send` for `tokio::spawn`.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Consumer>();
+};
