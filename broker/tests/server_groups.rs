@@ -513,6 +513,22 @@ fn committed_offsets_survive_sigkill_and_restart() {
         .find(|t| t.name == "__consumer_offsets")
         .expect("internal topic");
     assert_eq!(internal.partitions.len(), 16);
+    // Clients may neither write to it nor delete it.
+    let refused = conn.produce(
+        "__consumer_offsets",
+        0,
+        ACKS_ALL,
+        common::wire::batch(&[b"forged"], 1_700_000_000_000),
+    );
+    assert_eq!(refused.error, ErrorCode::INVALID_TOPIC, "{}", refused.message);
+    let refused: DeleteTopicsResponse = conn.call(
+        ApiKey::DeleteTopics,
+        &DeleteTopicsRequest {
+            names: vec!["__consumer_offsets".into()],
+        },
+    );
+    assert_eq!(refused.topics[0].error, ErrorCode::INVALID_TOPIC);
+    assert_eq!(fetch_offsets(&mut conn), vec![200, 201, 202, 203]);
     // The restored group takes new members, and the old member is unknown.
     assert_eq!(
         heartbeat(&mut conn, ja.generation_id, &ja.member_id),

@@ -157,6 +157,15 @@ pub(crate) async fn delete_topics(
     let mut results = Vec::with_capacity(request.names.len());
     let mut deleted = Vec::new();
     for name in &request.names {
+        if name == crate::group::OFFSETS_TOPIC {
+            tracing::warn!(topic = %name, "delete of the internal offsets topic refused");
+            results.push(result(
+                name,
+                ErrorCode::INVALID_TOPIC,
+                format!("{name} is internal: it holds the committed offsets of every group"),
+            ));
+            continue;
+        }
         match next.topics.remove(name) {
             Some(meta) => {
                 results.push(result(name, ErrorCode::NONE, ""));

@@ -199,6 +199,17 @@ async fn produce_one(
     acks: i8,
     deadline: Instant,
 ) -> Result<(u64, u64), Failure> {
+    if p.topic == crate::group::OFFSETS_TOPIC {
+        // Only the group coordinator writes there (and not through Produce).
+        tracing::warn!(partition = p.index, "produce to the internal offsets topic refused");
+        return Err((
+            ErrorCode::INVALID_TOPIC,
+            format!(
+                "{} is internal: only the group coordinator writes to it",
+                crate::group::OFFSETS_TOPIC
+            ),
+        ));
+    }
     let batches = split_record_set(records, p.max_batch_bytes)?;
     let timed_out = || {
         (
