@@ -366,7 +366,7 @@ impl GroupMember {
                 }
                 Err(ClientError::UnknownTopic { .. }) => {
                     tracing::warn!(
-                        group = joined.leader_id,
+                        group = self.settings.group,
                         topic,
                         "subscribed topic does not exist"
                     );
