@@ -11,7 +11,10 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 struct State {
-    available: usize,
+    /// Bytes that may be taken now; negative after the capacity shrank below what is held.
+    available: i64,
+    /// Largest single acquisition, and the total (changes with [`Budget::set_capacity`]).
+    capacity: usize,
     /// Waiters in arrival order: `(ticket, waker)`; only the first may take bytes.
     waiters: VecDeque<(u64, Waker)>,
     next_ticket: u64,
@@ -20,7 +23,6 @@ struct State {
 /// A byte budget shared by the tasks of one shard.
 #[derive(Clone)]
 pub(crate) struct Budget {
-    capacity: usize,
     state: Rc<RefCell<State>>,
 }
 
@@ -34,9 +36,9 @@ impl Budget {
     /// A budget of `capacity` bytes.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
             state: Rc::new(RefCell::new(State {
-                available: capacity,
+                available: capacity as i64,
+                capacity,
                 waiters: VecDeque::new(),
                 next_ticket: 0,
             })),
@@ -46,13 +48,12 @@ impl Budget {
     /// Takes `bytes` (at most the capacity), waiting in FIFO order while the budget is spent.
     /// Returns the permit and how long it waited. Dropping the future leaves the queue.
     pub(crate) async fn acquire(&self, bytes: usize) -> (Permit, Duration) {
-        let bytes = bytes.min(self.capacity);
         let started = Instant::now();
         let mut waiting = Waiting {
             state: &self.state,
             ticket: None,
         };
-        poll_fn(|cx| waiting.poll(cx, bytes)).await;
+        let bytes = poll_fn(|cx| waiting.poll(cx, bytes)).await;
         let permit = Permit {
             bytes,
             state: self.state.clone(),
@@ -60,9 +61,26 @@ impl Budget {
         (permit, started.elapsed())
     }
 
+    /// Changes the capacity (SIGHUP reload). Bytes already held stay held; after a shrink,
+    /// new acquisitions wait until enough has come back.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let mut st = self.state.borrow_mut();
+        st.available += capacity as i64 - st.capacity as i64;
+        st.capacity = capacity;
+        if let Some((_, w)) = st.waiters.front() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The capacity.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.state.borrow().capacity
+    }
+
     /// Bytes not taken.
     #[cfg(test)]
-    pub(crate) fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> i64 {
         self.state.borrow().available
     }
 }
@@ -78,7 +96,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut st = self.state.borrow_mut();
-        st.available += self.bytes;
+        st.available += self.bytes as i64;
         if let Some((_, w)) = st.waiters.front() {
             w.wake_by_ref();
         }
@@ -92,15 +110,19 @@ struct Waiting<'a> {
 }
 
 impl Waiting<'_> {
-    fn poll(&mut self, cx: &mut std::task::Context<'_>, bytes: usize) -> Poll<()> {
+    /// Takes `bytes` (at most the capacity at the time it succeeds) when it is this waiter's
+    /// turn; returns the bytes taken.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>, bytes: usize) -> Poll<usize> {
         let mut st = self.state.borrow_mut();
         let first = st.waiters.front().map(|(t, _)| *t);
         let my_turn = match self.ticket {
             None => first.is_none(),
             Some(t) => first == Some(t),
         };
-        if my_turn && st.available >= bytes {
-            st.available -= bytes;
+        // A waiter that asked for more than a shrunk capacity takes at most the capacity.
+        let bytes = bytes.min(st.capacity);
+        if my_turn && st.available >= bytes as i64 {
+            st.available -= bytes as i64;
             if self.ticket.take().is_some() {
                 st.waiters.pop_front();
             }
@@ -108,7 +130,7 @@ impl Waiting<'_> {
             if let Some((_, w)) = st.waiters.front() {
                 w.wake_by_ref();
             }
-            return Poll::Ready(());
+            return Poll::Ready(bytes);
         }
         match self.ticket {
             None => {
@@ -161,6 +183,29 @@ mod tests {
                 // Larger than the capacity: clamped, never stuck.
                 let (p, _) = budget.acquire(100).await;
                 assert_eq!(p.bytes(), 10);
+            });
+    }
+
+    #[test]
+    fn capacity_changes_apply_to_new_acquisitions() {
+        compio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let budget = Budget::new(10);
+                let (held, _) = budget.acquire(8).await;
+                budget.set_capacity(4);
+                assert_eq!(budget.available(), -4);
+                let b2 = budget.clone();
+                let waiter = compio::runtime::spawn(async move { b2.acquire(4).await.0.bytes() });
+                compio::time::sleep(Duration::from_millis(5)).await;
+                assert!(!waiter.is_finished(), "held bytes exceed the new capacity");
+                drop(held);
+                assert_eq!(waiter.await.expect("task"), 4);
+                assert_eq!(budget.available(), 4);
+                budget.set_capacity(20);
+                let (p, _) = budget.acquire(100).await;
+                assert_eq!(p.bytes(), 20);
+                assert_eq!(budget.capacity(), 20);
             });
     }
 

@@ -167,7 +167,10 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     println!("listening on {shared_addr}");
     let _ = std::io::stdout().flush();
 
-    let signal = wait_for_signal(&signals, &threads);
+    let mut running = config.clone();
+    let signal = wait_for_signal(&signals, &threads, &mut || {
+        reload(&args, &mut running, &senders);
+    });
     tracing::info!(signal, "shutting down");
     let mut replies = Vec::new();
     for inbox in &senders {
@@ -190,6 +193,88 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         tracing::error!("broker stopped with errors");
         ExitCode::FAILURE
     }
+}
+
+/// How long a SIGHUP reload waits for each shard to apply the new settings.
+const RELOAD_WAIT_MS: u64 = 5_000;
+
+/// SIGHUP: re-reads the configuration (the `--config` file under the same flags) and applies
+/// what can change at runtime: `retention_check_ms`, `shard_request_bytes`,
+/// `shard_fetch_bytes`. Changes to the other settings are logged as needing a restart. A
+/// file that does not parse or validate is logged and ignored.
+fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender<ShardMsg>]) {
+    let new = match BrokerConfig::resolve(args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the broker keeps running with the previous one");
+            return;
+        }
+    };
+    let mut restart = Vec::new();
+    macro_rules! needs_restart {
+        ($($field:ident),*) => {$(
+            if format!("{:?}", new.$field) != format!("{:?}", running.$field) {
+                restart.push(format!(
+                    "{} {:?} -> {:?}",
+                    stringify!($field),
+                    running.$field,
+                    new.$field
+                ));
+            }
+        )*};
+    }
+    needs_restart!(
+        data_dir,
+        listen,
+        shards,
+        node_id,
+        advertised_host,
+        shard_port_base,
+        metrics_listen
+    );
+    let mut applied = Vec::new();
+    macro_rules! dynamic {
+        ($($field:ident),*) => {$(
+            if new.$field != running.$field {
+                applied.push(format!("{} {} -> {}", stringify!($field), running.$field, new.$field));
+                running.$field = new.$field;
+            }
+        )*};
+    }
+    dynamic!(retention_check_ms, shard_request_bytes, shard_fetch_bytes);
+    if !restart.is_empty() {
+        tracing::warn!(
+            changes = %restart.join(", "),
+            "SIGHUP: these settings take effect only after a restart; not applied"
+        );
+    }
+    if applied.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded; nothing to change at runtime");
+        return;
+    }
+    let mut replies = Vec::new();
+    for inbox in inboxes {
+        let (reply, rx) = reply_channel();
+        let msg = ShardMsg::Reconfigure {
+            retention_check_ms: running.retention_check_ms,
+            shard_request_bytes: running.shard_request_bytes,
+            shard_fetch_bytes: running.shard_fetch_bytes,
+            reply,
+        };
+        if inbox.send(msg).is_ok() {
+            replies.push(rx);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(RELOAD_WAIT_MS);
+    let answered = replies
+        .into_iter()
+        .filter(|rx| rx.recv_deadline(deadline).is_ok())
+        .count();
+    tracing::info!(
+        changes = %applied.join(", "),
+        shards = answered,
+        "SIGHUP: configuration reloaded and applied"
+    );
 }
 
 /// Phase 2 of shutdown: every shard closes its logs and stops. Returns whether all were clean.
@@ -325,6 +410,7 @@ fn signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
@@ -340,10 +426,12 @@ fn block_signals() -> libc::sigset_t {
     set
 }
 
-/// Waits for SIGINT/SIGTERM, or for a shard thread to end on its own.
+/// Waits for SIGINT/SIGTERM, or for a shard thread to end on its own; runs `on_hup` at
+/// every SIGHUP.
 fn wait_for_signal(
     set: &libc::sigset_t,
     threads: &[std::thread::JoinHandle<bool>],
+    on_hup: &mut dyn FnMut(),
 ) -> &'static str {
     let timeout = libc::timespec {
         tv_sec: 0,
@@ -355,6 +443,7 @@ fn wait_for_signal(
         match sig {
             libc::SIGINT => return "SIGINT",
             libc::SIGTERM => return "SIGTERM",
+            libc::SIGHUP => on_hup(),
             _ => {}
         }
         if threads.iter().any(|t| t.is_finished()) {

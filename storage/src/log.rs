@@ -557,19 +557,26 @@ impl PartitionLog {
     }
 
     /// While the disk is full, an append that needs more space allocates it itself (the
-    /// flusher allocates ahead only while there is room): success resumes appends, ENOSPC
-    /// refuses this one.
+    /// flusher allocates ahead only while there is room). First the usual step ahead: success
+    /// means the disk has room again and appends resume normally. Else just what this append
+    /// needs: success lets it through (the log stays marked full), ENOSPC refuses it.
     async fn allocate_for_append(&self, file: &Rc<SegmentFile>, to: u64) -> LogResult<()> {
         let from = file.allocated();
-        let res = file.file.allocate(from, to - from).await;
+        let ahead = align_up(to + self.shared.config.preallocate_bytes);
+        let mut res = file.file.allocate(from, ahead - from).await.map(|()| (ahead, true));
+        if res.as_ref().is_err_and(is_no_space) {
+            res = file.file.allocate(from, to - from).await.map(|()| (to, false));
+        }
         let mut st = self.shared.state.borrow_mut();
         file.set_allocating(false);
         st.kick_flusher();
         st.wake_all();
         match res {
-            Ok(()) => {
-                file.set_allocated(to.max(file.allocated()));
-                st.space_available(&self.shared.dir);
+            Ok((allocated, room)) => {
+                file.set_allocated(allocated.max(file.allocated()));
+                if room {
+                    st.space_available(&self.shared.dir);
+                }
                 Ok(())
             }
             Err(e) if is_no_space(&e) => {

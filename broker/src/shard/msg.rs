@@ -169,6 +169,17 @@ pub(crate) enum ShardMsg {
         /// The snapshot, built on the shard.
         reply: Reply<crate::metrics::ShardSnapshot>,
     },
+    /// From the main thread on SIGHUP: the reloadable settings, applied on this shard.
+    Reconfigure {
+        /// Interval between retention passes.
+        retention_check_ms: u64,
+        /// Capacity of the request budget.
+        shard_request_bytes: usize,
+        /// Capacity of the fetch budget.
+        shard_fetch_bytes: usize,
+        /// Sent once applied.
+        reply: Reply<()>,
+    },
     /// Shutdown, phase 1: stop accepting and reading, finish in-flight requests (bounded).
     Drain {
         /// Sent when drained.

@@ -150,6 +150,7 @@ async fn shard_main(start: ShardStart) -> bool {
         let acceptor = compio::runtime::spawn(accept_loop(shard.clone(), listener));
         shard.acceptors.borrow_mut().push(acceptor);
     }
+    RETENTION_CHECK_MS.with(|ms| ms.set(shard.cluster.config.retention_check_ms));
     let retention = compio::runtime::spawn(retention_loop(shard.clone()));
     shard.background.borrow_mut().push(retention);
     let cleaner = compio::runtime::spawn(cleaner_loop(shard.clone()));
@@ -197,10 +198,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: compio::net::TcpListener) {
     }
 }
 
+thread_local! {
+    /// This shard's interval between retention passes: the configuration's, or the last
+    /// SIGHUP reload's (`ShardMsg::Reconfigure`).
+    static RETENTION_CHECK_MS: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+/// Longest the retention loop sleeps before looking at its (reloadable) interval again.
+const RETENTION_TICK_MS_MAX: u64 = 1_000;
+
 async fn retention_loop(shard: Rc<Shard>) {
-    let interval = Duration::from_millis(shard.cluster.config.retention_check_ms);
+    let interval = || Duration::from_millis(RETENTION_CHECK_MS.with(Cell::get));
+    let mut last = Instant::now();
     loop {
-        compio::time::sleep(interval).await;
+        let wait = interval()
+            .saturating_sub(last.elapsed())
+            .min(Duration::from_millis(RETENTION_TICK_MS_MAX));
+        compio::time::sleep(wait).await;
+        if last.elapsed() < interval() {
+            continue;
+        }
+        last = Instant::now();
         let partitions: Vec<Rc<Partition>> = shard.partitions.borrow().values().cloned().collect();
         for p in partitions {
             if let Err(e) = p.log.enforce_retention(system_clock_ms()).await {
@@ -437,6 +455,18 @@ impl Shard {
             })),
             ShardMsg::Metrics { reply } => {
                 let _ = reply.try_send(crate::metrics::snapshot(&self));
+            }
+            ShardMsg::Reconfigure {
+                retention_check_ms,
+                shard_request_bytes,
+                shard_fetch_bytes,
+                reply,
+            } => {
+                RETENTION_CHECK_MS.with(|ms| ms.set(retention_check_ms));
+                self.request_budget.set_capacity(shard_request_bytes);
+                self.fetch_budget.set_capacity(shard_fetch_bytes);
+                tracing::debug!(shard = self.id, "settings reloaded");
+                let _ = reply.try_send(());
             }
             ShardMsg::Snapshot { metadata, reply } => {
                 *self.metadata.borrow_mut() = metadata;
