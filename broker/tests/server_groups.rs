@@ -301,6 +301,12 @@ fn members_join_sync_heartbeat_commit_and_leave_with_generation_checks() {
         (group_state::STABLE, 2)
     );
     assert_eq!(d.protocol, ASSIGNOR_ROUND_ROBIN);
+    assert!(
+        d.members
+            .iter()
+            .all(|m| m.client_host == "127.0.0.1" && m.client_id == "test-consumer"),
+        "{d:?}"
+    );
     let mut owned: Vec<u32> = d
         .members
         .iter()
@@ -520,7 +526,12 @@ fn committed_offsets_survive_sigkill_and_restart() {
         ACKS_ALL,
         common::wire::batch(&[b"forged"], 1_700_000_000_000),
     );
-    assert_eq!(refused.error, ErrorCode::INVALID_TOPIC, "{}", refused.message);
+    assert_eq!(
+        refused.error,
+        ErrorCode::INVALID_TOPIC,
+        "{}",
+        refused.message
+    );
     let refused: DeleteTopicsResponse = conn.call(
         ApiKey::DeleteTopics,
         &DeleteTopicsRequest {

@@ -123,8 +123,8 @@ pub(crate) fn check_group_id(group: &str) -> Result<(), (ErrorCode, String)> {
 
 /// A group request, on its way to the coordinator shard.
 pub(crate) enum GroupOp {
-    /// JoinGroup.
-    Join(JoinGroupRequest),
+    /// JoinGroup, with the client's host.
+    Join(JoinGroupRequest, String),
     /// SyncGroup.
     Sync(SyncGroupRequest),
     /// Heartbeat.
@@ -220,7 +220,7 @@ async fn tick_loop(shard: Rc<Shard>) {
 /// Runs a group request on its coordinator shard.
 pub(crate) async fn serve(shard: Rc<Shard>, op: GroupOp) -> GroupReply {
     match op {
-        GroupOp::Join(req) => GroupReply::Join(join(&shard, req).await),
+        GroupOp::Join(req, host) => GroupReply::Join(join(&shard, req, host).await),
         GroupOp::Sync(req) => GroupReply::Sync(sync(&shard, req).await),
         GroupOp::Heartbeat(req) => GroupReply::Heartbeat(heartbeat(&shard, &req)),
         GroupOp::Leave(req) => GroupReply::Leave(leave(&shard, &req)),
@@ -232,7 +232,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, op: GroupOp) -> GroupReply {
     }
 }
 
-async fn join(shard: &Rc<Shard>, req: JoinGroupRequest) -> JoinGroupResponse {
+async fn join(shard: &Rc<Shard>, req: JoinGroupRequest, host: String) -> JoinGroupResponse {
     let member_id = req.member_id.clone();
     let refused = |(error, message): (ErrorCode, String)| JoinGroupResponse {
         error,
@@ -253,7 +253,7 @@ async fn join(shard: &Rc<Shard>, req: JoinGroupRequest) -> JoinGroupResponse {
             Err(e) => return refused(e),
         };
         let id = req.group.clone();
-        if let Err((error, message)) = group.join(req, tx, Instant::now(), nonce) {
+        if let Err((error, message)) = group.join(req, host, tx, Instant::now(), nonce) {
             tracing::warn!(group = %id, member = %member_id, %error, "join refused: {message}");
             return refused((error, message));
         }

@@ -64,6 +64,8 @@ pub(crate) struct Committed {
 pub(crate) struct Member {
     /// The client id it joined with.
     pub(crate) client_id: String,
+    /// The address it joined from.
+    pub(crate) client_host: String,
     /// Evicted after this long without a heartbeat, join or sync.
     pub(crate) session_timeout: Duration,
     /// How long a join round waits for it.
@@ -147,6 +149,7 @@ impl Group {
     pub(crate) fn join(
         &mut self,
         req: JoinGroupRequest,
+        client_host: String,
         reply: JoinReply,
         now: Instant,
         nonce: u64,
@@ -235,6 +238,7 @@ impl Group {
             .entry(member_id.clone())
             .or_insert_with(|| Member {
                 client_id: req.client_id.clone(),
+                client_host: String::new(),
                 session_timeout: Duration::ZERO,
                 rebalance_timeout: Duration::ZERO,
                 protocols: Vec::new(),
@@ -255,6 +259,7 @@ impl Group {
             .map(|p| (p.name, p.metadata))
             .collect();
         member.last_seen = now;
+        member.client_host = client_host;
         member.join_reply = Some(reply);
         if !self.join_order.contains(&member_id) {
             self.join_order.push(member_id.clone());
@@ -708,7 +713,7 @@ impl Group {
                 .map(|(id, m)| DescribedMember {
                     member_id: id.clone(),
                     client_id: m.client_id.clone(),
-                    client_host: String::new(),
+                    client_host: m.client_host.clone(),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -755,8 +760,14 @@ mod tests {
         let now = Instant::now();
         let mut g = Group::new("g".into());
         let (tx1, rx1) = flume::bounded(1);
-        g.join(join_req("", &["range", "roundrobin"]), tx1, now, 1)
-            .expect("join");
+        g.join(
+            join_req("", &["range", "roundrobin"]),
+            "127.0.0.1".into(),
+            tx1,
+            now,
+            1,
+        )
+        .expect("join");
         let r1 = rx1
             .try_recv()
             .expect("a lone member's join completes at once");
@@ -766,8 +777,14 @@ mod tests {
         );
         // A second member: a new round; the first must rejoin.
         let (tx2, rx2) = flume::bounded(1);
-        g.join(join_req("", &["roundrobin"]), tx2, now, 1)
-            .expect("join");
+        g.join(
+            join_req("", &["roundrobin"]),
+            "127.0.0.1".into(),
+            tx2,
+            now,
+            1,
+        )
+        .expect("join");
         assert_eq!(g.state, State::PreparingRebalance);
         assert!(rx2.try_recv().is_err());
         let hb = g.heartbeat(&r1.member_id, 1, now);
@@ -775,6 +792,7 @@ mod tests {
         let (tx1, rx1) = flume::bounded(1);
         g.join(
             join_req(&r1.member_id, &["range", "roundrobin"]),
+            "127.0.0.1".into(),
             tx1,
             now,
             1,
@@ -794,7 +812,7 @@ mod tests {
         // A third member with nothing in common is refused; the group is untouched.
         let (tx3, _rx3) = flume::bounded(1);
         let refused = g
-            .join(join_req("", &["sticky-x"]), tx3, now, 1)
+            .join(join_req("", &["sticky-x"]), "127.0.0.1".into(), tx3, now, 1)
             .expect_err("refused");
         assert_eq!(refused.0, ErrorCode::INCONSISTENT_GROUP_PROTOCOL);
         assert_eq!(g.state, State::CompletingRebalance);
@@ -865,8 +883,14 @@ mod tests {
         assert_eq!(g.tick(later), vec![b.member_id.clone()]);
         assert_eq!(g.state, State::PreparingRebalance);
         let (tx1, rx1) = flume::bounded(1);
-        g.join(join_req(&a.member_id, &["roundrobin"]), tx1, later, 1)
-            .expect("rejoin");
+        g.join(
+            join_req(&a.member_id, &["roundrobin"]),
+            "127.0.0.1".into(),
+            tx1,
+            later,
+            1,
+        )
+        .expect("rejoin");
         assert_eq!(rx1.try_recv().expect("alone").generation_id, 3);
     }
 }

@@ -40,9 +40,10 @@ pub(crate) fn admit(shard: &Rc<Shard>, api: ApiKey, reader: Reader, ctx: Request
         }
         ApiKey::JoinGroup => {
             let request = body!(JoinGroupRequest);
+            let host = ctx.peer.ip().to_string();
             respond(ctx, async move {
                 let group = request.group.clone();
-                match forward(&shard, &group, GroupOp::Join(request)).await {
+                match forward(&shard, &group, GroupOp::Join(request, host)).await {
                     Ok(GroupReply::Join(r)) => r,
                     Ok(_) | Err(_) => JoinGroupResponse {
                         error: ErrorCode::COORDINATOR_NOT_AVAILABLE,

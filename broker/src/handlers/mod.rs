@@ -28,6 +28,8 @@ pub(crate) struct RequestCtx {
     pub(crate) throttle: Duration,
     /// The frame's share of the request budget.
     pub(crate) permit: Permit,
+    /// The client's address.
+    pub(crate) peer: std::net::SocketAddr,
 }
 
 impl RequestCtx {

@@ -178,6 +178,7 @@ async fn read_loop(
                     correlation_id: cid,
                     throttle: waited,
                     permit,
+                    peer,
                 };
                 match handlers::admit(&shard, api, reader, ctx).await {
                     Admitted::InFlight(in_flight) => in_flight,
