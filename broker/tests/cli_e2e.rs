@@ -104,7 +104,8 @@ fn topic_create_list_describe_json_delete() {
     );
 
     let list = ok(&["topic", "list", "--brokers", &b], "");
-    assert_eq!(list, "audit\t1\norders\t3\n");
+    // The internal topic of committed offsets is listed, as Kafka lists it.
+    assert_eq!(list, "__consumer_offsets\t16\naudit\t1\norders\t3\n");
 
     let json = ok(
         &["topic", "describe", "orders", "--json", "--brokers", &b],
@@ -152,7 +153,10 @@ fn topic_create_list_describe_json_delete() {
     );
 
     ok(&["topic", "delete", "orders", "--brokers", &b], "");
-    assert_eq!(ok(&["topic", "list", "--brokers", &b], ""), "audit\t1\n");
+    assert_eq!(
+        ok(&["topic", "list", "--brokers", &b], ""),
+        "__consumer_offsets\t16\naudit\t1\n"
+    );
     let gone = sluice(&["topic", "describe", "orders", "--brokers", &b], "");
     assert_eq!(gone.code, 1);
     assert_eq!(gone.stderr.trim(), "error: unknown topic 'orders'");

@@ -163,8 +163,10 @@ fn topics_produce_fetch_offsets_describe_delete_restart() {
     );
     assert!(!dir.path().join("topics/doomed").exists());
     let listed: ListTopicsResponse = c.call(ApiKey::ListTopics, &ListTopicsRequest {});
-    assert_eq!(listed.topics.len(), 1);
-    assert_eq!(listed.topics[0].name, "orders");
+    // Besides the internal topic of committed offsets, which the broker creates.
+    assert_eq!(listed.topics.len(), 2);
+    assert_eq!(listed.topics[0].name, "__consumer_offsets");
+    assert_eq!(listed.topics[1].name, "orders");
 
     assert!(broker.terminate(Duration::from_secs(20)), "clean exit");
     let broker = Broker::start(dir.path(), 2);
@@ -176,7 +178,7 @@ fn topics_produce_fetch_offsets_describe_delete_restart() {
             .iter()
             .map(|t| t.name.as_str())
             .collect::<Vec<_>>(),
-        ["orders"]
+        ["__consumer_offsets", "orders"]
     );
     let got = c.read_all("orders", 0, 0);
     // 8 records, then one "via-shard" through each shard's address.
