@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::Broker;
 use common::wire::{Conn, batch, values};
-use sluice_proto::protocol::ErrorCode;
+use sluice_proto::protocol::{
+    ApiKey, ErrorCode, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetCommitTopic,
+};
 
 /// A parsed scrape: `name{sorted labels}` → value.
 type Samples = BTreeMap<String, f64>;
@@ -270,6 +273,34 @@ fn counters_move_by_what_was_produced_and_fetched() {
         assert_eq!(got, records[p as usize]);
     }
 
+    // A group commits (an admin commit): its lag is the high watermark minus the offset.
+    let commit: OffsetCommitResponse = c.call(
+        ApiKey::OffsetCommit,
+        &OffsetCommitRequest {
+            group: "lagging".into(),
+            generation_id: -1,
+            member_id: String::new(),
+            topics: vec![OffsetCommitTopic {
+                topic: "m".into(),
+                partitions: vec![
+                    OffsetCommitPartition {
+                        partition: 0,
+                        offset: 2,
+                        metadata: String::new(),
+                    },
+                    OffsetCommitPartition {
+                        partition: 1,
+                        offset: records[1] as i64,
+                        metadata: String::new(),
+                    },
+                ],
+            }],
+        },
+    );
+    for p in &commit.topics[0].partitions {
+        assert_eq!(p.error, ErrorCode::NONE, "{}", p.message);
+    }
+
     let produces = 10.0;
     let after = scrape_until(maddr, |s| {
         get(s, "sluice_requests_total{api=\"Produce\"}")
@@ -278,6 +309,7 @@ fn counters_move_by_what_was_produced_and_fetched() {
             && get(s, "sluice_requests_total{api=\"Fetch\"}")
                 - get(&before, "sluice_requests_total{api=\"Fetch\"}")
                 >= fetches as f64
+            && sum(s, "sluice_shard_requests_in_flight") == 0.0
     });
     let delta = |key: &str| get(&after, key) - get(&before, key);
     let delta_sum = |name: &str| sum(&after, name) - sum(&before, name);
@@ -339,8 +371,24 @@ fn counters_move_by_what_was_produced_and_fetched() {
     // Recent data is read from the tail cache.
     assert!(delta_sum("sluice_batch_cache_hits_total") >= 1.0);
     assert!(sum(&after, "sluice_connections") >= 1.0);
-    assert_eq!(sum(&after, "sluice_shard_partitions"), 2.0);
+    // Every partition of every topic (the internal ones too) is owned by one shard.
+    let partitions: usize = c.metadata().topics.iter().map(|t| t.partitions.len()).sum();
+    assert_eq!(sum(&after, "sluice_shard_partitions"), partitions as f64);
     assert_eq!(sum(&after, "sluice_shard_requests_in_flight"), 0.0);
+
+    assert_eq!(
+        get(
+            &after,
+            "sluice_consumer_group_lag{group=\"lagging\",partition=\"0\",topic=\"m\"}"
+        ),
+        (records[0] - 2) as f64,
+        "lag of partition 0"
+    );
+    assert_eq!(
+        after.get("sluice_consumer_group_lag{group=\"lagging\",partition=\"1\",topic=\"m\"}"),
+        Some(&0.0),
+        "lag of partition 1"
+    );
 
     // Other paths, other methods, oversized requests.
     let (status, _) = http(maddr, b"GET /other HTTP/1.1\r\n\r\n");

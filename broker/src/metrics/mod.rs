@@ -186,7 +186,9 @@ impl Drop for InFlightGuard {
 
 /// Sets the lag (records between the group's committed offset and the high watermark) of
 /// `group` on `topic`/`partition`, for `sluice_consumer_group_lag`. Call it on the shard
-/// that computes it (the group's coordinator); the endpoint merges every shard's series.
+/// that computes it; the endpoint merges every shard's series. Lag of offsets committed to
+/// the group coordinator is computed at each scrape without it (see [`ShardSnapshot`]);
+/// this is for lag known elsewhere, and wins over the computed value.
 #[allow(dead_code)] // The API for the group coordinator (see ARCHITECTURE.md, "Metrics").
 pub(crate) fn set_group_lag(group: &str, topic: &str, partition: u32, lag: i64) {
     SHARD.with(|m| {
@@ -242,8 +244,14 @@ pub(crate) struct ShardSnapshot {
     pub(crate) partitions_owned: u64,
     /// I/O counters of the shard's logs (fsync latency, cache hits, disk-full refusals).
     pub(crate) io: LogIoStats,
-    /// Consumer-group lag series.
+    /// Consumer-group lag series set through [`set_group_lag`].
     pub(crate) group_lag: Vec<(String, String, u32, i64)>,
+    /// High watermark of every partition the shard owns: `(topic, partition, hw)`.
+    pub(crate) high_watermarks: Vec<(String, u32, u64)>,
+    /// Offsets committed by the groups this shard coordinates: `(group, topic, partition,
+    /// offset)`, at most [`GROUP_LAG_SERIES_MAX`]. The endpoint turns them into lag with the
+    /// owners' high watermarks, so no shard asks another.
+    pub(crate) committed: Vec<(String, String, u32, i64)>,
 }
 
 /// This shard's snapshot (runs on the shard). Per-partition series of topics the metadata no
@@ -251,6 +259,22 @@ pub(crate) struct ShardSnapshot {
 pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
     let metadata = shard.snapshot();
     let owned = shard.partitions.borrow();
+    let high_watermarks = owned
+        .iter()
+        .map(|((topic, index), p)| (topic.clone(), *index, p.log.offsets().durable_end.get()))
+        .collect();
+    let committed = shard
+        .groups
+        .borrow()
+        .groups
+        .values()
+        .flat_map(|g| {
+            g.offsets
+                .iter()
+                .map(|((topic, partition), c)| (g.id.clone(), topic.clone(), *partition, c.offset))
+        })
+        .take(GROUP_LAG_SERIES_MAX)
+        .collect();
     let mut io = LogIoStats::default();
     for p in owned.values() {
         io.merge(&p.log.io_stats());
@@ -307,6 +331,8 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
                 .iter()
                 .map(|((g, t, p), lag)| (g.clone(), t.clone(), *p, *lag))
                 .collect(),
+            high_watermarks,
+            committed,
         }
     })
 }

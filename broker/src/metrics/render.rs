@@ -2,7 +2,7 @@
 //! for every metric a `# HELP` and a `# TYPE` line, then its samples; histograms as
 //! cumulative `_bucket{le=..}` samples ending with `+Inf`, then `_sum` and `_count`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use sluice_storage::{LATENCY_BUCKETS_US, LatencyHistogram};
@@ -278,6 +278,24 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
         "Records between a consumer group's committed offset and the partition's high watermark.",
     );
     let mut lags: BTreeMap<(&str, &str, u32), i64> = BTreeMap::new();
+    let mut high_watermarks: HashMap<(&str, u32), u64> = HashMap::new();
+    for s in snapshots {
+        for (topic, partition, hw) in &s.high_watermarks {
+            high_watermarks.insert((topic, *partition), *hw);
+        }
+    }
+    for s in snapshots {
+        for (group, topic, partition, offset) in &s.committed {
+            if let Some(&hw) = high_watermarks.get(&(topic.as_str(), *partition))
+                && *offset >= 0
+            {
+                let lag = i64::try_from(hw)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(*offset);
+                lags.insert((group, topic, *partition), lag.max(0));
+            }
+        }
+    }
     for s in snapshots {
         for (g, t, p, lag) in &s.group_lag {
             lags.insert((g, t, *p), *lag);
