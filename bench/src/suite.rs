@@ -111,6 +111,9 @@ pub(crate) fn run(args: Args) -> Result<(), String> {
         "1KiB",
         "--batch-records",
         "1000",
+        // 1000 records of 1 KiB and their framing exceed the default 1 MiB batch limit.
+        "--config",
+        "max.message.bytes=2097152",
     ]);
     let many = |partitions: &str| {
         flags(&[
