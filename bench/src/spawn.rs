@@ -63,7 +63,8 @@ impl BrokerProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0"])
+            // No metrics endpoint: its fixed default port would clash between brokers.
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
