@@ -11,6 +11,7 @@ mod doctor;
 mod group;
 mod handlers;
 mod limits;
+mod logging;
 mod metadata;
 mod metrics;
 mod net;

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use sluice_proto::protocol::ShardAddress;
 
-use crate::config::{BrokerConfig, LogFormat, ServeArgs};
+use crate::config::{BrokerConfig, ServeArgs};
 use crate::doctor;
 use crate::limits::SHARD_INBOX_CAPACITY;
+use crate::logging;
 use crate::metadata::{Metadata, meta_dir};
 use crate::metrics;
 use crate::net::listener;
@@ -26,23 +27,6 @@ const EXIT_CONFIG: u8 = 2;
 /// How often the main thread checks on the shard threads while waiting for a signal.
 const SIGNAL_POLL_MS: i64 = 200;
 
-/// Logs to stderr with `RUST_LOG` when it is set (and valid), else `log_level` (flag or file;
-/// checked by `BrokerConfig::resolve`), as text or one JSON object per line.
-fn init_logging(log_level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        // Colour codes only for a person at a terminal, not in log files.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-    };
-}
-
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sluice serve: {message}");
     ExitCode::from(EXIT_CONFIG)
@@ -54,7 +38,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    init_logging(&config.log_level, config.log_format);
+    logging::init(&config.log_level, config.log_format);
     if let Some((before, after)) = doctor::raise_nofile_limit() {
         tracing::info!(before, after, "raised the soft RLIMIT_NOFILE to the hard limit");
     }
@@ -230,7 +214,9 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
         node_id,
         advertised_host,
         shard_port_base,
-        metrics_listen
+        metrics_listen,
+        log_format,
+        allow_epoll_fallback
     );
     let mut applied = Vec::new();
     macro_rules! dynamic {
@@ -242,6 +228,14 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
         )*};
     }
     dynamic!(retention_check_ms, shard_request_bytes, shard_fetch_bytes);
+    if new.log_level != running.log_level {
+        if logging::set_level(&new.log_level) {
+            applied.push(format!("log_level {} -> {}", running.log_level, new.log_level));
+            running.log_level = new.log_level;
+        } else {
+            tracing::warn!(log_level = %new.log_level, "SIGHUP: RUST_LOG is set and wins; log_level not applied");
+        }
+    }
     if !restart.is_empty() {
         tracing::warn!(
             changes = %restart.join(", "),

@@ -67,6 +67,29 @@ impl Served {
         self.stderr.lock().expect("lock").clone()
     }
 
+    fn sighup(&self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP);
+        }
+    }
+
+    /// Waits up to 10 s for a stderr line containing `text` and returns it.
+    fn wait_for_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.stderr_lines().into_iter().find(|l| l.contains(text)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {text:?} in {:#?}",
+                self.stderr_lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM; returns whether it exited 0 within 30 s, and all of stderr.
     fn terminate(mut self) -> (bool, Vec<String>) {
         // SAFETY: signalling our own child.
@@ -408,6 +431,110 @@ fn memory_filesystems_are_refused_with_the_fix() {
     }
 }
 
+/// A loop-mounted ext4 image of `mib` MiB, unmounted on drop; `None` (reason printed) where
+/// losetup/mount are not permitted.
+struct LoopExt4 {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl LoopExt4 {
+    fn new(mib: u64) -> Option<LoopExt4> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image");
+        let run = |cmd: &str, args: &[&str]| {
+            Command::new(cmd)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    o.status
+                        .success()
+                        .then_some(())
+                        .ok_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned())
+                })
+        };
+        let (img, at) = (image.to_str().expect("utf8"), mnt.to_str().expect("utf8"));
+        if let Err(why) =
+            run("mkfs.ext4", &["-q", img]).and_then(|()| run("mount", &["-o", "loop", img, at]))
+        {
+            println!("SKIPPED full-disk part: cannot loop-mount ext4: {why}");
+            return None;
+        }
+        Some(LoopExt4 { dir, mnt })
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        if !Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let _ = &self.dir;
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_warning_not_an_error() {
+    let Some(fs) = LoopExt4::new(32) else { return };
+    let data = fs.mnt.join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    // Fill the filesystem to the last block.
+    let mut filler = std::fs::File::create(fs.mnt.join("filler")).expect("filler");
+    let chunk = vec![0xffu8; 1 << 20];
+    loop {
+        use std::io::Write;
+        if filler.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = filler.sync_all();
+    let data_arg = data.to_str().expect("utf8");
+    let (code, report) = doctor_json(&["--data-dir", data_arg, "--shards", "1"], None);
+    assert_eq!(code, 0, "a full disk is not an error: {report:#}");
+    assert_eq!(
+        finding(&report, "filesystem")["detail"]
+            .as_str()
+            .map(|d| d.contains("ext4")),
+        Some(true)
+    );
+    assert_eq!(
+        finding(&report, "disk_space")["severity"],
+        "warning",
+        "{report:#}"
+    );
+    let full = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["check"] == "o_direct" || f["check"] == "fallocate")
+        .filter(|f| f["severity"] == "warning")
+        .map(|f| f["fix"].as_str().unwrap_or_default().to_string());
+    assert!(
+        report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| {
+                (f["check"] == "o_direct" || f["check"] == "fallocate")
+                    && f["severity"] == "warning"
+                    && f["fix"].as_str().is_some_and(|x| x.contains("DISK_FULL"))
+            }),
+        "{full:?} {report:#}"
+    );
+    // Not checked here: `serve` on this full filesystem hung at start-up (in the consumer
+    // offsets topic's creation, after the start-up checks passed; see the helper's report).
+}
+
 #[test]
 fn low_nofile_limit_is_an_error_or_a_warning_with_the_numbers() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -698,6 +825,53 @@ fn rust_log_wins_over_log_level() {
     );
 }
 
+#[test]
+fn sighup_changes_the_log_level_unless_rust_log_is_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "log_level = \"warn\"\n").expect("write");
+    let config_arg = config.to_str().expect("utf8");
+    let broker = serve(
+        &data,
+        &["--shards", "1", "--config", config_arg],
+        None,
+        None,
+    )
+    .expect("serve");
+    let mut c = Conn::connect(broker.addr);
+    assert_eq!(c.create_topic("before", 1, &[]).error, ErrorCode::NONE);
+    std::fs::write(&config, "log_level = \"info\"\n").expect("write");
+    broker.sighup();
+    let changed = broker.wait_for_line("log_level warn -> info");
+    assert!(changed.contains("SIGHUP"), "{changed}");
+    assert_eq!(c.create_topic("after", 1, &[]).error, ErrorCode::NONE);
+    broker.wait_for_line("topic=after");
+    let (clean, lines) = broker.terminate();
+    assert!(clean);
+    assert!(
+        !lines.iter().any(|l| l.contains("topic=before")),
+        "{lines:#?}"
+    );
+
+    // RUST_LOG governs: SIGHUP says so and changes nothing.
+    std::fs::write(&config, "log_level = \"warn\"\n").expect("write");
+    let broker = serve(
+        &data,
+        &["--shards", "1", "--config", config_arg],
+        None,
+        Some("info"),
+    )
+    .expect("serve");
+    std::fs::write(&config, "log_level = \"error\"\n").expect("write");
+    broker.sighup();
+    broker.wait_for_line("RUST_LOG is set and wins");
+    let mut c = Conn::connect(broker.addr);
+    assert_eq!(c.create_topic("still-info", 1, &[]).error, ErrorCode::NONE);
+    broker.wait_for_line("topic=still-info");
+    assert!(broker.terminate().0);
+}
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -710,6 +884,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "LimitMEMLOCK=infinity",
         "Restart=on-failure",
         "RestartPreventExitStatus=2",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "CPUAffinity",
     ] {
         assert!(unit.contains(key), "unit lacks {key}");

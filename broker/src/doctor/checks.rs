@@ -580,6 +580,14 @@ pub(crate) fn direct_io(dir: &Path, fs: &str) -> (Finding, Option<ProbeFile>) {
             ),
             Some(file),
         ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => (
+            Finding::warning(
+                "o_direct",
+                format!("O_DIRECT open worked, but the test write found the disk full ({e})"),
+                FULL_FIX,
+            ),
+            None,
+        ),
         Err(e) => (
             Finding::error(
                 "o_direct",
@@ -613,13 +621,14 @@ pub(crate) fn fallocate(file: &ProbeFile, fs: &str) -> Finding {
     let e = io::Error::last_os_error();
     let errno = e.raw_os_error().unwrap_or(0);
     if errno == libc::ENOSPC {
-        return Finding::error(
+        // Not an error: a broker on a full disk still serves fetches.
+        return Finding::warning(
             "fallocate",
             format!(
                 "cannot allocate {} MiB: the filesystem is full ({e})",
                 FALLOCATE_PROBE_BYTES / MIB
             ),
-            "free space on the data directory's filesystem or move it to a larger one",
+            FULL_FIX,
         );
     }
     Finding::error(
@@ -648,6 +657,11 @@ pub(crate) fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / GIB as f64)
 }
+
+/// The fix for a full filesystem.
+const FULL_FIX: &str = "produce fails with DISK_FULL (fetch goes on) until space frees: free \
+                        space, lower retention on large topics, or move the data directory to a \
+                        larger filesystem";
 
 /// Free space: a warning, never an error, because a broker on a full disk still serves
 /// fetches (produce fails with a clear error until space frees).
