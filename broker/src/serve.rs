@@ -40,7 +40,11 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     };
     logging::init(&config.log_level, config.log_format);
     if let Some((before, after)) = doctor::raise_nofile_limit() {
-        tracing::info!(before, after, "raised the soft RLIMIT_NOFILE to the hard limit");
+        tracing::info!(
+            before,
+            after,
+            "raised the soft RLIMIT_NOFILE to the hard limit"
+        );
     }
     let _lock = match prepare_data_dir(&config.data_dir) {
         Ok(lock) => lock,
@@ -230,7 +234,10 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
     dynamic!(retention_check_ms, shard_request_bytes, shard_fetch_bytes);
     if new.log_level != running.log_level {
         if logging::set_level(&new.log_level) {
-            applied.push(format!("log_level {} -> {}", running.log_level, new.log_level));
+            applied.push(format!(
+                "log_level {} -> {}",
+                running.log_level, new.log_level
+            ));
             running.log_level = new.log_level;
         } else {
             tracing::warn!(log_level = %new.log_level, "SIGHUP: RUST_LOG is set and wins; log_level not applied");
