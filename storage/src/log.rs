@@ -563,9 +563,17 @@ impl PartitionLog {
     async fn allocate_for_append(&self, file: &Rc<SegmentFile>, to: u64) -> LogResult<()> {
         let from = file.allocated();
         let ahead = align_up(to + self.shared.config.preallocate_bytes);
-        let mut res = file.file.allocate(from, ahead - from).await.map(|()| (ahead, true));
+        let mut res = file
+            .file
+            .allocate(from, ahead - from)
+            .await
+            .map(|()| (ahead, true));
         if res.as_ref().is_err_and(is_no_space) {
-            res = file.file.allocate(from, to - from).await.map(|()| (to, false));
+            res = file
+                .file
+                .allocate(from, to - from)
+                .await
+                .map(|()| (to, false));
         }
         let mut st = self.shared.state.borrow_mut();
         file.set_allocating(false);

@@ -201,7 +201,10 @@ async fn produce_one(
 ) -> Result<(u64, u64), Failure> {
     if p.topic == crate::group::OFFSETS_TOPIC {
         // Only the group coordinator writes there (and not through Produce).
-        tracing::warn!(partition = p.index, "produce to the internal offsets topic refused");
+        tracing::warn!(
+            partition = p.index,
+            "produce to the internal offsets topic refused"
+        );
         return Err((
             ErrorCode::INVALID_TOPIC,
             format!(
