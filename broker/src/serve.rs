@@ -26,6 +26,8 @@ use crate::shard::run::{ShardStart, run_shard};
 const EXIT_CONFIG: u8 = 2;
 /// How often the main thread checks on the shard threads while waiting for a signal.
 const SIGNAL_POLL_MS: i64 = 200;
+/// How often the main thread checks that a shard it asked to stop is still alive.
+const STOP_POLL_MS: u64 = 100;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sluice serve: {message}");
@@ -115,7 +117,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         match thread {
             Ok(t) => threads.push(t),
             Err(e) => {
-                stop_all(&senders);
+                stop_all(&senders, &threads);
                 return fail(format!("cannot start shard thread {id}: {e}"));
             }
         }
@@ -125,11 +127,11 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                stop_all(&senders);
+                stop_all(&senders, &threads);
                 return fail(e);
             }
             Err(_) => {
-                stop_all(&senders);
+                stop_all(&senders, &threads);
                 return fail("a shard thread ended during start-up");
             }
         }
@@ -146,7 +148,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
         if let Err(e) = metrics::http::start(listener, senders.clone()) {
-            stop_all(&senders);
+            stop_all(&senders, &threads);
             return fail(format!("cannot start the metrics thread: {e}"));
         }
         tracing::info!(%addr, "metrics endpoint: GET /metrics");
@@ -170,7 +172,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     for rx in replies {
         let _ = rx.recv();
     }
-    let clean = stop_all(&senders);
+    let clean = stop_all(&senders, &threads);
     for t in threads {
         let _ = t.join();
     }
@@ -279,15 +281,43 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
 }
 
 /// Phase 2 of shutdown: every shard closes its logs and stops. Returns whether all were clean.
-fn stop_all(inboxes: &[flume::Sender<ShardMsg>]) -> bool {
+///
+/// A shard whose thread has already ended (it failed to start) never answers, and its
+/// `Stop` may sit in its inbox for good (the main thread holds the senders), so the wait
+/// for each answer also watches the shard's thread.
+fn stop_all(
+    inboxes: &[flume::Sender<ShardMsg>],
+    threads: &[std::thread::JoinHandle<bool>],
+) -> bool {
     let mut replies = Vec::new();
-    for inbox in inboxes {
+    for (id, inbox) in inboxes.iter().enumerate() {
         let (reply, rx) = reply_channel();
         if inbox.send(ShardMsg::Stop { reply }).is_ok() {
-            replies.push(rx);
+            replies.push((id, rx));
         }
     }
-    replies.into_iter().all(|rx| rx.recv().unwrap_or(false))
+    let mut clean = true;
+    for (id, rx) in replies {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(STOP_POLL_MS)) {
+                Ok(closed) => {
+                    clean &= closed;
+                    break;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    clean = false;
+                    break;
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    if threads.get(id).is_none_or(|t| t.is_finished()) {
+                        clean = false;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    clean
 }
 
 /// A data directory the broker holds for itself (an exclusive `flock` on `meta/lock`).

@@ -195,7 +195,7 @@ fn produce_fails_cleanly_on_a_full_disk_and_resumes_when_space_frees() {
         };
         let producer = Producer::new(client, config);
         let delivery = producer
-            .send(ProducerRecord::new("full", again).partition(0))
+            .send(ProducerRecord::new("full", again.clone()).partition(0))
             .await
             .expect("queued");
         delivery.await.expect_err("a full disk refuses the record")
@@ -211,6 +211,16 @@ fn produce_fails_cleanly_on_a_full_disk_and_resumes_when_space_frees() {
 
     // Fetch keeps working while the disk is full: every acknowledged record, in place.
     assert_eq!(read_everything(&mut c), acked);
+
+    // A broker killed and restarted while the disk is still full starts (its logs open
+    // without allocating ahead) and serves every acknowledged record.
+    drop(c);
+    broker.kill9();
+    let mut broker = Broker::start(&data, 1);
+    let mut c = Conn::connect(broker.addr);
+    assert_eq!(read_everything(&mut c), acked);
+    let r = c.produce("full", 0, -1, batch(&[&again], 1_000));
+    assert_eq!(r.error, ErrorCode::DISK_FULL, "{}", r.message);
 
     // Free the space: production resumes (the broker retries its allocation).
     std::fs::remove_file(&filler).expect("delete filler");

@@ -376,10 +376,19 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> LogResult<Recover
         .set_len(outcome.valid_end)
         .await
         .map_err(|e| io_err("truncate segment", e))?;
-    tail_file
-        .allocate(0, allocated)
-        .await
-        .map_err(|e| io_err("preallocate segment", e))?;
+    // A full disk does not stop the log from opening: reads go on, and appends allocate
+    // (or are refused with DiskFull) once they need the space.
+    let allocated = match tail_file.allocate(0, allocated).await {
+        Ok(()) => allocated,
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+            tracing::warn!(
+                file = %path.display(),
+                "disk full: the active segment is not allocated ahead; appends are refused with DiskFull until space frees"
+            );
+            align_up(outcome.valid_end)
+        }
+        Err(e) => return Err(io_err("preallocate segment", e)),
+    };
     tail_file
         .sync_all()
         .await
