@@ -7,11 +7,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cli::{Run, run_sluice};
 use common::{Broker, sluice_bin};
 use serde_json::Value;
 use sluice_client::{
@@ -137,49 +138,8 @@ impl Drop for Member {
     }
 }
 
-/// Output of one finished CLI command.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn sluice(args: &[&str]) -> Run {
-    let mut child = Command::new(sluice_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).expect("read stdout");
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).expect("read stderr");
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sluice {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().expect("stdout thread"),
-        stderr: err.join().expect("stderr thread"),
-    }
+    run_sluice(args, None)
 }
 
 fn ok(args: &[&str]) -> String {

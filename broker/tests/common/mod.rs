@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cli;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
