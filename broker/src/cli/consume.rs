@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use sluice_client::{
-    Client, ClientError, Consumer, ConsumerConfig, LATEST_TIMESTAMP, OffsetReset,
+    Client, ClientError, Consumer, ConsumerConfig, ConsumerRecord, LATEST_TIMESTAMP, OffsetReset,
     RebalanceListener, SeekTo, TopicPartition,
 };
 
@@ -144,12 +144,7 @@ async fn consume(args: ConsumeArgs) -> Result<(), ClientError> {
             if printed >= max {
                 break;
             }
-            let line = if args.json {
-                record_json(record).to_string()
-            } else {
-                template.render(record)
-            };
-            if let Err(e) = writeln!(out, "{line}") {
+            if let Err(e) = print_record(&mut out, record, args.json, &template) {
                 return stdout_closed(e);
             }
             printed += 1;
@@ -240,12 +235,7 @@ async fn consume_group(
             if printed >= max {
                 break;
             }
-            let line = if args.json {
-                record_json(record).to_string()
-            } else {
-                template.render(record)
-            };
-            if let Err(e) = writeln!(out, "{line}") {
+            if let Err(e) = print_record(&mut out, record, args.json, template) {
                 return stdout_closed(e);
             }
             printed += 1;
@@ -278,6 +268,20 @@ async fn consume_group(
 }
 
 /// A closed stdout (`| head`) ends the command quietly; other write errors are reported.
+/// Writes one record as a line: JSON, or the output template.
+fn print_record(
+    out: &mut impl Write,
+    record: &ConsumerRecord,
+    json: bool,
+    template: &Template,
+) -> std::io::Result<()> {
+    if json {
+        writeln!(out, "{}", record_json(record))
+    } else {
+        writeln!(out, "{}", template.render(record))
+    }
+}
+
 fn stdout_closed(e: std::io::Error) -> Result<(), ClientError> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         Ok(())
