@@ -6,3 +6,5 @@
 //! - partition replication: followers fetch from leaders batch by batch.
 //!
 //! Everything here runs on a shard's compio runtime (`!Send` state, no locks).
+
+pub mod controller;
