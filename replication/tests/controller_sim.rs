@@ -756,3 +756,103 @@ fn garbage_and_foreign_messages_are_typed_errors_without_state_change() {
         "{err}"
     );
 }
+
+#[test]
+fn a_restarted_broker_is_fenced_reregistered_and_unfenced_and_topic_requests_are_validated() {
+    let mut sim = Sim::new(3, 21, fast());
+    sim.wait_leader();
+    sim.bring_up(&[0, 1, 2]);
+    topic(&mut sim, "t", 3, 3, &[]);
+    let before = sim.nodes[&0].state().clone();
+    // Broker 2 restarts: a heartbeat with a new incarnation.
+    let mut steps = vec![(1u64, false)];
+    for _ in 0..100 {
+        sim.heartbeat(0, 1);
+        sim.heartbeat(1, 1);
+        sim.heartbeat(2, 2);
+        sim.tick();
+        let b = sim.nodes[&0].state().brokers[&2].clone();
+        let s = (b.registration.incarnation, b.fenced);
+        if steps.last() != Some(&s) {
+            steps.push(s);
+        }
+        if s == (2, false) {
+            break;
+        }
+    }
+    // Old incarnation fenced, new one registered fenced, then unfenced.
+    assert_eq!(steps, vec![(1, false), (1, true), (2, true), (2, false)]);
+    let after = sim.nodes[&0].state().clone();
+    for (p, part) in after.topics["t"].partitions.iter().enumerate() {
+        let old = &before.topics["t"].partitions[p];
+        if old.leader == Some(2) {
+            assert_ne!(
+                part.leader,
+                Some(2),
+                "leadership moved away while it was fenced"
+            );
+            assert_eq!(part.leader_epoch, old.leader_epoch + 1);
+        }
+        assert!(
+            !part.isr.contains(&2),
+            "it rejoins the ISR only through AlterPartition"
+        );
+    }
+    sim.assert_converged();
+
+    let leader = sim.wait_leader();
+    let c = sim.node(leader);
+    let err = c
+        .create_topic("t", 1, 1, BTreeMap::new())
+        .expect_err("exists");
+    assert!(
+        matches!(err, ControllerError::Invalid(Rejection::TopicExists(_))),
+        "{err}"
+    );
+    let err = c.create_topic("u", 1, 4, BTreeMap::new()).expect_err("rf");
+    assert!(
+        matches!(
+            err,
+            ControllerError::Invalid(Rejection::InvalidReplicationFactor {
+                requested: 4,
+                available: 3
+            })
+        ),
+        "{err}"
+    );
+    let err = c
+        .create_topic("bad/name", 1, 1, BTreeMap::new())
+        .expect_err("name");
+    assert!(
+        matches!(err, ControllerError::Invalid(Rejection::InvalidRequest(_))),
+        "{err}"
+    );
+    let err = c
+        .create_topic("u", 0, 1, BTreeMap::new())
+        .expect_err("partitions");
+    assert!(
+        matches!(
+            err,
+            ControllerError::Invalid(Rejection::InvalidPartitions(0))
+        ),
+        "{err}"
+    );
+    let follower = sim
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let err = sim
+        .node(follower)
+        .create_topic("u", 1, 1, BTreeMap::new())
+        .expect_err("follower");
+    assert!(matches!(err, ControllerError::NotLeader { .. }), "{err}");
+    // A proposal with an assignment on an unknown broker commits as a rejection everywhere.
+    assert!(!sim.commit(Command::CreateTopic {
+        name: "v".into(),
+        configs: BTreeMap::new(),
+        assignment: vec![vec![0, 9]],
+    }));
+    assert!(!sim.nodes[&1].state().topics.contains_key("v"));
+}

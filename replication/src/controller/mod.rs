@@ -399,20 +399,18 @@ impl Controller {
 
     /// Handles raft's pending work: persists entries, HardState and received snapshots
     /// (fsync), then returns the messages to send and the commands applied. Call after
-    /// `tick`, `step` and `propose`. A storage failure is fatal (the controller refuses all
-    /// further work; the broker must stop).
+    /// `tick`, `step` and `propose`. An error here is fatal (a failed write or fsync; the
+    /// controller refuses all further work with [`ControllerError::Poisoned`] and the broker
+    /// must stop).
     pub fn ready(&mut self) -> Result<Output> {
         self.check_usable()?;
         match self.ready_inner() {
             Ok(out) => Ok(out),
             Err(e) => {
-                if matches!(
-                    e,
-                    ControllerError::Io { .. } | ControllerError::Corrupt { .. }
-                ) {
-                    tracing::error!(node = self.me, error = %e, "controller storage failed; stopping the controller");
-                    self.poisoned = true;
-                }
+                // A failed write or fsync, or a committed entry that does not decode: raft-rs
+                // cannot be resumed half-way through a Ready, so the controller stops.
+                tracing::error!(node = self.me, error = %e, "controller failed; stopping it");
+                self.poisoned = true;
                 Err(e)
             }
         }
