@@ -35,8 +35,9 @@ pub enum ControllerError {
     /// The request is invalid before it reaches Raft.
     #[error("invalid request: {0}")]
     Invalid(#[from] Rejection),
-    /// Another state-dependent decision is still in flight; retry after it applies.
-    #[error("a previous controller decision is not applied yet")]
+    /// The active controller has not applied its own term's first entry yet (its state may
+    /// miss what earlier leaders committed), or a decision is still in flight; retry.
+    #[error("the active controller is catching up; retry")]
     Busy,
     /// The voter set is not usable.
     #[error("invalid voter set: {0}")]
@@ -75,6 +76,8 @@ impl ControllerError {
         match self {
             ControllerError::NotLeader { .. } => 41,
             ControllerError::Invalid(r) => r.kafka_code(),
+            // A new active controller still replaying: the client retries like NOT_CONTROLLER.
+            ControllerError::Busy => 41,
             _ => -1,
         }
     }

@@ -70,8 +70,13 @@ const _: () = assert!((RAFT_MSG_BYTES_MAX as usize) < CONTROLLER_MESSAGE_BYTES_M
 /// Controller tuning.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    /// Ticks without a leader before a follower campaigns.
+    /// Ticks without a leader before a follower campaigns: raft-rs picks a timeout at random
+    /// in `[election_ticks, election_ticks + election_ticks_spread)` after every reset.
     pub election_ticks: usize,
+    /// Width of that random window, at least 1. The default (`election_ticks`) is raft-rs's
+    /// `[election, 2 * election)`; 1 fixes the timeout, which a deterministic simulation
+    /// uses with a different `election_ticks` per node.
+    pub election_ticks_spread: usize,
     /// Ticks between leader heartbeats; less than `election_ticks`.
     pub heartbeat_ticks: usize,
     /// Applied entries between two snapshots; at least 1.
@@ -84,6 +89,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             election_ticks: CONTROLLER_ELECTION_TICKS,
+            election_ticks_spread: CONTROLLER_ELECTION_TICKS,
             heartbeat_ticks: CONTROLLER_HEARTBEAT_TICKS,
             snapshot_entries: CONTROLLER_SNAPSHOT_ENTRIES,
             broker_session_timeout: Duration::from_millis(BROKER_SESSION_TIMEOUT_MS),
@@ -207,6 +213,7 @@ impl Controller {
             )));
         }
         if config.snapshot_entries == 0
+            || config.election_ticks_spread == 0
             || config.heartbeat_ticks == 0
             || config.heartbeat_ticks >= config.election_ticks
         {
@@ -238,6 +245,8 @@ impl Controller {
         let raft_config = raft::Config {
             id: raft_id(me),
             election_tick: config.election_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks + config.election_ticks_spread,
             heartbeat_tick: config.heartbeat_ticks,
             applied: applied_index,
             max_size_per_msg: RAFT_MSG_BYTES_MAX,
@@ -318,6 +327,14 @@ impl Controller {
     /// Whether this node is the Raft leader (the active controller).
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Tells raft that `node` could not be reached (the transport failed to send to it), so
+    /// the leader stops streaming appends to it and probes instead.
+    pub fn report_unreachable(&mut self, node: NodeId) {
+        if self.voters.contains(&node) && node != self.me {
+            self.raw.report_unreachable(raft_id(node));
+        }
     }
 
     /// Advances the Raft clock by one tick.
@@ -453,16 +470,27 @@ impl Controller {
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
         }
+        let mut snapshots_sent = Vec::new();
         for msg in early
             .into_iter()
             .chain(persisted)
             .chain(light.take_messages())
         {
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                snapshots_sent.push(msg.to);
+            }
             push_message(&mut out.messages, msg);
         }
         let committed = light.take_committed_entries();
         self.apply_entries(committed, &mut out)?;
         self.raw.advance_apply();
+        // A snapshot handed to the transport counts as sent: raft-rs then probes the
+        // follower, and if the snapshot was lost on the way, the probe is rejected and the
+        // snapshot goes again. (Waiting for a report instead would stall the follower for
+        // good when the message is lost.)
+        for to in snapshots_sent {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
         self.maybe_snapshot()?;
         if !self.is_leader() {
             self.leading_since = None;
@@ -560,9 +588,28 @@ impl Controller {
         *self.leading_since.get_or_insert(now)
     }
 
-    /// Whether a state-dependent decision may be proposed (the previous one applied).
+    /// Whether a state-dependent decision may be proposed: this leader applied everything up
+    /// to an entry of its own term (so its state holds all that earlier leaders committed),
+    /// and its previous decision applied.
     fn may_decide(&self) -> bool {
-        self.pending_index.is_none()
+        self.caught_up() && self.pending_index.is_none()
+    }
+
+    /// Whether this leader applied an entry of its own term (its first entry is empty).
+    fn caught_up(&self) -> bool {
+        self.raw
+            .raft
+            .raft_log
+            .term(self.applied_index)
+            .is_ok_and(|t| t == self.raw.raft.term)
+    }
+
+    fn check_caught_up(&self) -> Result<()> {
+        if self.caught_up() {
+            Ok(())
+        } else {
+            Err(ControllerError::Busy)
+        }
     }
 
     fn propose_decision(&mut self, command: &Command) -> Result<u64> {
@@ -680,6 +727,7 @@ impl Controller {
     ) -> Result<u64> {
         self.check_usable()?;
         self.check_leader()?;
+        self.check_caught_up()?;
         validate_topic_name(name)?;
         if self.state.topics.contains_key(name) {
             return Err(Rejection::TopicExists(name.to_string()).into());
@@ -704,6 +752,66 @@ impl Controller {
         self.propose(&Command::CreateTopic {
             name: name.to_string(),
             configs,
+            assignment,
+        })
+    }
+}
+
+impl Controller {
+    /// On the active controller: proposes deleting a topic that exists.
+    pub fn delete_topic(&mut self, name: &str) -> Result<u64> {
+        self.check_usable()?;
+        self.check_leader()?;
+        self.check_caught_up()?;
+        if !self.state.topics.contains_key(name) {
+            return Err(Rejection::UnknownTopicOrPartition {
+                topic: name.to_string(),
+                partition: 0,
+            }
+            .into());
+        }
+        self.propose(&Command::DeleteTopic {
+            name: name.to_string(),
+        })
+    }
+
+    /// On the active controller: grows a topic to `total` partitions, placing the new ones
+    /// like [`Controller::create_topic`] with the replication factor of partition 0.
+    pub fn create_partitions(&mut self, topic: &str, total: u32) -> Result<u64> {
+        self.check_usable()?;
+        self.check_leader()?;
+        self.check_caught_up()?;
+        let t = self
+            .state
+            .topics
+            .get(topic)
+            .ok_or_else(|| Rejection::UnknownTopicOrPartition {
+                topic: topic.to_string(),
+                partition: 0,
+            })?;
+        let existing = t.partitions.len() as u32;
+        if total <= existing || total > state::TOPIC_PARTITIONS_MAX {
+            return Err(Rejection::InvalidPartitions(total).into());
+        }
+        let replication_factor = t.partitions.first().map_or(1, |p| p.replicas.len());
+        let live = self.state.live_brokers();
+        if replication_factor > live.len() {
+            return Err(Rejection::InvalidReplicationFactor {
+                requested: replication_factor,
+                available: live.len(),
+            }
+            .into());
+        }
+        let assignment = assign_replicas(
+            &live,
+            total - existing,
+            replication_factor,
+            self.assign_start,
+            existing,
+        );
+        self.assign_start = self.assign_start.wrapping_add(1);
+        self.propose(&Command::CreatePartitions {
+            topic: topic.to_string(),
             assignment,
         })
     }
