@@ -292,4 +292,13 @@ fn a_different_voter_set_refuses_to_open() {
         .err()
         .expect("not a voter");
     assert!(matches!(err, ControllerError::Voters(_)), "{err}");
+    let bad = ControllerConfig {
+        heartbeat_ticks: 10,
+        election_ticks: 10,
+        ..ControllerConfig::default()
+    };
+    let err = Controller::open(&dir, 0, &[0], bad)
+        .err()
+        .expect("heartbeat not below election");
+    assert!(matches!(err, ControllerError::Config(_)), "{err}");
 }

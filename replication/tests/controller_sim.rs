@@ -730,6 +730,16 @@ fn garbage_and_foreign_messages_are_typed_errors_without_state_change() {
         matches!(err, ControllerError::ForeignMessage { .. }),
         "{err}"
     );
+    // A message that claims to come from the node itself.
+    let mut from_self = msg.clone();
+    from_self.from = u64::from(follower) + 1;
+    let err = node
+        .step(follower, &from_self.write_to_bytes().expect("encode"))
+        .expect_err("from itself");
+    assert!(
+        matches!(err, ControllerError::ForeignMessage { .. }),
+        "{err}"
+    );
     // A voter claiming to be another voter.
     let third = [0u32, 1, 2]
         .into_iter()

@@ -39,6 +39,9 @@ pub enum ControllerError {
     /// miss what earlier leaders committed), or a decision is still in flight; retry.
     #[error("the active controller is catching up; retry")]
     Busy,
+    /// The controller configuration is not usable.
+    #[error("invalid controller config: {0}")]
+    Config(String),
     /// The voter set is not usable.
     #[error("invalid voter set: {0}")]
     Voters(String),

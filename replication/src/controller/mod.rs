@@ -217,8 +217,9 @@ impl Controller {
             || config.heartbeat_ticks == 0
             || config.heartbeat_ticks >= config.election_ticks
         {
-            return Err(ControllerError::Voters(format!(
-                "bad controller config {config:?}"
+            return Err(ControllerError::Config(format!(
+                "{config:?}: snapshot_entries, election_ticks_spread and heartbeat_ticks must \
+                 be at least 1, heartbeat_ticks below election_ticks"
             )));
         }
         let raft_voters: Vec<u64> = sorted.iter().map(|n| raft_id(*n)).collect();
@@ -356,8 +357,8 @@ impl Controller {
             )));
         }
         let msg = Message::parse_from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
-        if !self.voters.contains(&from) {
-            return Err(foreign(format!("node {from} is not a voter")));
+        if !self.voters.contains(&from) || from == self.me {
+            return Err(foreign(format!("node {from} is not a peer voter")));
         }
         if msg.from != raft_id(from) {
             return Err(foreign(format!(
