@@ -398,7 +398,9 @@ impl Controller {
     }
 
     /// Proposes a command (active controller only). Returns the raft index it will have if
-    /// it commits; its result comes in [`Output::applied`].
+    /// it commits; its result comes in [`Output::applied`]. If leadership moves before it
+    /// commits, another command may take that index (or none ever does): callers compare
+    /// the applied command and time out.
     pub fn propose(&mut self, command: &Command) -> Result<u64> {
         self.check_usable()?;
         self.check_leader()?;
