@@ -6,3 +6,10 @@
 //! - partition replication: followers fetch from leaders batch by batch.
 //!
 //! Everything here runs on a shard's compio runtime (`!Send` state, no locks).
+
+pub mod cert;
+pub mod tls;
+pub mod transport;
+
+/// A broker's node id in the cluster (`sluice serve --node-id`).
+pub type NodeId = u32;
