@@ -699,3 +699,81 @@ fn a_malformed_response_is_a_typed_error_for_the_requester() {
         }
     });
 }
+
+/// Both ends on one runtime: closing an endpoint tells its peers (`Refused(Shutdown)`) and ends
+/// its accept loop; `set_allowed_nodes` admits a node that was refused before.
+#[test]
+fn closing_an_endpoint_tells_its_peers_and_ends_accept() {
+    let dir = certs(&[0, 1, 2]);
+    runtime().block_on(async {
+        let tls0 = PeerTls::load(dir.path(), 0).expect("tls 0");
+        let server = Rc::new(
+            PeerEndpoint::bind(any_addr(), &tls0, &[1])
+                .await
+                .expect("bind"),
+        );
+        let addr = server.local_addr().expect("addr");
+        let accepted: Rc<RefCell<Vec<Result<NodeId, String>>>> = Rc::default();
+        let accept_loop = {
+            let server = Rc::clone(&server);
+            let accepted = Rc::clone(&accepted);
+            compio::runtime::spawn(async move {
+                loop {
+                    match server.accept().await {
+                        Ok(conn) => {
+                            accepted.borrow_mut().push(Ok(conn.peer_node()));
+                            compio::runtime::spawn(serve(conn, mpsc::channel().0)).detach();
+                        }
+                        Err(e) => {
+                            accepted.borrow_mut().push(Err(e.to_string()));
+                            return matches!(e, TransportError::EndpointClosed);
+                        }
+                    }
+                }
+            })
+        };
+        let tls2 = PeerTls::load(dir.path(), 2).expect("tls 2");
+        let client2 = PeerEndpoint::bind(any_addr(), &tls2, &[])
+            .await
+            .expect("bind");
+        let refused = client2.connect(addr, 0).await.expect("handshake");
+        assert!(matches!(
+            refused
+                .request(FrameKind::ReplicaFetchRequest, Bytes::from_static(b"x"))
+                .await,
+            Err(TransportError::Refused {
+                code: CloseCode::NodeNotAllowed,
+                ..
+            })
+        ));
+        server.set_allowed_nodes(&[1, 2]);
+        let conn2 = client2.connect(addr, 0).await.expect("connect");
+        let r = conn2
+            .request(FrameKind::ReplicaFetchRequest, Bytes::from_static(b"in"))
+            .await
+            .expect("node 2 now allowed");
+        assert_eq!(&r.body[..], b"in");
+        assert_eq!(accepted.borrow().as_slice(), &[Ok(2)]);
+
+        server.close();
+        match conn2
+            .request(FrameKind::ReplicaFetchRequest, Bytes::from_static(b"x"))
+            .await
+        {
+            Err(TransportError::Refused {
+                peer: 0,
+                code: CloseCode::Shutdown,
+            }) => {}
+            other => panic!("expected Refused(Shutdown), got {other:?}"),
+        }
+        assert!(
+            accept_loop.await.expect("accept task"),
+            "accept ended with {:?}",
+            accepted.borrow()
+        );
+        assert!(matches!(
+            conn2.closed().await,
+            TransportError::Refused { .. }
+        ));
+    });
+}

@@ -28,6 +28,11 @@ pub const PEER_STREAM_WINDOW_BYTES: u32 = 2 * PEER_FRAME_BYTES_MAX as u32;
 /// Receive window of a connection (all its streams), and the send window.
 pub const PEER_CONNECTION_WINDOW_BYTES: u32 = 4 * PEER_FRAME_BYTES_MAX as u32;
 
+/// Connections an endpoint holds at once (both directions, handshakes included); more
+/// incoming connections are refused. A node has one connection per peer shard, so this
+/// allows 64 shards on each of 16 peers.
+pub const PEER_CONNECTIONS_MAX: usize = 1024;
+
 /// Handshakes an endpoint runs at once; more incoming connections are refused until one ends.
 pub const PEER_PENDING_HANDSHAKES_MAX: usize = 64;
 

@@ -171,11 +171,7 @@ impl PeerConnection {
         let timeout = self.inner.config.request_timeout;
         let send = compio::time::timeout(timeout, self.inner.conn.open_uni_wait())
             .await
-            .map_err(|_| TransportError::Timeout {
-                peer,
-                kind: FrameKind::RaftMessage,
-                timeout,
-            })?
+            .map_err(|_| TransportError::StreamsBusy { peer, timeout })?
             .map_err(|e| TransportError::lost(peer, e))?;
         Ok(OnewaySender {
             send,
@@ -189,7 +185,8 @@ impl PeerConnection {
     /// [`malformed_streams`](Self::malformed_streams); they do not end the connection.
     /// `Err` means the connection is gone: every later call fails too.
     ///
-    /// Call it from one task at a time.
+    /// Call it from one task at a time. Cancel-safe: dropping the future loses nothing (a
+    /// stream accepted meanwhile is read by the next call).
     pub async fn accept_incoming(&self) -> Result<PeerIncoming, TransportError> {
         let peer = self.inner.peer;
         loop {
@@ -329,11 +326,7 @@ async fn read_request(
             return StreamRead::Failed { malformed: false };
         }
         Err(_) => {
-            let error = TransportError::Timeout {
-                peer,
-                kind: FrameKind::Error,
-                timeout,
-            };
+            let error = TransportError::FrameReadTimeout { peer, timeout };
             conn.log_bad_stream("request", &error);
             let _ = recv.stop(StreamCode::MalformedFrame.varint());
             let _ = send.reset(StreamCode::MalformedFrame.varint());

@@ -16,7 +16,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use super::config::{PEER_PENDING_HANDSHAKES_MAX, PeerConfig, transport_config};
+use super::config::{
+    PEER_CONNECTIONS_MAX, PEER_PENDING_HANDSHAKES_MAX, PeerConfig, transport_config,
+};
 use super::connection::PeerConnection;
 use super::error::{CloseCode, TransportError};
 use crate::NodeId;
@@ -33,7 +35,8 @@ pub struct PeerEndpointStats {
     /// Verified clients refused because their node is not in `allowed_nodes` (or their
     /// certificate names no node).
     pub refused_nodes: u64,
-    /// Attempts refused because [`PEER_PENDING_HANDSHAKES_MAX`] handshakes were running.
+    /// Attempts refused because [`PEER_PENDING_HANDSHAKES_MAX`] handshakes were running or
+    /// [`PEER_CONNECTIONS_MAX`] connections were open.
     pub refused_busy: u64,
 }
 
@@ -182,10 +185,13 @@ impl PeerEndpoint {
 
     fn start_handshake(&self, incoming: Incoming) {
         let remote = incoming.remote_address();
-        if self.handshakes.borrow().len() >= PEER_PENDING_HANDSHAKES_MAX {
+        if self.handshakes.borrow().len() >= PEER_PENDING_HANDSHAKES_MAX
+            || self.endpoint.open_connections() > PEER_CONNECTIONS_MAX
+        {
             self.count(|s| s.refused_busy += 1);
             tracing::warn!(node = self.node, %remote,
-                "refused a peer connection: {PEER_PENDING_HANDSHAKES_MAX} handshakes running");
+                "refused a peer connection: {PEER_PENDING_HANDSHAKES_MAX} handshakes running \
+                 or {PEER_CONNECTIONS_MAX} connections open");
             incoming.refuse();
             return;
         }
@@ -276,7 +282,8 @@ impl PeerEndpoint {
             .close(CloseCode::Shutdown.varint(), b"endpoint shutting down");
     }
 
-    /// Closes, then waits for the connections to be told and the socket to close.
+    /// Closes, then waits for the connections to be told and the socket to close. Waits
+    /// until every [`PeerConnection`] of this endpoint (and its streams) has been dropped.
     pub async fn shutdown(self) -> Result<(), TransportError> {
         self.close();
         let Self {

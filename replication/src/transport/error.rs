@@ -192,6 +192,23 @@ pub enum TransportError {
         /// The timeout.
         timeout: Duration,
     },
+    /// No stream to the peer could be opened in time: all [`super::PEER_BIDI_STREAMS_MAX`]
+    /// (or [`super::PEER_UNI_STREAMS_MAX`]) were busy.
+    #[error("no free stream to node {peer} within {timeout:?}")]
+    StreamsBusy {
+        /// The peer.
+        peer: NodeId,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// An incoming request frame did not arrive whole within the frame-read timeout.
+    #[error("node {peer} did not send its whole request within {timeout:?}")]
+    FrameReadTimeout {
+        /// The peer.
+        peer: NodeId,
+        /// The timeout.
+        timeout: Duration,
+    },
     /// The endpoint is closed: nothing more will be accepted.
     #[error("the peer endpoint is closed")]
     EndpointClosed,
