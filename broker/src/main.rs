@@ -1,5 +1,5 @@
 //! `sluice`: the broker (`sluice serve`), its checks (`sluice doctor`) and the command-line
-//! client (`topic`, `produce`, `consume`, `group`).
+//! client (`topic`, `produce`, `consume`, `group`), and `cert` for the peer certificates.
 
 mod cli;
 
@@ -29,6 +29,8 @@ enum Command {
     Group(cli::GroupArgs),
     /// Check this machine and the data directory before running a broker.
     Doctor(sluice_broker::DoctorArgs),
+    /// Make the CA and node certificates for the peer transport (mutual TLS).
+    Cert(cli::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +42,6 @@ fn main() -> ExitCode {
         Command::Consume(args) => cli::run_consume(args),
         Command::Group(args) => cli::run_group(args),
         Command::Doctor(args) => sluice_broker::doctor_main(args),
+        Command::Cert(args) => cli::run_cert(args),
     }
 }

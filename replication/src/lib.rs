@@ -7,4 +7,10 @@
 //!
 //! Everything here runs on a shard's compio runtime (`!Send` state, no locks).
 
+pub mod cert;
 pub mod controller;
+pub mod tls;
+pub mod transport;
+
+/// A broker's node id in the cluster (`sluice serve --node-id`).
+pub type NodeId = u32;

@@ -39,8 +39,7 @@ pub use storage::{DiskStorage, Recovery};
 use state::{assign_replicas, changes_for_fence, changes_for_unfence, validate_topic_name};
 use storage::{CONTROLLER_ENTRY_BYTES_MAX, CONTROLLER_SNAPSHOT_BYTES_MAX, CONTROLLER_VOTERS_MAX};
 
-/// A node of the cluster (`--node-id`).
-pub type NodeId = u32;
+pub use crate::NodeId;
 
 /// How often the caller calls [`Controller::tick`].
 pub const CONTROLLER_TICK_MS: u64 = 100;
