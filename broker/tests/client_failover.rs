@@ -1154,6 +1154,51 @@ async fn group_member_survives_a_coordinator_move() {
     let described = client.describe_group("movers").await.expect("describe");
     assert_eq!(described.members.len(), 1);
     assert_eq!(described.members[0].member_id, identity.0);
+
+    // The coordinator node dies: the member's coordinator connection is reset, and it finds
+    // the coordinator on a live node (node 2) for its heartbeats and commits.
+    cluster.kill(1);
+    let stored = {
+        let mut c = Conn::connect(broker.addr);
+        (0..PARTITIONS)
+            .map(|p| {
+                c.produce("grp", p, -1, common::wire::batch(&[b"late"], 1))
+                    .error
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(stored.iter().all(|e| *e == ErrorCode::NONE), "{stored:?}");
+    let mut late = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while late < PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "read {late} late records");
+        match consumer.poll(Duration::from_millis(200)).await {
+            Ok(records) => late += records.len(),
+            // The reset fetch connection: positions unchanged, poll again.
+            Err(e) if e.is_retriable() => {}
+            Err(e) => panic!("poll after the coordinator died: {e}"),
+        }
+    }
+    consumer
+        .commit_sync()
+        .await
+        .expect("commit lands on the coordinator found after the death");
+    assert_eq!(
+        consumer.group_identity(),
+        Some(identity.clone()),
+        "still the same member and generation"
+    );
+    let committed = direct
+        .committed_offsets("movers", &parts)
+        .await
+        .expect("committed");
+    for tp in &parts {
+        assert_eq!(
+            committed.get(tp).map(|c| c.offset),
+            Some((RECORDS as u64) / u64::from(PARTITIONS) + 1),
+            "{tp}"
+        );
+    }
     consumer.close().await.expect("close");
 }
 
