@@ -97,5 +97,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(ClientConfig::new("").validate().is_err());
         assert!(ClientConfig::new("nohost").validate().is_err());
+        assert_eq!(c.retry_backoff, Duration::from_millis(100));
+        assert_eq!(c.metadata_max_age, Duration::from_secs(300));
+        let mut zero = c.clone();
+        zero.metadata_max_age = Duration::ZERO;
+        assert!(zero.validate().is_err());
     }
 }

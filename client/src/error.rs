@@ -392,6 +392,45 @@ mod tests {
     }
 
     #[test]
+    fn leader_moves_and_dead_connections_ask_for_a_refresh() {
+        for code in [
+            ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            ErrorCode::LEADER_NOT_AVAILABLE,
+            ErrorCode::FENCED_LEADER_EPOCH,
+            ErrorCode::UNKNOWN_LEADER_EPOCH,
+        ] {
+            let e = ClientError::Broker {
+                code,
+                message: String::new(),
+            };
+            assert!(e.wants_metadata_refresh(), "{code}");
+            assert!(e.is_retriable(), "{code}");
+            assert!(!e.wants_new_coordinator(), "{code}");
+        }
+        let lost = ClientError::ConnectionLost {
+            addr: "a:1".into(),
+            reason: "reset".into(),
+        };
+        assert!(lost.wants_metadata_refresh() && lost.wants_new_coordinator());
+        for code in [
+            ErrorCode::NOT_COORDINATOR,
+            ErrorCode::COORDINATOR_NOT_AVAILABLE,
+        ] {
+            let e = ClientError::Broker {
+                code,
+                message: String::new(),
+            };
+            assert!(e.wants_new_coordinator(), "{code}");
+            assert!(!e.wants_metadata_refresh(), "{code}");
+        }
+        let full = ClientError::Broker {
+            code: ErrorCode::NOT_ENOUGH_REPLICAS,
+            message: String::new(),
+        };
+        assert!(full.is_retriable() && !full.wants_metadata_refresh());
+    }
+
+    #[test]
     fn disk_full_code_becomes_typed() {
         let e = ClientError::from_code(ErrorCode::DISK_FULL, "disk full on /d: 0 bytes free", "t");
         assert!(matches!(e, ClientError::DiskFull { .. }));
