@@ -670,7 +670,11 @@ async fn refresh_loop(weak: Weak<ClientInner>, wake: Arc<Notify>) {
                 st.last_attempt_end
                     .map_or(now, |end| end + config.retry_backoff)
             } else {
-                st.last_success + config.metadata_max_age
+                // Periodic: `metadata_max_age` after the last attempt, failed or not (a
+                // failed one is retried sooner only when someone asks).
+                st.last_attempt_end
+                    .map_or(st.last_success, |end| end.max(st.last_success))
+                    + config.metadata_max_age
             };
             (due, st.requested)
         };
