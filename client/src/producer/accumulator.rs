@@ -394,7 +394,8 @@ impl Accumulator {
                     // reach the broker one at a time and in order, and no later batch
                     // (possibly routed to a new leader) overtakes one (Kafka sends a retry
                     // only as the first in-flight sequence). `finished`/`requeue` wake the
-                    // sender.
+                    // sender; the deadline still applies meanwhile.
+                    wake_at(&mut out.next_wake, front.deadline);
                     break;
                 }
                 let mut batch = q.ready.pop_front().expect("front exists");
