@@ -4,6 +4,10 @@
 //! client sees a lost connection and retries. With idempotence, every record is in its
 //! partition exactly once, in send order, at the offset its delivery reported; without it
 //! (the control), the same cuts leave duplicates, so the test does exercise the retries.
+//!
+//! The proxy rewrites Metadata responses so that the broker (and its shards) are named at
+//! the proxy's address: the client routes each partition to its leader as the metadata
+//! names it, so this keeps every request going through the proxy.
 
 mod common;
 
@@ -21,7 +25,8 @@ use sluice_client::{
     Acks, Client, ClientConfig, ClientError, Producer, ProducerConfig, ProducerRecord,
 };
 use sluice_proto::protocol::{
-    ApiKey, ErrorCode, FRAME_PREFIX_BYTES, Reader, RequestHeader, ResponseHeader,
+    ApiKey, ErrorCode, FRAME_PREFIX_BYTES, MetadataResponse, Reader, RequestHeader, ResponseHeader,
+    decode_body, encode_response,
 };
 
 const PARTITIONS: u32 = 2;
@@ -61,7 +66,7 @@ impl Proxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = upstream.set_nodelay(true);
-                pair(client, upstream, budget.clone());
+                pair(client, upstream, budget.clone(), addr);
             }
         });
         Proxy { addr, cuts_left }
@@ -73,9 +78,12 @@ impl Proxy {
 }
 
 /// Runs one client connection through the proxy.
-fn pair(client: TcpStream, upstream: TcpStream, budget: Arc<AtomicUsize>) {
+fn pair(client: TcpStream, upstream: TcpStream, budget: Arc<AtomicUsize>, me: SocketAddr) {
     // Correlation ids of produce requests whose response is to be swallowed.
     let doomed: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    // Correlation ids of Metadata requests, whose responses name the proxy as the broker.
+    let metadata: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let metadata_marks = metadata.clone();
     let (mut c_in, mut u_out) = (
         client.try_clone().expect("clone"),
         upstream.try_clone().expect("clone"),
@@ -84,7 +92,16 @@ fn pair(client: TcpStream, upstream: TcpStream, budget: Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         while let Some(frame) = read_frame(&mut c_in) {
             let mut r = Reader::new(BytesMut::from(&frame[FRAME_PREFIX_BYTES..]));
-            if let Ok(h) = RequestHeader::decode(&mut r)
+            let header = RequestHeader::decode(&mut r);
+            if let Ok(h) = &header
+                && h.api_key == ApiKey::Metadata as u16
+            {
+                metadata_marks
+                    .lock()
+                    .expect("lock")
+                    .insert(h.correlation_id);
+            }
+            if let Ok(h) = header
                 && h.api_key == ApiKey::Produce as u16
                 && budget
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -102,13 +119,25 @@ fn pair(client: TcpStream, upstream: TcpStream, budget: Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         while let Some(frame) = read_frame(&mut u_in) {
             let mut r = Reader::new(BytesMut::from(&frame[FRAME_PREFIX_BYTES..]));
-            let id = ResponseHeader::decode(&mut r)
-                .map(|h| h.correlation_id)
-                .ok();
+            let header = ResponseHeader::decode(&mut r).ok();
+            let id = header.as_ref().map(|h| h.correlation_id);
+            let ok = header.is_some_and(|h| h.error == ErrorCode::NONE);
             if id.is_some_and(|id| doomed.lock().expect("lock").contains(&id)) {
                 // The broker wrote the batch and answered; the client never hears it.
                 break;
             }
+            let frame = match id {
+                Some(id) if metadata.lock().expect("lock").remove(&id) && ok => {
+                    let mut response: MetadataResponse = decode_body(r).expect("metadata");
+                    for b in &mut response.brokers {
+                        b.host = me.ip().to_string();
+                        b.port = me.port();
+                        b.shards.clear();
+                    }
+                    encode_response(id, &response).concat()
+                }
+                _ => frame,
+            };
             if c_out.write_all(&frame).is_err() {
                 break;
             }

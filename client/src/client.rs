@@ -1,9 +1,26 @@
 //! `Client`: the shared handle to a cluster. Owns the connections (one per broker or shard
-//! address) and the metadata cache, routes partition requests, and does topic admin.
+//! address, that is per (node, shard)) and the metadata cache, routes each partition's
+//! requests to its leader, and does topic admin.
+//!
+//! Cluster behaviour (Kafka's):
+//! - Bootstrap: the configured addresses are tried in turn until one answers the handshake;
+//!   from the first Metadata response on, the metadata names the brokers, and metadata and
+//!   admin requests go to the broker that answered last, else any other known one (the
+//!   bootstrap list is the last resort).
+//! - Routing: a partition's produce, fetch and list-offsets go to its leader node (the
+//!   leader's shard address when [`ClientConfig::shard_aware`], else the leader's shared
+//!   address), never to "the bootstrap broker".
+//! - Refresh: one background task per client refreshes the metadata of every cached topic.
+//!   It runs when asked (a routing error: `NOT_LEADER_OR_FOLLOWER`, `LEADER_NOT_AVAILABLE`,
+//!   `FENCED_LEADER_EPOCH`, `UNKNOWN_LEADER_EPOCH`, a dead connection; or a topic not cached
+//!   yet) and at least every [`ClientConfig::metadata_max_age`]. At most one refresh is in
+//!   flight, and an attempt starts at least [`ClientConfig::retry_backoff`] after the previous
+//!   one ended, however many callers ask: requests made while one is waiting or in flight
+//!   are covered by the next attempt.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use sluice_proto::protocol::{
     ApiKey, ConfigEntry, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
@@ -12,22 +29,58 @@ use sluice_proto::protocol::{
     ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, NewTopic,
     TopicDescription, TopicListing, Wire,
 };
+use tokio::sync::{Notify, watch};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, millis_u64};
 use crate::connection::Connection;
 use crate::error::ClientError;
+use crate::limits::{ADMIN_READ_ATTEMPTS_MAX, LIST_OFFSETS_ATTEMPTS_MAX, METADATA_TOPICS_MAX};
 use crate::metadata::{MetadataCache, TopicRoute, host_of};
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 
+/// The refresher's bookkeeping.
+struct RefreshState {
+    /// Refresh requests so far: each request gets the next number, and waits until an
+    /// attempt covering it has finished.
+    requested: u64,
+    /// Topics callers wait for that are not cached yet (at most [`METADATA_TOPICS_MAX`]).
+    wanted: BTreeSet<String>,
+    /// When the last attempt ended: the next starts `retry_backoff` later at the earliest.
+    last_attempt_end: Option<Instant>,
+    /// When the last successful refresh (or the bootstrap) ended.
+    last_success: Instant,
+}
+
+/// What the last finished refresh attempt covered, and how it went.
+#[derive(Clone, Default)]
+struct RefreshOutcome {
+    /// The highest request number it covered.
+    covered: u64,
+    /// Its error, if it failed.
+    error: Option<ClientError>,
+}
+
 struct ClientInner {
     config: ClientConfig,
-    /// The bootstrap address that answered last.
-    bootstrap: Mutex<String>,
+    /// The broker address that answered a metadata or admin request last.
+    current: Mutex<String>,
     /// One slot per address; a slot's lock is held while dialling it, so concurrent users
-    /// share one dial and other addresses are not held up.
+    /// share one dial and other addresses are not held up. Addresses the metadata no longer
+    /// names are dropped at each refresh, so the pool stays within the cluster's size.
     pool: Mutex<HashMap<String, Slot>>,
     metadata: RwLock<MetadataCache>,
+    refresh: Mutex<RefreshState>,
+    /// Wakes the refresher task (a request, or the client going away).
+    refresh_wake: Arc<Notify>,
+    refresh_done: watch::Sender<RefreshOutcome>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // The refresher holds only a weak reference: wake it so it sees the client is gone.
+        self.refresh_wake.notify_one();
+    }
 }
 
 /// A handle to a Sluice cluster. Cheap to clone: clones share connections and metadata.
@@ -46,20 +99,53 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the first bootstrap broker that answers (TCP and the ApiVersions
-    /// handshake). Must run inside a tokio runtime; the client spawns tasks on it.
+    /// handshake), trying the configured addresses in turn. Must run inside a tokio runtime;
+    /// the client spawns tasks on it (connections, and the metadata refresher).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let first = config.brokers[0].clone();
+        let (refresh_done, _) = watch::channel(RefreshOutcome::default());
+        let refresh_wake = Arc::new(Notify::new());
         let client = Client {
             inner: Arc::new(ClientInner {
                 config,
-                bootstrap: Mutex::new(first),
+                current: Mutex::new(first),
                 pool: Mutex::new(HashMap::new()),
                 metadata: RwLock::new(MetadataCache::default()),
+                refresh: Mutex::new(RefreshState {
+                    requested: 0,
+                    wanted: BTreeSet::new(),
+                    last_attempt_end: None,
+                    last_success: Instant::now(),
+                }),
+                refresh_wake: refresh_wake.clone(),
+                refresh_done,
             }),
         };
-        client.bootstrap_connection().await?;
+        client.bootstrap().await?;
+        tokio::spawn(refresh_loop(Arc::downgrade(&client.inner), refresh_wake));
         Ok(client)
+    }
+
+    /// Tries each bootstrap address in turn: the first that answers the handshake becomes
+    /// the current broker. The cluster's brokers are learned from the first Metadata
+    /// response (the first use of a topic).
+    async fn bootstrap(&self) -> Result<(), ClientError> {
+        let mut last_error = None;
+        for addr in &self.inner.config.brokers {
+            match self.connection(addr).await {
+                Ok(_) => {
+                    self.set_current(addr);
+                    tracing::debug!(addr, "bootstrapped");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(addr, error = %e, "bootstrap address did not answer");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("validate checked the broker list is not empty"))
     }
 
     /// The configuration this client was made with.
@@ -164,15 +250,32 @@ impl Client {
                 }],
             }],
         };
-        let mut refreshed = false;
+        let mut refreshed_unknown = false;
+        let mut attempt = 1;
         loop {
             let result = self.list_offset_once(&request, topic, partition).await;
-            match result {
-                Err(e) if !refreshed && e.wants_metadata_refresh() => {
-                    refreshed = true;
-                    self.forget_topic(topic);
-                }
+            let e = match result {
+                Err(e) if attempt < LIST_OFFSETS_ATTEMPTS_MAX => e,
                 other => return other,
+            };
+            attempt += 1;
+            if matches!(e, ClientError::UnknownTopic { .. }) {
+                // Maybe a stale cache (the topic was just created elsewhere): one refresh.
+                if refreshed_unknown {
+                    return Err(e);
+                }
+                refreshed_unknown = true;
+                self.forget_topic(topic);
+                continue;
+            }
+            if e.wants_metadata_refresh() {
+                tracing::debug!(topic, partition, error = %e, "list offsets: refreshing metadata");
+                // The wait is bounded and its failure is the next attempt's business.
+                let _ = self.refresh_and_wait(None).await;
+            } else if e.is_retriable() {
+                tokio::time::sleep(self.inner.config.retry_backoff).await;
+            } else {
+                return Err(e);
             }
         }
     }
@@ -205,45 +308,129 @@ impl Client {
 
     // ---- crate-internal: connections, routing, metadata ----
 
+    /// Sends an admin or metadata request to the current broker (else any other that
+    /// answers). Sent once: a request that is not safe to repeat is not repeated.
     pub(crate) async fn admin<Req: Wire, Resp: Wire>(
         &self,
         api: ApiKey,
         body: &Req,
     ) -> Result<Resp, ClientError> {
-        let conn = self.bootstrap_connection().await?;
-        conn.call(api, body, self.inner.config.request_timeout)
-            .await
+        self.admin_at(api, body).await.map(|(_, response)| response)
     }
 
-    /// A live connection to the bootstrap address, trying each configured broker in turn.
-    pub(crate) async fn bootstrap_connection(&self) -> Result<Arc<Connection>, ClientError> {
-        let current = self.bootstrap_addr();
-        let mut last_error = match self.connection(&current).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => e,
-        };
-        for addr in &self.inner.config.brokers {
-            if *addr == current {
-                continue;
-            }
-            match self.connection(addr).await {
-                Ok(conn) => {
-                    *self
-                        .inner
-                        .bootstrap
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = addr.clone();
-                    return Ok(conn);
+    /// Like [`Client::admin`], also naming the broker that answered.
+    async fn admin_at<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        body: &Req,
+    ) -> Result<(String, Resp), ClientError> {
+        let (addr, conn) = self.any_broker().await?;
+        match conn
+            .call(api, body, self.inner.config.request_timeout)
+            .await
+        {
+            Ok(response) => Ok((addr, response)),
+            Err(e) => {
+                if e.is_connection_failure() {
+                    self.avoid(&addr);
                 }
-                Err(e) => last_error = e,
+                Err(e)
             }
         }
-        Err(last_error)
     }
 
-    pub(crate) fn bootstrap_addr(&self) -> String {
+    /// An admin request that is safe to repeat (a read): after a connection failure it is
+    /// sent again, to the next broker, up to [`ADMIN_READ_ATTEMPTS_MAX`] times.
+    pub(crate) async fn admin_read<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        body: &Req,
+    ) -> Result<Resp, ClientError> {
+        self.admin_read_at(api, body)
+            .await
+            .map(|(_, response)| response)
+    }
+
+    pub(crate) async fn admin_read_at<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        body: &Req,
+    ) -> Result<(String, Resp), ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.admin_at(api, body).await {
+                Err(e) if e.is_connection_failure() && attempt < ADMIN_READ_ATTEMPTS_MAX => {
+                    tracing::debug!(api = api.spec().name, error = %e, "trying another broker");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Brokers to try for metadata and admin, in order: the current one, those the metadata
+    /// names, then the bootstrap list.
+    fn broker_candidates(&self) -> Vec<String> {
+        let mut out = vec![self.current_addr()];
+        let known = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .broker_addresses();
+        for addr in known
+            .into_iter()
+            .chain(self.inner.config.brokers.iter().cloned())
+        {
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out
+    }
+
+    /// A live connection to the current broker, else to the first other candidate that
+    /// answers (which becomes current).
+    async fn any_broker(&self) -> Result<(String, Arc<Connection>), ClientError> {
+        let mut last_error = None;
+        for addr in self.broker_candidates() {
+            match self.connection(&addr).await {
+                Ok(conn) => {
+                    self.set_current(&addr);
+                    return Ok((addr, conn));
+                }
+                Err(e) => {
+                    tracing::debug!(addr, error = %e, "broker not reachable; trying the next");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("there is at least one candidate"))
+    }
+
+    /// After a failure at `addr`: if it is the current broker, the next candidate becomes
+    /// current, so the next request starts elsewhere.
+    fn avoid(&self, addr: &str) {
+        let candidates = self.broker_candidates();
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == addr
+            && let Some(next) = candidates.iter().find(|c| c.as_str() != addr)
+        {
+            *current = next.clone();
+        }
+    }
+
+    fn set_current(&self, addr: &str) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != addr {
+            *current = addr.to_owned();
+        }
+    }
+
+    /// The broker that answered a metadata or admin request last.
+    pub(crate) fn current_addr(&self) -> String {
         self.inner
-            .bootstrap
+            .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -265,8 +452,9 @@ impl Client {
         Ok(conn)
     }
 
-    /// The address requests for one partition go to: the shard that owns it when
-    /// [`ClientConfig::shard_aware`], else the bootstrap address.
+    /// The address requests for one partition go to: its leader's shard when
+    /// [`ClientConfig::shard_aware`], else the leader's shared address. Without a known
+    /// leader: a refresh is asked for and the error is the retriable `LEADER_NOT_AVAILABLE`.
     pub async fn partition_address(
         &self,
         topic: &str,
@@ -280,19 +468,29 @@ impl Client {
                 partitions: route.partitions.len() as u32,
             });
         };
-        if !self.inner.config.shard_aware {
-            return Ok(self.bootstrap_addr());
-        }
         let addr = self
             .inner
             .metadata
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .shard_address(p);
-        Ok(addr.unwrap_or_else(|| self.bootstrap_addr()))
+            .leader_address(p, self.inner.config.shard_aware);
+        match addr {
+            Some(addr) => Ok(addr),
+            None => {
+                self.request_metadata_refresh();
+                Err(ClientError::Broker {
+                    code: ErrorCode::LEADER_NOT_AVAILABLE,
+                    message: format!(
+                        "no live leader for {topic}-{partition} in the metadata (leader {}, \
+                         epoch {}, {})",
+                        p.leader, p.leader_epoch, p.error
+                    ),
+                })
+            }
+        }
     }
 
-    /// The connection for one partition's requests.
+    /// The connection for one partition's requests (its leader's).
     pub(crate) async fn partition_connection(
         &self,
         topic: &str,
@@ -307,7 +505,7 @@ impl Client {
         if let Some(route) = self.cached_route(topic) {
             return Ok(route);
         }
-        self.refresh_metadata(&[topic.to_owned()]).await?;
+        self.refresh_and_wait(Some(topic)).await?;
         self.cached_route(topic)
             .ok_or_else(|| ClientError::UnknownTopic {
                 topic: topic.to_owned(),
@@ -322,19 +520,98 @@ impl Client {
             .topic(topic)
     }
 
-    /// Asks the bootstrap broker for these topics' metadata and updates the cache.
-    pub(crate) async fn refresh_metadata(&self, topics: &[String]) -> Result<(), ClientError> {
-        let request = MetadataRequest {
-            topics: Some(topics.to_vec()),
+    fn lock_refresh(&self) -> std::sync::MutexGuard<'_, RefreshState> {
+        self.inner.refresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the refresher for a metadata refresh (it runs at most one at a time,
+    /// `retry_backoff` apart) without waiting; returns the request's number.
+    pub(crate) fn request_metadata_refresh(&self) -> u64 {
+        let seq = {
+            let mut st = self.lock_refresh();
+            st.requested += 1;
+            st.requested
         };
-        let response: MetadataResponse = self.admin(ApiKey::Metadata, &request).await?;
-        let bootstrap = self.bootstrap_addr();
-        self.inner
+        self.inner.refresh_wake.notify_one();
+        seq
+    }
+
+    /// Asks for a refresh (including `topic`, when given) and waits for an attempt that
+    /// covers the request, at most `request_timeout + retry_backoff`; that attempt's error if
+    /// it failed.
+    pub(crate) async fn refresh_and_wait(&self, topic: Option<&str>) -> Result<(), ClientError> {
+        if let Some(topic) = topic {
+            let mut st = self.lock_refresh();
+            if !st.wanted.contains(topic) {
+                if st.wanted.len() >= METADATA_TOPICS_MAX {
+                    return Err(ClientError::InvalidConfig(format!(
+                        "more than {METADATA_TOPICS_MAX} topics are waiting for metadata"
+                    )));
+                }
+                st.wanted.insert(topic.to_owned());
+            }
+        }
+        let seq = self.request_metadata_refresh();
+        let mut rx = self.inner.refresh_done.subscribe();
+        let wait = self.inner.config.request_timeout + self.inner.config.retry_backoff;
+        let waited = tokio::time::timeout(wait, async {
+            match rx.wait_for(|o| o.covered >= seq).await {
+                Ok(outcome) => outcome.error.clone(),
+                // The sender lives as long as the client, which `self` holds.
+                Err(_) => Some(ClientError::Closed),
+            }
+        })
+        .await;
+        match waited {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(ClientError::Timeout {
+                what: "metadata refresh".to_owned(),
+                after_ms: millis_u64(wait),
+            }),
+        }
+    }
+
+    /// One refresh attempt: the metadata of every cached and wanted topic from any broker.
+    async fn refresh_once(&self) -> Result<(), ClientError> {
+        let topics: Vec<String> = {
+            let cache = self
+                .inner
+                .metadata
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let st = self.lock_refresh();
+            let mut topics: BTreeSet<String> = cache.topic_names().cloned().collect();
+            topics.extend(st.wanted.iter().cloned());
+            topics.into_iter().collect()
+        };
+        let request = MetadataRequest {
+            topics: Some(topics.clone()),
+        };
+        let (addr, response): (String, MetadataResponse) =
+            self.admin_read_at(ApiKey::Metadata, &request).await?;
+        self.apply_metadata(&response, &addr);
+        let mut st = self.lock_refresh();
+        for t in &topics {
+            st.wanted.remove(t);
+        }
+        Ok(())
+    }
+
+    /// Takes in a Metadata response from `addr`, and drops pooled connections to addresses
+    /// the cluster no longer names.
+    fn apply_metadata(&self, response: &MetadataResponse, addr: &str) {
+        let mut cache = self
+            .inner
             .metadata
             .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .update(&response, host_of(&bootstrap));
-        Ok(())
+            .unwrap_or_else(|p| p.into_inner());
+        cache.update(response, host_of(addr));
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let bootstrap = &self.inner.config.brokers;
+        pool.retain(|a, slot| {
+            cache.knows_address(a) || bootstrap.contains(a) || slot.try_lock().is_err()
+        });
     }
 
     /// Drops a topic from the cache so the next use refreshes it.
@@ -346,9 +623,86 @@ impl Client {
             .forget(topic);
     }
 
+    /// A broker's shared address from the metadata.
+    pub(crate) fn broker_address(&self, node: u32) -> Option<String> {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .broker_address(node)
+    }
+
+    /// Every broker's shared address from the metadata.
+    pub(crate) fn broker_addresses(&self) -> Vec<String> {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .broker_addresses()
+    }
+
     /// Request timeout from the config.
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.config.request_timeout
+    }
+
+    /// Retry backoff from the config.
+    pub(crate) fn retry_backoff(&self) -> Duration {
+        self.inner.config.retry_backoff
+    }
+}
+
+/// The refresher task: runs a refresh when one was asked for (`retry_backoff` after the
+/// previous attempt ended at the earliest) or when the metadata is `metadata_max_age` old;
+/// one at a time. Ends when the client is dropped.
+async fn refresh_loop(weak: Weak<ClientInner>, wake: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        let config = &client.inner.config;
+        let now = Instant::now();
+        let (due, covers) = {
+            let covered = client.inner.refresh_done.borrow().covered;
+            let st = client.lock_refresh();
+            let due = if st.requested > covered {
+                st.last_attempt_end
+                    .map_or(now, |end| end + config.retry_backoff)
+            } else {
+                // Periodic: `metadata_max_age` after the last attempt, failed or not (a
+                // failed one is retried sooner only when someone asks).
+                st.last_attempt_end
+                    .map_or(st.last_success, |end| end.max(st.last_success))
+                    + config.metadata_max_age
+            };
+            (due, st.requested)
+        };
+        if due > now {
+            drop(client);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+            continue;
+        }
+        let result = client.refresh_once().await;
+        let end = Instant::now();
+        {
+            let mut st = client.lock_refresh();
+            st.last_attempt_end = Some(end);
+            if result.is_ok() {
+                st.last_success = end;
+            }
+        }
+        match &result {
+            Ok(()) => tracing::debug!(covers, "metadata refreshed"),
+            Err(e) => tracing::warn!(error = %e, "metadata refresh failed"),
+        }
+        client.inner.refresh_done.send_replace(RefreshOutcome {
+            covered: covers,
+            error: result.err(),
+        });
     }
 }
 

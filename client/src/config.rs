@@ -7,7 +7,9 @@ use crate::error::ClientError;
 /// How a [`crate::Client`] reaches the cluster.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Bootstrap addresses, `host:port`; the first that answers is used.
+    /// Bootstrap addresses, `host:port`: tried in turn until one answers. After that the
+    /// cluster's Metadata names the brokers, and any live one of them serves metadata and
+    /// admin requests (the bootstrap list stays the last resort).
     pub brokers: Vec<String>,
     /// Sent in every request header, for the broker's logs.
     pub client_id: String,
@@ -18,11 +20,19 @@ pub struct ClientConfig {
     /// Send each partition's requests to the shard that owns it (`true`), or everything to
     /// the bootstrap address and let the broker forward (`false`).
     pub shard_aware: bool,
+    /// Kafka's `retry.backoff.ms`: the least time between two metadata refreshes (at most
+    /// one is in flight per client), and the pause between attempts of the client's own
+    /// retry loops (list offsets, group coordinator calls).
+    pub retry_backoff: Duration,
+    /// Kafka's `metadata.max.age.ms`: the metadata is refreshed at least this often even
+    /// without errors, so leader moves are seen by an idle client too.
+    pub metadata_max_age: Duration,
 }
 
 impl ClientConfig {
     /// A config for `brokers` given as `"host:port[,host:port]..."`, with defaults: client id
-    /// `sluice-client`, 30 s request timeout, 10 s connect timeout, shard aware.
+    /// `sluice-client`, 30 s request timeout, 10 s connect timeout, shard aware, 100 ms retry
+    /// backoff, metadata refreshed at least every 300 s (Kafka's defaults).
     pub fn new(brokers: &str) -> Self {
         ClientConfig {
             brokers: brokers
@@ -35,6 +45,8 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             shard_aware: true,
+            retry_backoff: Duration::from_millis(100),
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 
@@ -53,6 +65,11 @@ impl ClientConfig {
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(ClientError::InvalidConfig(
                 "request_timeout and connect_timeout must be above zero".into(),
+            ));
+        }
+        if self.metadata_max_age.is_zero() {
+            return Err(ClientError::InvalidConfig(
+                "metadata_max_age must be above zero".into(),
             ));
         }
         Ok(())
@@ -80,5 +97,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(ClientConfig::new("").validate().is_err());
         assert!(ClientConfig::new("nohost").validate().is_err());
+        assert_eq!(c.retry_backoff, Duration::from_millis(100));
+        assert_eq!(c.metadata_max_age, Duration::from_secs(300));
+        let mut zero = c.clone();
+        zero.metadata_max_age = Duration::ZERO;
+        assert!(zero.validate().is_err());
     }
 }

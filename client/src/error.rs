@@ -231,15 +231,43 @@ impl ClientError {
     }
 
     /// Whether the error means a connection or the routing may be stale, so metadata should
-    /// be refreshed before a retry.
+    /// be refreshed before a retry: the partition's leader moved or is being elected
+    /// (`NOT_LEADER_OR_FOLLOWER`, `LEADER_NOT_AVAILABLE`, `FENCED_LEADER_EPOCH`,
+    /// `UNKNOWN_LEADER_EPOCH`), or the connection to it failed.
     pub(crate) fn wants_metadata_refresh(&self) -> bool {
         match self {
+            ClientError::Broker { code, .. } => [
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                ErrorCode::LEADER_NOT_AVAILABLE,
+                ErrorCode::FENCED_LEADER_EPOCH,
+                ErrorCode::UNKNOWN_LEADER_EPOCH,
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+            ]
+            .contains(code),
+            _ => self.is_connection_failure(),
+        }
+    }
+
+    /// Whether the broker could not be reached or stopped answering (the connection is then
+    /// replaced).
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            ClientError::BrokerUnreachable { .. }
+                | ClientError::ConnectionLost { .. }
+                | ClientError::Timeout { .. }
+        )
+    }
+
+    /// Whether the group's coordinator moved or is unreachable: find it again and retry.
+    pub(crate) fn wants_new_coordinator(&self) -> bool {
+        match self {
             ClientError::Broker { code, .. } => {
-                *code == ErrorCode::NOT_LEADER_OR_FOLLOWER
-                    || *code == ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                *code == ErrorCode::NOT_COORDINATOR
+                    || *code == ErrorCode::COORDINATOR_NOT_AVAILABLE
+                    || *code == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
             }
-            ClientError::BrokerUnreachable { .. } | ClientError::ConnectionLost { .. } => true,
-            _ => false,
+            _ => self.is_connection_failure(),
         }
     }
 
@@ -361,6 +389,45 @@ mod tests {
             e.to_string(),
             "the broker answered TOPIC_ALREADY_EXISTS: topic 'x' exists"
         );
+    }
+
+    #[test]
+    fn leader_moves_and_dead_connections_ask_for_a_refresh() {
+        for code in [
+            ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            ErrorCode::LEADER_NOT_AVAILABLE,
+            ErrorCode::FENCED_LEADER_EPOCH,
+            ErrorCode::UNKNOWN_LEADER_EPOCH,
+        ] {
+            let e = ClientError::Broker {
+                code,
+                message: String::new(),
+            };
+            assert!(e.wants_metadata_refresh(), "{code}");
+            assert!(e.is_retriable(), "{code}");
+            assert!(!e.wants_new_coordinator(), "{code}");
+        }
+        let lost = ClientError::ConnectionLost {
+            addr: "a:1".into(),
+            reason: "reset".into(),
+        };
+        assert!(lost.wants_metadata_refresh() && lost.wants_new_coordinator());
+        for code in [
+            ErrorCode::NOT_COORDINATOR,
+            ErrorCode::COORDINATOR_NOT_AVAILABLE,
+        ] {
+            let e = ClientError::Broker {
+                code,
+                message: String::new(),
+            };
+            assert!(e.wants_new_coordinator(), "{code}");
+            assert!(!e.wants_metadata_refresh(), "{code}");
+        }
+        let full = ClientError::Broker {
+            code: ErrorCode::NOT_ENOUGH_REPLICAS,
+            message: String::new(),
+        };
+        assert!(full.is_retriable() && !full.wants_metadata_refresh());
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! [`Consumer`].
 //!
 //! - [`Client`] holds one connection per broker or shard address and the metadata cache.
-//!   With [`ClientConfig::shard_aware`] each partition's requests go straight to the shard
-//!   that owns it; otherwise everything goes to the bootstrap address and the broker forwards.
+//!   Each partition's requests go to its leader broker: with [`ClientConfig::shard_aware`]
+//!   straight to the leader's shard that owns it, otherwise to the leader's shared address
+//!   (which forwards). Leader moves (`NOT_LEADER_OR_FOLLOWER` and the like, dead
+//!   connections) refresh the metadata, at most one refresh in flight and
+//!   [`ClientConfig::retry_backoff`] apart, and requests are re-routed; the metadata is also
+//!   refreshed every [`ClientConfig::metadata_max_age`]. Group members and the admin find a
+//!   moved coordinator again.
 //! - [`Producer`] batches records per partition (`linger`, `batch_bytes`, lz4/zstd),
 //!   partitions by key like Kafka (murmur2), retries retriable failures, and bounds its memory.
 //!   Retries after a lost connection may duplicate records: there is no idempotence yet.

@@ -36,6 +36,18 @@ pub const CONSUMER_RETRY_BACKOFF_MS: u64 = 50;
 pub const GROUP_JOIN_ATTEMPTS_MAX: u32 = 50;
 /// Pause between two join rounds.
 pub const GROUP_RETRY_BACKOFF_MS: u64 = 100;
+/// Attempts of a metadata or admin read (Metadata, FindCoordinator) across brokers: after
+/// a connection failure the next attempt goes to another broker.
+pub const ADMIN_READ_ATTEMPTS_MAX: u32 = 3;
+/// Attempts of `Client::list_offset` through leader moves (each after a metadata refresh
+/// or `retry_backoff`).
+pub const LIST_OFFSETS_ATTEMPTS_MAX: u32 = 5;
+/// Topics the client may be waiting to learn the metadata of at once.
+pub const METADATA_TOPICS_MAX: usize = 10_000;
+/// Attempts of one group call (commit, committed offsets, leave, and the admin's group
+/// requests) through coordinator moves: each failed attempt finds the coordinator again
+/// (FindCoordinator against any live broker) after `retry_backoff`.
+pub const COORDINATOR_ATTEMPTS_MAX: u32 = 10;
 
 const _: () = {
     assert!(WRITE_COALESCE_FRAMES_MAX <= WRITE_QUEUE_DEPTH);

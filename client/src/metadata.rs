@@ -1,6 +1,8 @@
 //! The metadata cache: brokers with each shard's address, and per topic where each
-//! partition lives. Filled from Metadata responses; entries are replaced when a response
-//! arrives and dropped when the broker says a topic is unknown.
+//! partition lives (leader node, its shard, leader epoch). Filled from Metadata responses;
+//! entries are replaced when a response arrives and dropped when the broker says a topic is
+//! unknown. Refreshing it is the client's job (`crate::client`: at most one refresh in
+//! flight, `retry_backoff` apart, and at least every `metadata_max_age`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +17,11 @@ pub(crate) struct PartitionRoute {
     pub(crate) leader: i32,
     /// The leader's shard that owns the partition.
     pub(crate) leader_shard: u16,
+    /// The leader epoch the metadata named (for logs).
+    pub(crate) leader_epoch: u32,
+    /// The partition's own error in the metadata (`LEADER_NOT_AVAILABLE` during an
+    /// election), `NONE` normally.
+    pub(crate) error: ErrorCode,
 }
 
 /// One topic's partitions, by index.
@@ -85,6 +92,8 @@ impl MetadataCache {
                     .map(|p| PartitionRoute {
                         leader: p.leader,
                         leader_shard: p.leader_shard,
+                        leader_epoch: p.leader_epoch,
+                        error: p.error,
                     })
                     .collect(),
             };
@@ -102,10 +111,24 @@ impl MetadataCache {
         self.topics.remove(name);
     }
 
-    /// The address of the shard owning `partition`, if known.
-    pub(crate) fn shard_address(&self, route: &PartitionRoute) -> Option<String> {
+    /// Names of the cached topics.
+    pub(crate) fn topic_names(&self) -> impl Iterator<Item = &String> {
+        self.topics.keys()
+    }
+
+    /// The address of the partition's leader: the shard owning it when `shard_aware` (the
+    /// leader's shared address if that shard is not listed), else the leader's shared
+    /// address. `None` without a leader, or when the leader is not among the brokers.
+    pub(crate) fn leader_address(
+        &self,
+        route: &PartitionRoute,
+        shard_aware: bool,
+    ) -> Option<String> {
         let node = u32::try_from(route.leader).ok()?;
         let broker = self.brokers.get(&node)?;
+        if !shard_aware {
+            return Some(broker.shared.clone());
+        }
         Some(
             broker
                 .shards
@@ -113,6 +136,25 @@ impl MetadataCache {
                 .unwrap_or(&broker.shared)
                 .clone(),
         )
+    }
+
+    /// A broker's shared address.
+    pub(crate) fn broker_address(&self, node: u32) -> Option<String> {
+        self.brokers.get(&node).map(|b| b.shared.clone())
+    }
+
+    /// Every broker's shared address, by node id.
+    pub(crate) fn broker_addresses(&self) -> Vec<String> {
+        let mut nodes: Vec<(&u32, &BrokerAddrs)> = self.brokers.iter().collect();
+        nodes.sort_by_key(|(id, _)| **id);
+        nodes.into_iter().map(|(_, b)| b.shared.clone()).collect()
+    }
+
+    /// Whether `addr` is one of the brokers' shared or shard addresses.
+    pub(crate) fn knows_address(&self, addr: &str) -> bool {
+        self.brokers
+            .values()
+            .any(|b| b.shared == addr || b.shards.values().any(|s| s == addr))
     }
 }
 
@@ -172,17 +214,36 @@ mod tests {
         let route = cache.topic("t").expect("cached");
         assert_eq!(route.partitions.len(), 2);
         assert_eq!(
-            cache.shard_address(&route.partitions[1]).as_deref(),
+            cache.leader_address(&route.partitions[1], true).as_deref(),
             Some("10.0.0.1:9101")
+        );
+        assert_eq!(
+            cache.leader_address(&route.partitions[1], false).as_deref(),
+            Some("127.0.0.1:9092"),
+            "not shard aware: the leader's shared address"
         );
         let unknown_shard = PartitionRoute {
             leader: 0,
             leader_shard: 7,
+            leader_epoch: 0,
+            error: ErrorCode::NONE,
         };
         assert_eq!(
-            cache.shard_address(&unknown_shard).as_deref(),
+            cache.leader_address(&unknown_shard, true).as_deref(),
             Some("127.0.0.1:9092")
         );
+        let no_leader = PartitionRoute {
+            leader: -1,
+            ..unknown_shard
+        };
+        assert_eq!(cache.leader_address(&no_leader, true), None);
+        let unknown_node = PartitionRoute {
+            leader: 5,
+            ..unknown_shard
+        };
+        assert_eq!(cache.leader_address(&unknown_node, true), None);
+        assert!(cache.knows_address("10.0.0.1:9101"));
+        assert!(!cache.knows_address("10.0.0.1:9999"));
         assert_eq!(host_of("[::1]:80"), "::1");
         assert_eq!(host_of("localhost:80"), "localhost");
     }

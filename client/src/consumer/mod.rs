@@ -72,6 +72,10 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// What one fetch round gives: the records, the new positions, a retriable error some
+/// fetches hit (their partitions are not advanced), and whether a leader move was seen.
+type Round = (Vec<ConsumerRecord>, Vec<Fetched>, Option<ClientError>, bool);
+
 /// What one fetch round produced for one partition.
 struct Fetched {
     tp: TopicPartition,
@@ -388,7 +392,7 @@ impl Consumer {
                     return Ok(Vec::new());
                 }
             }
-            let (records, fetched, retry_error) = match self.round(wait).await {
+            let (records, fetched, retry_error, leader_moved) = match self.round(wait).await {
                 // A group member whose position fell out of the log (retention deleted it,
                 // or a reset went past the end) starts over per `auto_offset_reset`.
                 Err(ClientError::OffsetOutOfRange {
@@ -428,7 +432,7 @@ impl Consumer {
                     None => Ok(records),
                 };
             }
-            if retry_error.is_some() {
+            if retry_error.is_some() || leader_moved {
                 let pause = Duration::from_millis(CONSUMER_RETRY_BACKOFF_MS)
                     .min(deadline.saturating_duration_since(now));
                 tokio::time::sleep(pause).await;
@@ -436,19 +440,27 @@ impl Consumer {
         }
     }
 
-    /// One fetch per destination, concurrently. Returns the records, the new positions, and
-    /// a retriable error if some fetches hit one (their partitions are simply not advanced).
-    async fn round(
-        &self,
-        wait: Duration,
-    ) -> Result<(Vec<ConsumerRecord>, Vec<Fetched>, Option<ClientError>), ClientError> {
+    /// One fetch per destination (each partition's leader), concurrently. Leader moves
+    /// (`NOT_LEADER_OR_FOLLOWER` and the like, no leader in the metadata) ask for a metadata
+    /// refresh and are not errors: those partitions are fetched again from the same position
+    /// in the next round. Other retriable errors are handed back (and `poll` returns one at
+    /// its deadline if no records came).
+    async fn round(&self, wait: Duration) -> Result<Round, ClientError> {
         let mut by_addr: BTreeMap<String, BTreeMap<String, Vec<FetchPartition>>> = BTreeMap::new();
+        // A leader move seen this round (absorbed: the partitions are fetched again from the
+        // same position once the metadata names the new leader).
+        let mut leader_moved: Option<ClientError> = None;
         for (tp, position) in &self.positions {
             let offset = position.expect("positions are resolved before a round");
-            let addr = self
-                .client
-                .partition_address(&tp.topic, tp.partition)
-                .await?;
+            let addr = match self.client.partition_address(&tp.topic, tp.partition).await {
+                Ok(addr) => addr,
+                // No leader right now (an election): this partition sits the round out.
+                Err(e) if e.is_retriable() => {
+                    leader_moved = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             by_addr
                 .entry(addr)
                 .or_default()
@@ -487,12 +499,12 @@ impl Consumer {
         let mut fetched = Vec::new();
         let mut retry_error = None;
         while let Some(joined) = tasks.join_next().await {
-            let (request, result) = joined.expect("fetch tasks do not panic");
+            let (_, result) = joined.expect("fetch tasks do not panic");
             let response = match result {
                 Ok(response) => response,
                 Err(e) => {
-                    for t in &request.topics {
-                        self.client.forget_topic(&t.name);
+                    if e.wants_metadata_refresh() {
+                        self.client.request_metadata_refresh();
                     }
                     if e.is_retriable() {
                         retry_error = Some(e);
@@ -519,7 +531,10 @@ impl Consumer {
                     if p.error != ErrorCode::NONE {
                         let e = ClientError::from_code(p.error, &p.message, &tp.topic);
                         if e.wants_metadata_refresh() {
-                            self.client.forget_topic(&tp.topic);
+                            tracing::debug!(%tp, error = %e, "fetch: leader moved; refreshing metadata");
+                            self.client.request_metadata_refresh();
+                            leader_moved = Some(e);
+                            continue;
                         }
                         if e.is_retriable() {
                             retry_error = Some(e);
@@ -540,7 +555,7 @@ impl Consumer {
                 }
             }
         }
-        Ok((records, fetched, retry_error))
+        Ok((records, fetched, retry_error, leader_moved.is_some()))
     }
 }
 

@@ -1,6 +1,10 @@
 //! Group admin on [`Client`]: list, describe and delete groups, read committed offsets, and
-//! reset them (an admin commit, accepted only while the group has no members). These go to
-//! the bootstrap connection; the broker forwards them to the group's coordinator shard.
+//! reset them (an admin commit, accepted only while the group has no members).
+//!
+//! A group's requests go to its coordinator, found with FindCoordinator against any live
+//! broker; on `NOT_COORDINATOR` / `COORDINATOR_NOT_AVAILABLE` or a dead connection the
+//! coordinator is found again and the request retried, up to [`COORDINATOR_ATTEMPTS_MAX`]
+//! attempts `retry_backoff` apart. ListGroups asks every broker and merges the answers.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +16,12 @@ use sluice_proto::protocol::{
     OffsetFetchTopic, group_state,
 };
 
+use sluice_proto::protocol::{FindCoordinatorRequest, FindCoordinatorResponse, Wire};
+
 use crate::client::Client;
 use crate::error::{ClientError, group_error};
+use crate::limits::COORDINATOR_ATTEMPTS_MAX;
+use crate::metadata::host_of;
 use crate::topic_partition::TopicPartition;
 
 /// A committed offset with its metadata.
@@ -26,12 +34,120 @@ pub struct CommittedOffset {
 }
 
 impl Client {
-    /// Every group the cluster knows, by id.
+    /// Every group the cluster knows, by id: each broker lists the groups it coordinates,
+    /// so every broker the metadata names is asked (a broker that cannot answer fails the
+    /// call rather than giving an incomplete list).
     pub async fn list_groups(&self) -> Result<Vec<ListedGroup>, ClientError> {
-        let response: ListGroupsResponse = self
-            .admin(ApiKey::ListGroups, &ListGroupsRequest {})
+        // Fresh broker list; a failure leaves the cached one, which is still worth asking.
+        let _ = self.refresh_and_wait(None).await;
+        let brokers = self.broker_addresses();
+        if brokers.is_empty() {
+            let response: ListGroupsResponse = self
+                .admin_read(ApiKey::ListGroups, &ListGroupsRequest {})
+                .await?;
+            return Ok(response.groups);
+        }
+        let mut groups: BTreeMap<String, ListedGroup> = BTreeMap::new();
+        for addr in brokers {
+            let conn = self.connection(&addr).await?;
+            let response: ListGroupsResponse = conn
+                .call(
+                    ApiKey::ListGroups,
+                    &ListGroupsRequest {},
+                    self.request_timeout(),
+                )
+                .await?;
+            for g in response.groups {
+                groups.entry(g.group.clone()).or_insert(g);
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// The address of `group`'s coordinator: FindCoordinator against any live broker; its
+    /// shard's own address when shard aware, else the coordinator node's shared address.
+    pub(crate) async fn coordinator_address(&self, group: &str) -> Result<String, ClientError> {
+        let request = FindCoordinatorRequest {
+            group: group.to_owned(),
+        };
+        let (answered, found): (String, FindCoordinatorResponse) = self
+            .admin_read_at(ApiKey::FindCoordinator, &request)
             .await?;
-        Ok(response.groups)
+        if found.error != ErrorCode::NONE {
+            return Err(group_error(found.error, &found.message, group, "", -1));
+        }
+        let direct = || {
+            let unspecified = found.host.is_empty()
+                || found
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_unspecified());
+            let host = if unspecified {
+                host_of(&answered).to_owned()
+            } else {
+                found.host.clone()
+            };
+            if host.contains(':') {
+                format!("[{host}]:{}", found.port)
+            } else {
+                format!("{host}:{}", found.port)
+            }
+        };
+        let addr = if self.config().shard_aware && found.port != 0 {
+            direct()
+        } else if let Some(addr) = self.broker_address(found.node_id) {
+            addr
+        } else {
+            // A node the cached metadata does not name yet.
+            let _ = self.refresh_and_wait(None).await;
+            match self.broker_address(found.node_id) {
+                Some(addr) => addr,
+                None if found.port != 0 => direct(),
+                None => answered,
+            }
+        };
+        tracing::debug!(
+            group,
+            addr,
+            node = found.node_id,
+            shard = found.shard,
+            "coordinator found"
+        );
+        Ok(addr)
+    }
+
+    /// A request to `group`'s coordinator, retried on another coordinator after
+    /// `NOT_COORDINATOR` / `COORDINATOR_NOT_AVAILABLE` (in the response header, or in the
+    /// body as `moved` reports it) or a connection failure.
+    async fn coordinator_call<Req: Wire, Resp: Wire>(
+        &self,
+        group: &str,
+        api: ApiKey,
+        body: &Req,
+        moved: fn(&Resp) -> Option<(ErrorCode, String)>,
+    ) -> Result<Resp, ClientError> {
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let addr = self.coordinator_address(group).await?;
+                let conn = self.connection(&addr).await?;
+                let response: Resp = conn.call(api, body, self.request_timeout()).await?;
+                if let Some((code, message)) = moved(&response) {
+                    return Err(ClientError::Broker { code, message });
+                }
+                Ok(response)
+            }
+            .await;
+            match result {
+                Err(e) if e.wants_new_coordinator() && attempt < COORDINATOR_ATTEMPTS_MAX => {
+                    tracing::debug!(group, api = api.spec().name, attempt, error = %e,
+                        "coordinator moved or unreachable; finding it again");
+                    attempt += 1;
+                    tokio::time::sleep(self.retry_backoff()).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A group's state, protocol, generation and members (with their assignments; see
@@ -40,7 +156,19 @@ impl Client {
         let request = DescribeGroupsRequest {
             groups: vec![group.to_owned()],
         };
-        let response: DescribeGroupsResponse = self.admin(ApiKey::DescribeGroups, &request).await?;
+        let response: DescribeGroupsResponse = self
+            .coordinator_call(
+                group,
+                ApiKey::DescribeGroups,
+                &request,
+                |r: &DescribeGroupsResponse| {
+                    r.groups
+                        .iter()
+                        .find(|g| is_moved(g.error))
+                        .map(|g| (g.error, g.message.clone()))
+                },
+            )
+            .await?;
         let found = response
             .groups
             .into_iter()
@@ -65,7 +193,19 @@ impl Client {
         let request = DeleteGroupsRequest {
             groups: vec![group.to_owned()],
         };
-        let response: DeleteGroupsResponse = self.admin(ApiKey::DeleteGroups, &request).await?;
+        let response: DeleteGroupsResponse = self
+            .coordinator_call(
+                group,
+                ApiKey::DeleteGroups,
+                &request,
+                |r: &DeleteGroupsResponse| {
+                    r.groups
+                        .iter()
+                        .find(|g| is_moved(g.error))
+                        .map(|g| (g.error, g.message.clone()))
+                },
+            )
+            .await?;
         match response.groups.iter().find(|g| g.group == group) {
             Some(g) if g.error == ErrorCode::NONE => Ok(()),
             Some(g) => Err(group_error(g.error, &g.message, group, "", -1)),
@@ -83,7 +223,9 @@ impl Client {
         partitions: &[TopicPartition],
     ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, ClientError> {
         let request = offset_fetch_request(group, partitions);
-        let response: OffsetFetchResponse = self.admin(ApiKey::OffsetFetch, &request).await?;
+        let response: OffsetFetchResponse = self
+            .coordinator_call(group, ApiKey::OffsetFetch, &request, offset_fetch_moved)
+            .await?;
         offsets_from(group, response)
     }
 
@@ -100,9 +242,32 @@ impl Client {
             "",
             offsets.iter().map(|(tp, o)| (tp, *o, "")),
         );
-        let response: OffsetCommitResponse = self.admin(ApiKey::OffsetCommit, &request).await?;
+        let response: OffsetCommitResponse = self
+            .coordinator_call(group, ApiKey::OffsetCommit, &request, offset_commit_moved)
+            .await?;
         commit_result(group, "", GENERATION_NONE, &response)
     }
+}
+
+/// Whether a group error code means "find the coordinator again".
+pub(crate) fn is_moved(code: ErrorCode) -> bool {
+    code == ErrorCode::NOT_COORDINATOR
+        || code == ErrorCode::COORDINATOR_NOT_AVAILABLE
+        || code == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+}
+
+/// A coordinator move reported in an OffsetFetch response.
+pub(crate) fn offset_fetch_moved(r: &OffsetFetchResponse) -> Option<(ErrorCode, String)> {
+    is_moved(r.error).then(|| (r.error, r.message.clone()))
+}
+
+/// A coordinator move reported in an OffsetCommit response (per partition, like Kafka).
+pub(crate) fn offset_commit_moved(r: &OffsetCommitResponse) -> Option<(ErrorCode, String)> {
+    r.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| is_moved(p.error))
+        .map(|p| (p.error, p.message.clone()))
 }
 
 /// The partitions in an encoded assignment (from [`DescribedGroup`] members); empty bytes

@@ -23,23 +23,21 @@ use std::time::Duration;
 
 use sluice_proto::protocol::{
     ApiKey, ConsumerAssignment, ConsumerSubscription, ConsumerTopicPartitions, ErrorCode,
-    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupProtocol, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    OffsetCommitResponse, OffsetFetchResponse, PROTOCOL_TYPE_CONSUMER, SyncGroupAssignment,
-    SyncGroupRequest, SyncGroupResponse, Wire,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupProtocol, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, OffsetCommitResponse, OffsetFetchResponse,
+    PROTOCOL_TYPE_CONSUMER, SyncGroupAssignment, SyncGroupRequest, SyncGroupResponse, Wire,
 };
 
 use super::admin::{
-    CommittedOffset, commit_result, decode_assignment, offset_commit_request, offset_fetch_request,
-    offsets_from,
+    CommittedOffset, commit_result, decode_assignment, is_moved, offset_commit_moved,
+    offset_commit_request, offset_fetch_moved, offset_fetch_request, offsets_from,
 };
 use super::assignor::{Assignor, MemberSubscription};
 use crate::client::Client;
 use crate::config::millis_u32;
 use crate::connection::Connection;
 use crate::error::{ClientError, group_error};
-use crate::limits::{GROUP_JOIN_ATTEMPTS_MAX, GROUP_RETRY_BACKOFF_MS};
-use crate::metadata::host_of;
+use crate::limits::{COORDINATOR_ATTEMPTS_MAX, GROUP_JOIN_ATTEMPTS_MAX, GROUP_RETRY_BACKOFF_MS};
 use crate::topic_partition::TopicPartition;
 
 /// Called by the consumer when its partitions change in a rebalance.
@@ -403,13 +401,17 @@ impl GroupMember {
             &member_id,
             offsets.iter().map(|(tp, (o, m))| (tp, *o, m.as_str())),
         );
-        let response: OffsetCommitResponse = self
-            .call(
-                ApiKey::OffsetCommit,
-                &request,
-                self.client.request_timeout(),
-            )
-            .await?;
+        let response: OffsetCommitResponse = coordinator_call(
+            &self.shared,
+            &self.client,
+            &self.settings.group,
+            ApiKey::OffsetCommit,
+            &request,
+            self.client.request_timeout(),
+            offset_commit_moved,
+            COORDINATOR_ATTEMPTS_MAX,
+        )
+        .await?;
         let result = commit_result(&self.settings.group, &member_id, generation, &response);
         self.note_error(&result, generation);
         result
@@ -438,10 +440,17 @@ impl GroupMember {
                 &member_id,
                 offsets.iter().map(|(tp, (o, m))| (tp, *o, m.as_str())),
             );
-            let conn = coordinator(&shared, &client, &settings.group).await?;
-            let response: OffsetCommitResponse = conn
-                .call(ApiKey::OffsetCommit, &request, client.request_timeout())
-                .await?;
+            let response: OffsetCommitResponse = coordinator_call(
+                &shared,
+                &client,
+                &settings.group,
+                ApiKey::OffsetCommit,
+                &request,
+                client.request_timeout(),
+                offset_commit_moved,
+                COORDINATOR_ATTEMPTS_MAX,
+            )
+            .await?;
             commit_result(&settings.group, &member_id, generation, &response)
         }
     }
@@ -452,9 +461,17 @@ impl GroupMember {
         partitions: &[TopicPartition],
     ) -> Result<BTreeMap<TopicPartition, CommittedOffset>, ClientError> {
         let request = offset_fetch_request(&self.settings.group, partitions);
-        let response: OffsetFetchResponse = self
-            .call(ApiKey::OffsetFetch, &request, self.client.request_timeout())
-            .await?;
+        let response: OffsetFetchResponse = coordinator_call(
+            &self.shared,
+            &self.client,
+            &self.settings.group,
+            ApiKey::OffsetFetch,
+            &request,
+            self.client.request_timeout(),
+            offset_fetch_moved,
+            COORDINATOR_ATTEMPTS_MAX,
+        )
+        .await?;
         offsets_from(&self.settings.group, response)
     }
 
@@ -469,9 +486,17 @@ impl GroupMember {
             group: self.settings.group.clone(),
             member_id: member_id.clone(),
         };
-        let response: LeaveGroupResponse = self
-            .call(ApiKey::LeaveGroup, &request, self.client.request_timeout())
-            .await?;
+        let response: LeaveGroupResponse = coordinator_call(
+            &self.shared,
+            &self.client,
+            &self.settings.group,
+            ApiKey::LeaveGroup,
+            &request,
+            self.client.request_timeout(),
+            |r: &LeaveGroupResponse| is_moved(r.error).then(|| (r.error, r.message.clone())),
+            COORDINATOR_ATTEMPTS_MAX,
+        )
+        .await?;
         let mut st = self.shared.lock();
         st.generation = -1;
         st.member_id.clear();
@@ -487,7 +512,8 @@ impl GroupMember {
         Ok(())
     }
 
-    /// A request to the coordinator; a connection failure drops it so the next call finds
+    /// A request to the coordinator, sent once (join rounds retry themselves); a
+    /// coordinator move or connection failure drops the connection, so the next call finds
     /// the coordinator again.
     async fn call<Req: Wire, Resp: Wire>(
         &self,
@@ -498,7 +524,7 @@ impl GroupMember {
         let conn = coordinator(&self.shared, &self.client, &self.settings.group).await?;
         let result = conn.call(api, body, timeout).await;
         if let Err(e) = &result
-            && e.is_retriable()
+            && (e.is_retriable() || e.wants_new_coordinator())
         {
             self.shared.lock().conn = None;
         }
@@ -540,8 +566,8 @@ fn mark(st: &mut MemberState, e: &ClientError) {
     }
 }
 
-/// The member's coordinator connection, found (FindCoordinator through the bootstrap
-/// broker) and dialled if there is none.
+/// The member's coordinator connection, found (FindCoordinator against any live broker)
+/// and dialled if there is none.
 async fn coordinator(
     shared: &Shared,
     client: &Client,
@@ -550,38 +576,55 @@ async fn coordinator(
     if let Some(conn) = shared.lock().conn.clone().filter(|c| !c.is_dead()) {
         return Ok(conn);
     }
-    let request = FindCoordinatorRequest {
-        group: group.to_owned(),
-    };
-    let found: FindCoordinatorResponse = client.admin(ApiKey::FindCoordinator, &request).await?;
-    if found.error != ErrorCode::NONE {
-        return Err(group_error(found.error, &found.message, group, "", -1));
-    }
-    let bootstrap = client.bootstrap_addr();
-    let addr = if !client.config().shard_aware || found.port == 0 {
-        bootstrap
-    } else {
-        let unspecified = found.host.is_empty()
-            || found
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified());
-        let host = if unspecified {
-            host_of(&bootstrap).to_owned()
-        } else {
-            found.host.clone()
-        };
-        if host.contains(':') {
-            format!("[{host}]:{}", found.port)
-        } else {
-            format!("{host}:{}", found.port)
-        }
-    };
+    let addr = client.coordinator_address(group).await?;
     let config = client.config();
     let conn = Connection::open(&addr, &config.client_id, config.connect_timeout).await?;
-    tracing::debug!(group, addr, shard = found.shard, "coordinator found");
     shared.lock().conn = Some(conn.clone());
     Ok(conn)
+}
+
+/// A request to the coordinator over the member's own connection. On a coordinator move
+/// (`NOT_COORDINATOR` / `COORDINATOR_NOT_AVAILABLE` in the header, or in the body as
+/// `moved` reports it) or a connection failure the connection is dropped, and the request
+/// is sent again to the coordinator found anew, up to `attempts` attempts `retry_backoff`
+/// apart. The member id and generation in `body` stay as they are: the coordinator that
+/// takes over the group still knows them.
+#[allow(clippy::too_many_arguments)]
+async fn coordinator_call<Req: Wire, Resp: Wire>(
+    shared: &Shared,
+    client: &Client,
+    group: &str,
+    api: ApiKey,
+    body: &Req,
+    timeout: Duration,
+    moved: fn(&Resp) -> Option<(ErrorCode, String)>,
+    attempts: u32,
+) -> Result<Resp, ClientError> {
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let conn = coordinator(shared, client, group).await?;
+            let response: Resp = conn.call(api, body, timeout).await?;
+            if let Some((code, message)) = moved(&response) {
+                return Err(ClientError::Broker { code, message });
+            }
+            Ok(response)
+        }
+        .await;
+        match result {
+            Err(e) if e.wants_new_coordinator() => {
+                shared.lock().conn = None;
+                if attempt >= attempts {
+                    return Err(e);
+                }
+                tracing::debug!(group, api = api.spec().name, attempt, error = %e,
+                    "coordinator moved or unreachable; finding it again");
+                attempt += 1;
+                tokio::time::sleep(client.retry_backoff()).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sends a heartbeat every interval while the member is in a generation and not joining;

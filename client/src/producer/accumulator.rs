@@ -9,7 +9,8 @@
 //! its producer id, epoch and the partition's next record sequence number (batches of a
 //! partition are taken in the order they were closed). The stamped bytes are kept, so a
 //! retry sends exactly the same batch, and a retried batch goes back into its queue in
-//! order.
+//! order. Retries are sent one at a time, each only when nothing else of its partition is
+//! in flight, so after a leader move the new leader gets them in sequence order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
@@ -117,6 +118,8 @@ struct PartitionQueue {
     next_sequence: i32,
     /// Idempotent: batch numbers stamped and not yet finished (queued or in flight).
     stamped: BTreeSet<u64>,
+    /// Idempotent: the batch number of the retry in flight, if one is.
+    retry_in_flight: Option<u64>,
 }
 
 /// An idempotent producer's identity from InitProducerId.
@@ -384,6 +387,17 @@ impl Accumulator {
                     wake_at(&mut out.next_wake, at);
                     break;
                 }
+                let retry = front.sequence.is_some();
+                if q.retry_in_flight.is_some() || (retry && q.in_flight > 0) {
+                    // An idempotent retry goes only when nothing of its partition is in
+                    // flight, and nothing follows it until its outcome is known: retries
+                    // reach the broker one at a time and in order, and no later batch
+                    // (possibly routed to a new leader) overtakes one (Kafka sends a retry
+                    // only as the first in-flight sequence). `finished`/`requeue` wake the
+                    // sender; the deadline still applies meanwhile.
+                    wake_at(&mut out.next_wake, front.deadline);
+                    break;
+                }
                 let mut batch = q.ready.pop_front().expect("front exists");
                 if let Some(identity) = self.identity
                     && batch.sequence.is_none()
@@ -396,6 +410,9 @@ impl Accumulator {
                     batch.bytes = bytes.freeze();
                     batch.sequence = Some(sequence);
                     q.stamped.insert(batch.seq);
+                }
+                if retry {
+                    q.retry_in_flight = Some(batch.seq);
                 }
                 batch.attempts += 1;
                 batch.retry_at = None;
@@ -414,6 +431,9 @@ impl Accumulator {
         if let Some(q) = self.partitions.get_mut(tp) {
             q.in_flight = q.in_flight.saturating_sub(1);
             q.stamped.remove(&seq);
+            if q.retry_in_flight == Some(seq) {
+                q.retry_in_flight = None;
+            }
         }
         self.unfinished.remove(&seq);
     }
@@ -423,6 +443,9 @@ impl Accumulator {
     pub(crate) fn requeue(&mut self, batch: ReadyBatch) {
         let q = self.partitions.entry(batch.tp.clone()).or_default();
         q.in_flight = q.in_flight.saturating_sub(1);
+        if q.retry_in_flight == Some(batch.seq) {
+            q.retry_in_flight = None;
+        }
         let at = q.ready.partition_point(|b| b.seq < batch.seq);
         q.ready.insert(at, batch);
     }
@@ -631,12 +654,38 @@ mod tests {
             "a is before b and unfinished"
         );
         assert!(!acc.earlier_unfinished(&tp, a.seq));
+        let rest: Vec<ReadyBatch> = sent.collect();
+        assert!(!rest.is_empty());
+        let b_seq = b.seq;
         acc.requeue(b);
         acc.requeue(a);
-        let again = acc.drain(now + Duration::from_secs(2), true).send;
+        // Later batches are still in flight: no retry goes until their outcome is known (a
+        // retry sent now could reach the broker behind them, or they behind it).
+        assert!(
+            acc.drain(now + Duration::from_secs(2), true)
+                .send
+                .is_empty()
+        );
+        for later in rest {
+            acc.requeue(later);
+        }
+        // Retries go one at a time, in order.
+        let again = acc.drain(now + Duration::from_secs(3), true).send;
+        assert_eq!(again.len(), 1, "one retry in flight");
         assert_eq!(again[0].seq, a_seq);
         assert_eq!(again[0].bytes, a_bytes, "a retry is byte-identical");
-        assert!(again[0].seq < again[1].seq);
+        assert!(
+            acc.drain(now + Duration::from_secs(4), true)
+                .send
+                .is_empty(),
+            "nothing follows a retry in flight"
+        );
+        let a = again.into_iter().next().expect("a");
+        let seq = a.complete(Some(0));
+        acc.finished(&tp, seq);
+        let again = acc.drain(now + Duration::from_secs(5), true).send;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].seq, b_seq, "then b");
     }
 
     #[test]

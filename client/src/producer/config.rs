@@ -54,7 +54,9 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// Codec for the batches.
     pub compression: Compression,
-    /// How many times a batch is retried after a retriable error.
+    /// How many times a batch is retried after a retriable error (a leader move, a lost
+    /// connection, a timeout). Like Kafka (`retries` = `i32::MAX` since 2.1), the default is
+    /// unlimited: `delivery_timeout` is the bound.
     pub retries: u32,
     /// Pause before a retry.
     pub retry_backoff: Duration,
@@ -71,7 +73,8 @@ pub struct ProducerConfig {
 }
 
 impl Default for ProducerConfig {
-    /// acks all, linger 5 ms, batches of 256 KiB, no compression, 5 retries 100 ms apart,
+    /// acks all, linger 5 ms, batches of 256 KiB, no compression, retries 100 ms apart until
+    /// the delivery timeout,
     /// 120 s delivery timeout, 32 MiB buffer, 5 requests in flight per partition,
     /// idempotent (because acks is all).
     fn default() -> Self {
@@ -80,7 +83,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             batch_bytes: 256 * 1024,
             compression: Compression::None,
-            retries: 5,
+            retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
             delivery_timeout: Duration::from_secs(120),
             buffer_bytes: 32 * 1024 * 1024,

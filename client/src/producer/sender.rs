@@ -314,8 +314,13 @@ fn partition_error(
 /// Retries a batch if the error allows, else fails its records.
 fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: ClientError) {
     let unknown = matches!(error, ClientError::UnknownTopic { .. });
-    if error.wants_metadata_refresh() || unknown {
+    if unknown {
         shared.client.forget_topic(&batch.tp.topic);
+    } else if error.wants_metadata_refresh() {
+        // The leader moved or its connection died: the refresher (one refresh in flight,
+        // `retry_backoff` apart) re-routes the partition before the retry is dispatched,
+        // in the usual case; a retry to the old leader just fails the same way again.
+        shared.client.request_metadata_refresh();
     }
     if let ClientError::OutOfOrderSequence { .. } = error
         && shared.lock().earlier_unfinished(&batch.tp, batch.seq)

@@ -43,10 +43,15 @@ codes! {
     CORRUPT_MESSAGE = 2, retriable: false;
     /// No such topic or partition.
     UNKNOWN_TOPIC_OR_PARTITION = 3, retriable: false;
+    /// The partition has no leader right now (an election is under way); refresh metadata
+    /// and retry.
+    LEADER_NOT_AVAILABLE = 5, retriable: true;
     /// This broker (shard) does not lead the partition; refresh metadata.
     NOT_LEADER_OR_FOLLOWER = 6, retriable: true;
     /// The request did not complete within its timeout.
     REQUEST_TIMED_OUT = 7, retriable: true;
+    /// The broker named in the request is not alive (or not known to the controller).
+    BROKER_NOT_AVAILABLE = 8, retriable: false;
     /// A batch is larger than the topic's `max.message.bytes`.
     MESSAGE_TOO_LARGE = 10, retriable: false;
     /// Offset commit metadata is longer than the coordinator keeps.
@@ -59,6 +64,12 @@ codes! {
     NOT_COORDINATOR = 16, retriable: true;
     /// The topic name is not valid.
     INVALID_TOPIC = 17, retriable: false;
+    /// Fewer in-sync replicas than the topic's `min.insync.replicas`: the batch was not
+    /// written.
+    NOT_ENOUGH_REPLICAS = 19, retriable: true;
+    /// The batch was written by the leader, but the in-sync replicas shrank below
+    /// `min.insync.replicas` before it was committed.
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20, retriable: true;
     /// `acks` is not 0, 1 or -1 (all).
     INVALID_REQUIRED_ACKS = 21, retriable: false;
     /// The member's generation is not the group's current one; rejoin.
@@ -81,6 +92,8 @@ codes! {
     INVALID_PARTITIONS = 37, retriable: false;
     /// A topic config is unknown or its value invalid.
     INVALID_CONFIG = 40, retriable: false;
+    /// This node is not the active controller; find it again.
+    NOT_CONTROLLER = 41, retriable: true;
     /// The request is malformed.
     INVALID_REQUEST = 42, retriable: false;
     /// An idempotent batch's sequence number is not the next one the partition expects
@@ -99,6 +112,15 @@ codes! {
     NON_EMPTY_GROUP = 68, retriable: false;
     /// No such group.
     GROUP_ID_NOT_FOUND = 69, retriable: false;
+    /// The request's leader epoch is older than the partition's: the sender's metadata is
+    /// stale (refresh it), or the sender is a fenced old leader.
+    FENCED_LEADER_EPOCH = 74, retriable: true;
+    /// The request's leader epoch is newer than this broker knows: it has not caught up
+    /// with the latest leader change yet; retry.
+    UNKNOWN_LEADER_EPOCH = 75, retriable: true;
+    /// The leader cannot answer the offset yet (its high watermark has not caught up since
+    /// it became leader); retry.
+    OFFSET_NOT_AVAILABLE = 78, retriable: true;
     /// The group already has the most members the coordinator allows.
     GROUP_MAX_SIZE_REACHED = 81, retriable: false;
     /// A record is not valid for the topic: a record without a key produced to a compacted
