@@ -5,8 +5,8 @@
 //! `docs/ARCHITECTURE.md`.
 //!
 //! Truncation is made atomic with an intent file: `truncate_to` first quiesces the log
-//! (every appended byte written and synced), then writes `truncate-intent` holding the
-//! requested offset, then changes the segments, and removes the intent last. A crash before
+//! (every appended byte written and synced), then writes `truncate-intent` holding the new
+//! end offset, then changes the segments and checkpoints, and removes the intent last. A crash before
 //! the intent is durable leaves the old log; after it, `open` finds the intent and truncates
 //! again (the steps are idempotent), so a reopened log is the old one or the truncated one.
 
@@ -395,12 +395,22 @@ impl PartitionLog {
     /// A no-op at or after the log end; below the log start it is refused with
     /// [`LogError::OffsetOutOfRange`].
     ///
-    /// Waits for appends in flight to become durable, and holds new appends back until it
-    /// is done. Crash-safe: after a crash at any moment the reopened log is the old one or
+    /// Waits for appends in flight to become durable (and for a roll or compaction pass
+    /// in progress to finish), and holds new appends back until it is done. A read running
+    /// concurrently over the removed batches may fail with [`LogError::Corrupt`] or a short
+    /// read; readers retry from the new end. Crash-safe: after a crash at any moment the reopened log is the old one or
     /// the truncated one (an intent file makes `open` finish an interrupted truncation).
     /// A failure half-way stops the log (the next open finishes the truncation).
     pub async fn truncate_to(&self, offset: Offset) -> LogResult<Offset> {
         let _truncation = Busy::take(&self.shared, Flag::Truncating).await?;
+        {
+            // The common case for a follower: nothing to cut, nothing to wait for.
+            let st = self.shared.state.borrow();
+            st.check_writable()?;
+            if offset >= st.next_offset {
+                return Ok(st.next_offset);
+            }
+        }
         self.quiesce().await?;
         let Some(cut) = self.plan_cut(offset).await? else {
             return Ok(self.shared.state.borrow().next_offset);
@@ -410,7 +420,8 @@ impl PartitionLog {
         let tail_block = read_tail_block(&cut_file.file, cut.position)
             .await
             .map_err(|e| LogError::io("read segment", cut_file.file.path(), e))?;
-        write_checkpoint(&dir, TRUNCATE_INTENT, encode_intent(offset))
+        // The intent names the new end, a batch boundary: truncating to it cuts the same.
+        write_checkpoint(&dir, TRUNCATE_INTENT, encode_intent(cut.new_end))
             .await
             .map_err(|e| LogError::io("write truncate-intent", dir.join(TRUNCATE_INTENT), e))?;
         // Memory first (readers see the truncated log at once), then the files.
@@ -652,21 +663,41 @@ impl PartitionLog {
             .map_err(|e| LogError::io("read truncate-intent", &intent_path, e))?;
         if let Some(bytes) = intent {
             match decode_intent(&bytes) {
-                Ok(offset) => {
+                Ok(new_end) => {
                     tracing::warn!(
                         dir = %dir.display(),
-                        offset = offset.get(),
+                        new_end = new_end.get(),
                         "finishing a truncation interrupted by a crash"
                     );
                     let start = self.shared.state.borrow().log_start;
-                    if offset >= start {
-                        self.truncate_to(offset).await?;
+                    if new_end >= start {
+                        self.truncate_to(new_end).await?;
+                    }
+                    // The segments may have been cut before the crash (then `truncate_to` had
+                    // nothing to do) but not the checkpoints: epochs starting at the new end
+                    // go, and the high watermark is at most the new end.
+                    let hw_lowered = {
+                        let mut st = self.shared.state.borrow_mut();
+                        if st.repl.epochs.truncate_from_end(new_end) {
+                            st.repl.epochs_dirty = true;
+                        }
+                        match st.repl.hw {
+                            Some(hw) if hw > new_end => {
+                                st.repl.hw = Some(new_end);
+                                true
+                            }
+                            _ => st.repl.hw_checkpointed.is_some_and(|c| c > new_end),
+                        }
+                    };
+                    self.checkpoint_epochs_if_dirty().await?;
+                    if hw_lowered {
+                        self.checkpoint_hw_now().await?;
                     }
                 }
                 Err(reason) => tracing::warn!(
                     file = %intent_path.display(),
                     %reason,
-                    "truncate-intent unusable; ignoring it (the truncation had not begun)"
+                    "truncate-intent unusable (damaged on disk); ignoring it"
                 ),
             }
             remove_checkpoint(&dir, TRUNCATE_INTENT)
