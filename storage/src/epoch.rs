@@ -25,13 +25,14 @@ pub const LEADER_EPOCH_ENTRIES_MAX: usize = 1024;
 pub const LEADER_EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 /// Name of the high-watermark checkpoint file in a partition directory.
 pub const HW_CHECKPOINT: &str = "hw-checkpoint";
-/// Name of the truncation-intent file: present while a truncation is in progress; its
-/// offset is truncated to again when the log opens (see `PartitionLog::truncate_to`).
+/// Name of the truncation-intent file: present while a truncation is in progress; the log
+/// finishes it when it opens (see `PartitionLog::truncate_to`).
 pub(crate) const TRUNCATE_INTENT: &str = "truncate-intent";
 
 const EPOCH_MAGIC: &[u8; 4] = b"SLEP";
 const HW_MAGIC: &[u8; 4] = b"SLHW";
 const INTENT_MAGIC: &[u8; 4] = b"SLTR";
+const INTENT_FULL_MAGIC: &[u8; 4] = b"SLTF";
 const VERSION: u16 = 1;
 /// Magic, version, entry count.
 const EPOCH_HEAD_BYTES: usize = 4 + 2 + 4;
@@ -244,12 +245,27 @@ pub(crate) fn decode_hw(bytes: &[u8]) -> Result<Offset, String> {
     decode_offset(HW_MAGIC, bytes)
 }
 
-pub(crate) fn encode_intent(offset: Offset) -> Vec<u8> {
-    encode_offset(INTENT_MAGIC, offset)
+/// A truncation in progress, as recorded in `truncate-intent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TruncateIntent {
+    /// `truncate_to`: the log ends at this offset (a batch boundary).
+    To(Offset),
+    /// `truncate_fully_and_start_at`: the log is empty and starts at this offset.
+    FullyAt(Offset),
 }
 
-pub(crate) fn decode_intent(bytes: &[u8]) -> Result<Offset, String> {
-    decode_offset(INTENT_MAGIC, bytes)
+pub(crate) fn encode_intent(intent: TruncateIntent) -> Vec<u8> {
+    match intent {
+        TruncateIntent::To(offset) => encode_offset(INTENT_MAGIC, offset),
+        TruncateIntent::FullyAt(offset) => encode_offset(INTENT_FULL_MAGIC, offset),
+    }
+}
+
+pub(crate) fn decode_intent(bytes: &[u8]) -> Result<TruncateIntent, String> {
+    match decode_offset(INTENT_MAGIC, bytes) {
+        Ok(offset) => Ok(TruncateIntent::To(offset)),
+        Err(_) => decode_offset(INTENT_FULL_MAGIC, bytes).map(TruncateIntent::FullyAt),
+    }
 }
 
 /// Reads a small file; `Ok(None)` if it does not exist.
@@ -344,7 +360,13 @@ mod tests {
         }
         assert!(EpochCache::decode(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(decode_hw(&encode_hw(Offset(77))), Ok(Offset(77)));
-        assert!(decode_hw(&encode_intent(Offset(77))).is_err());
+        assert!(decode_hw(&encode_intent(TruncateIntent::To(Offset(77)))).is_err());
+        for intent in [
+            TruncateIntent::To(Offset(5)),
+            TruncateIntent::FullyAt(Offset(9)),
+        ] {
+            assert_eq!(decode_intent(&encode_intent(intent)), Ok(intent));
+        }
         let mut hw = encode_hw(Offset(77));
         hw[8] ^= 1;
         assert!(decode_hw(&hw).is_err());

@@ -418,6 +418,71 @@ fn truncate_to_cuts_whole_batches_across_segments() {
 }
 
 #[test]
+fn truncate_fully_and_start_at_starts_an_empty_log_past_the_old_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("open");
+        log.become_leader(2).await.expect("leader");
+        for tag in 0..60 {
+            let _ = log.append(batch(tag)).await.expect("append");
+        }
+        assert!(log.segment_bases().len() > 2);
+        log.set_high_watermark(Offset(5));
+        log.become_follower();
+        log.truncate_fully_and_start_at(Offset(1_000))
+            .await
+            .expect("start over");
+        let offsets = log.offsets();
+        assert_eq!(
+            (offsets.log_start, offsets.log_end),
+            (Offset(1_000), Offset(1_000))
+        );
+        assert_eq!(offsets.high_watermark, Offset(1_000));
+        assert_eq!(log.segment_bases(), vec![Offset(1_000)]);
+        assert!(log.epoch_entries().is_empty());
+        assert!(
+            log.read(Offset(1_000), 1 << 20)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        assert!(matches!(
+            log.read(Offset(10), 1 << 20).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // The leader's batches from its log start on.
+        let mut expected = Vec::new();
+        let mut base = 1_000;
+        for tag in 100..110 {
+            let mut b = batch(tag);
+            sluice_proto::stamp_base_offset(&mut b, Offset(base));
+            sluice_proto::stamp_leader_epoch(&mut b, 7);
+            let a = log.append_replica(b.clone()).await.expect("replica append");
+            a.durable.await.expect("durable");
+            base = a.last_offset.get() + 1;
+            expected.push(b.to_vec());
+        }
+        assert_eq!(
+            log.epoch_entries(),
+            vec![EpochEntry {
+                epoch: 7,
+                start_offset: Offset(1_000)
+            }]
+        );
+        log.close().await.expect("close");
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("reopen");
+        assert_eq!(log.offsets().log_start, Offset(1_000));
+        assert_eq!(log.offsets().log_end, Offset(base));
+        assert_eq!(bytes_of(&check_epochs_match(&log).await), expected);
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn truncate_below_the_log_start_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async {
@@ -830,10 +895,23 @@ fn expected_bytes(k: &Known) -> Vec<u8> {
     bytes.to_vec()
 }
 
-/// Applies the child's output to `known`; returns a truncation in progress at the kill
-/// (`T` printed, `D` not) as the new end it would give, and the tag the child's next
-/// append would have used.
-fn apply_lines(known: &mut Vec<Known>, out: &str, first_tag: u64) -> (Option<u64>, u64) {
+/// A truncation in progress when the child was killed.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    /// `T` printed, `D` not: the new end it would give.
+    To(u64),
+    /// `F` printed, `G` not: the offset the log would start over at.
+    FullyAt(u64),
+}
+
+/// Applies the child's output to `known` (and `start`, the log start); returns a
+/// truncation in progress at the kill, and the tag the child's next append would have used.
+fn apply_lines(
+    known: &mut Vec<Known>,
+    start: &mut u64,
+    out: &str,
+    first_tag: u64,
+) -> (Option<Pending>, u64) {
     let mut pending = None;
     let mut next_tag = first_tag;
     for line in out.lines().skip(1) {
@@ -861,16 +939,24 @@ fn apply_lines(known: &mut Vec<Known>, out: &str, first_tag: u64) -> (Option<u64
             "T" => {
                 let cut: u64 = f[1].parse().expect("cut");
                 let keep = known.iter().take_while(|k| k.next <= cut).count();
-                pending = Some(
-                    known
-                        .get(keep)
-                        .map_or(cut.min(known.last().map_or(cut, |l| l.next)), |k| k.base),
-                );
+                let end = known.last().map_or(*start, |l| l.next);
+                pending = Some(Pending::To(
+                    known.get(keep).map_or(cut.min(end), |k| k.base),
+                ));
             }
             "D" => {
                 let new_end: u64 = f[1].parse().expect("new end");
                 known.retain(|k| k.next <= new_end);
                 assert_eq!(known.last().map_or(new_end, |l| l.next), new_end);
+                pending = None;
+            }
+            "F" => pending = Some(Pending::FullyAt(f[1].parse().expect("start"))),
+            "G" => {
+                let Some(Pending::FullyAt(at)) = pending else {
+                    panic!("G without F");
+                };
+                known.clear();
+                *start = at;
                 pending = None;
             }
             other => panic!("unexpected child line {other:?}"),
@@ -898,19 +984,37 @@ fn sigkill_during_truncation_leaves_the_old_or_the_truncated_log() {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut known: Vec<Known> = Vec::new();
-    let (mut mid_truncation, mut finished_at_reopen) = (0, 0);
+    let mut start = 0u64;
+    let (mut mid_truncation, mut finished_at_reopen, mut full) = (0, 0, 0);
     for i in 0..iterations {
         let first_tag = (i as u64 + 1) << 32;
         let out = run_child(dir.path(), first_tag, rng.random(), rng.random_range(5..80));
-        let (pending, mut next_tag) = apply_lines(&mut known, &out, first_tag);
-        let old_end = known.last().map_or(0, |k| k.next);
+        let (pending, mut next_tag) = apply_lines(&mut known, &mut start, &out, first_tag);
+        let old_end = known.last().map_or(start, |k| k.next);
         run(async {
             let log = PartitionLog::open(dir.path(), crash_config())
                 .await
                 .expect("reopen after SIGKILL");
             let batches = check_epochs_match(&log).await;
             let end = log.offsets().log_end.get();
-            if let Some(new_end) = pending {
+            let log_start = log.offsets().log_start.get();
+            if let Some(Pending::FullyAt(at)) = pending {
+                mid_truncation += 1;
+                full += 1;
+                // Old, or empty at the new start.
+                if log_start == at && end == at {
+                    finished_at_reopen += 1;
+                    known.clear();
+                    start = at;
+                    assert!(log.epoch_entries().is_empty());
+                } else {
+                    assert_eq!(
+                        (log_start, end),
+                        (start, old_end),
+                        "neither old nor started over at {at}"
+                    );
+                }
+            } else if let Some(Pending::To(new_end)) = pending {
                 mid_truncation += 1;
                 // Old or truncated, nothing else (the reopen finishes a begun truncation).
                 assert!(
@@ -954,12 +1058,13 @@ fn sigkill_during_truncation_leaves_the_old_or_the_truncated_log() {
                 }
             }
             assert_eq!(known.len(), batches.len());
+            assert_eq!(log.offsets().log_start.get(), start);
             log.close().await.expect("close");
         });
     }
     eprintln!(
-        "truncation crash test: {mid_truncation} of {iterations} kills inside truncate_to, \
-         {finished_at_reopen} truncations finished by the reopen"
+        "truncation crash test: {mid_truncation} of {iterations} kills inside a truncation \
+         ({full} of them full), {finished_at_reopen} truncations finished by the reopen"
     );
     assert!(mid_truncation > 0, "no kill landed inside a truncation");
 }

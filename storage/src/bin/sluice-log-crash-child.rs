@@ -16,7 +16,9 @@
 //! that a kill often lands inside `truncate_to`. Each cycle: `become_leader(latest + 1)`
 //! (printed `L epoch log_end`), one to eight appends, each printed `A base last tag epoch`
 //! once durable, sometimes a roll, then a cut offset drawn from the seed in
-//! `[log_start, log_end]`, printed `T cut` before `truncate_to` and `D new_end` after it.
+//! `[log_start, log_end]`, printed `T cut` before `truncate_to` and `D new_end` after it;
+//! one cycle in ten instead starts the log over past its end, printed `F start` before
+//! `truncate_fully_and_start_at` and `G` after it.
 //!
 //! The parent kills this process; [`RUN_MS_MAX`] bounds a run that is never killed, and the
 //! process asks the kernel to SIGKILL it if the parent dies first.
@@ -121,6 +123,17 @@ async fn truncate_loop(log: &PartitionLog, mut tag: u64, seed: u64, deadline: In
         } else {
             rng.between(end.saturating_sub(12).max(start), end)
         };
+        if rng.between(0, 9) == 0 {
+            // A follower far behind: the log starts over, empty, past its old end.
+            let start = end + rng.between(0, 20);
+            ok_or_fail(print_line(&format!("F {start}")), "stdout");
+            let res = log
+                .truncate_fully_and_start_at(sluice_storage::Offset(start))
+                .await;
+            ok_or_fail(res, "truncate fully");
+            ok_or_fail(print_line("G"), "stdout");
+            continue;
+        }
         ok_or_fail(print_line(&format!("T {cut}")), "stdout");
         let new_end = ok_or_fail(
             log.truncate_to(sluice_storage::Offset(cut)).await,

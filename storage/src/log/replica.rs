@@ -19,12 +19,14 @@ use super::{Appended, PartitionLog, Shared, read_tail_block, wait_progress};
 use crate::aligned::{align_down, align_up};
 use crate::config::READ_BYTES_MAX;
 use crate::epoch::{
-    EpochCache, EpochEntry, HW_CHECKPOINT, LEADER_EPOCH_CHECKPOINT, TRUNCATE_INTENT, decode_hw,
-    decode_intent, encode_hw, encode_intent, read_optional, remove_checkpoint, write_checkpoint,
+    EpochCache, EpochEntry, HW_CHECKPOINT, LEADER_EPOCH_CHECKPOINT, TRUNCATE_INTENT,
+    TruncateIntent, decode_hw, decode_intent, encode_hw, encode_intent, read_optional,
+    remove_checkpoint, write_checkpoint,
 };
 use crate::error::{LogError, LogResult};
 use crate::index::segment_file_names;
 use crate::io::{DirectFile, is_no_space, sync_dir};
+use crate::segment::{Segment, SegmentState};
 
 /// Least time between two writes of a log's `hw-checkpoint` while the high watermark moves
 /// (it is also written at close, and at once when a truncation lowers it). A crash loses at
@@ -421,9 +423,13 @@ impl PartitionLog {
             .await
             .map_err(|e| LogError::io("read segment", cut_file.file.path(), e))?;
         // The intent names the new end, a batch boundary: truncating to it cuts the same.
-        write_checkpoint(&dir, TRUNCATE_INTENT, encode_intent(cut.new_end))
-            .await
-            .map_err(|e| LogError::io("write truncate-intent", dir.join(TRUNCATE_INTENT), e))?;
+        write_checkpoint(
+            &dir,
+            TRUNCATE_INTENT,
+            encode_intent(TruncateIntent::To(cut.new_end)),
+        )
+        .await
+        .map_err(|e| LogError::io("write truncate-intent", dir.join(TRUNCATE_INTENT), e))?;
         // Memory first (readers see the truncated log at once), then the files.
         let (doomed, hw_lowered) = {
             let mut guard = self.shared.state.borrow_mut();
@@ -478,6 +484,109 @@ impl PartitionLog {
         }
         result?;
         Ok(cut.new_end)
+    }
+
+    /// Kafka's `truncateFullyAndStartAt`, for a follower whose log end is below the
+    /// leader's log start (or otherwise unusable): removes every segment and starts the log
+    /// empty at `start` (log start = log end = `start`), with an empty leader-epoch cache and
+    /// the high watermark at `start`. Crash-safe like [`PartitionLog::truncate_to`]: a
+    /// reopened log is the old one or the empty one at `start`.
+    pub async fn truncate_fully_and_start_at(&self, start: Offset) -> LogResult<()> {
+        let _truncation = Busy::take(&self.shared, Flag::Truncating).await?;
+        self.quiesce().await?;
+        let dir = self.shared.dir.clone();
+        write_checkpoint(
+            &dir,
+            TRUNCATE_INTENT,
+            encode_intent(TruncateIntent::FullyAt(start)),
+        )
+        .await
+        .map_err(|e| LogError::io("write truncate-intent", dir.join(TRUNCATE_INTENT), e))?;
+        let result = self.start_over_at(start).await;
+        if let Err(err) = &result {
+            let mut st = self.shared.state.borrow_mut();
+            st.stop(
+                "full truncation",
+                &dir,
+                &std::io::Error::other(err.to_string()),
+            );
+        }
+        result
+    }
+
+    /// The steps of `truncate_fully_and_start_at` after its intent is durable: old segments
+    /// go newest first (a crash leaves a prefix, or no segment), then the new one is created.
+    /// Until it exists the log keeps its old segments in memory (appends are held back; a
+    /// read may fail on a removed file).
+    async fn start_over_at(&self, start: Offset) -> LogResult<()> {
+        let dir = &self.shared.dir;
+        let old: Vec<Offset> = self
+            .shared
+            .state
+            .borrow()
+            .segments
+            .keys()
+            .copied()
+            .collect();
+        for base in old.iter().rev() {
+            let (log, index, time) = segment_file_names(*base);
+            for name in [index, time, log] {
+                let path = dir.join(name);
+                match compio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io("delete segment file", path, e)),
+                }
+            }
+        }
+        sync_dir(dir)
+            .await
+            .map_err(|e| LogError::io("sync directory", dir, e))?;
+        let file = self.create_segment(start).await?;
+        {
+            let mut guard = self.shared.state.borrow_mut();
+            let st = &mut *guard;
+            st.segments.clear();
+            st.segments.insert(
+                start,
+                Segment {
+                    file: file.clone(),
+                    size: 0,
+                    next_offset: start,
+                    max_timestamp: i64::MIN,
+                    first_append_ms: None,
+                    index: Default::default(),
+                    last_indexed: None,
+                    state: SegmentState::Active,
+                },
+            );
+            st.pipeline.restart_segment(file, 0, &[]);
+            st.log_start = start;
+            st.next_offset = start;
+            st.acks.written_next = start;
+            st.acks.synced_next = start;
+            st.dirty_file = None;
+            st.cache.truncate(Offset::ZERO);
+            st.cleaned_to = start;
+            if !st.repl.epochs.entries().is_empty() {
+                st.repl.epochs = EpochCache::default();
+                st.repl.epochs_dirty = true;
+            }
+            if st.repl.hw.is_some() {
+                st.repl.hw = Some(start);
+            }
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            start = start.get(),
+            segments_removed = old.len(),
+            "truncated the log fully; it starts again empty"
+        );
+        self.checkpoint_epochs_if_dirty().await?;
+        self.checkpoint_hw_now().await?;
+        remove_checkpoint(dir, TRUNCATE_INTENT)
+            .await
+            .map_err(|e| LogError::io("remove truncate-intent", dir.join(TRUNCATE_INTENT), e))
     }
 
     /// Finds where truncating to `offset` cuts; `None` if at or after the end.
@@ -663,7 +772,15 @@ impl PartitionLog {
             .map_err(|e| LogError::io("read truncate-intent", &intent_path, e))?;
         if let Some(bytes) = intent {
             match decode_intent(&bytes) {
-                Ok(new_end) => {
+                Ok(TruncateIntent::FullyAt(start)) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        start = start.get(),
+                        "finishing a full truncation interrupted by a crash"
+                    );
+                    self.truncate_fully_and_start_at(start).await?;
+                }
+                Ok(TruncateIntent::To(new_end)) => {
                     tracing::warn!(
                         dir = %dir.display(),
                         new_end = new_end.get(),
