@@ -482,6 +482,80 @@ fn truncate_fully_and_start_at_starts_an_empty_log_past_the_old_end() {
     });
 }
 
+/// A `truncate-intent` file as the log writes it (format in `storage/src/epoch.rs`).
+fn intent_bytes(new_end: Offset) -> Vec<u8> {
+    let mut out = b"SLTR".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&new_end.get().to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The crash window after the segments were cut but before the checkpoints were rewritten:
+/// the reopen finds the intent and trims the stale checkpoints (an epoch that started at the
+/// new end, a high watermark above it).
+#[test]
+fn reopen_with_an_intent_trims_stale_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warnings = Warnings::default();
+    let _guard = tracing::subscriber::set_default(warnings.clone());
+    run(async {
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("open");
+        log.become_leader(1).await.expect("leader");
+        for tag in 0..10 {
+            let _ = log.append(batch(tag)).await.expect("append");
+        }
+        let cut = log.offsets().log_end;
+        log.become_leader(2).await.expect("leader");
+        for tag in 10..20 {
+            let a = log.append(batch(tag)).await.expect("append");
+            a.durable.await.expect("durable");
+        }
+        log.set_high_watermark(log.offsets().log_end);
+        log.close().await.expect("close");
+        let stale_epochs = std::fs::read(dir.path().join(LEADER_EPOCH_CHECKPOINT)).expect("read");
+        let stale_hw = std::fs::read(dir.path().join(HW_CHECKPOINT)).expect("read");
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("reopen");
+        assert_eq!(log.truncate_to(cut).await.expect("truncate"), cut);
+        log.close().await.expect("close");
+        // As if killed after the segments were cut, before the checkpoints were rewritten.
+        std::fs::write(dir.path().join(LEADER_EPOCH_CHECKPOINT), &stale_epochs).expect("write");
+        std::fs::write(dir.path().join(HW_CHECKPOINT), &stale_hw).expect("write");
+        std::fs::write(dir.path().join("truncate-intent"), intent_bytes(cut)).expect("write");
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("reopen");
+        assert_eq!(
+            warnings.containing("finishing a truncation interrupted by a crash"),
+            1
+        );
+        assert_eq!(log.offsets().log_end, cut);
+        assert_eq!(
+            log.epoch_entries(),
+            vec![EpochEntry {
+                epoch: 1,
+                start_offset: Offset(0)
+            }]
+        );
+        assert_eq!(log.high_watermark(), cut);
+        assert!(!dir.path().join("truncate-intent").exists());
+        check_epochs_match(&log).await;
+        log.close().await.expect("close");
+        // The checkpoints on disk were rewritten too.
+        let log = PartitionLog::open(dir.path(), config())
+            .await
+            .expect("reopen");
+        assert_eq!(log.epoch_entries().len(), 1);
+        assert_eq!(log.high_watermark(), cut);
+        log.close().await.expect("close");
+    });
+}
+
 #[test]
 fn truncate_below_the_log_start_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
