@@ -949,6 +949,73 @@ proptest! {
     }
 }
 
+/// The scenario the model is about, spelled out: an old leader's unreplicated suffix is cut
+/// when it returns as a follower, and it then holds exactly the new leader's log.
+#[test]
+fn old_leader_truncates_its_divergent_suffix() {
+    run(async {
+        let dirs: Vec<_> = (0..NODES)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut logs = Vec::new();
+        for d in &dirs {
+            logs.push(Some(
+                PartitionLog::open(d.path(), config()).await.expect("open"),
+            ));
+        }
+        let mut c = Cluster {
+            dirs,
+            logs,
+            leader: 0,
+            epoch: 1,
+            tag: 0,
+            committed: Vec::new(),
+        };
+        c.log(0).become_leader(1).await.expect("leader");
+        c.append(5).await;
+        c.replicate(1, usize::MAX).await;
+        c.replicate(2, usize::MAX).await;
+        let replicated = c.log(1).offsets().log_end;
+        assert_eq!(c.log(0).offsets().log_end, replicated);
+        // Node 0 appends more that nobody fetches, then node 1 takes over at epoch 2.
+        c.append(3).await;
+        let divergent_end = c.log(0).offsets().log_end;
+        assert!(divergent_end > replicated);
+        c.apply(&Op::Elect(1, 2)).await;
+        assert_eq!(c.log(1).end_offset_for_epoch(1), Some((1, replicated)));
+        c.reconcile(0).await;
+        assert_eq!(
+            c.log(0).offsets().log_end,
+            replicated,
+            "the divergent suffix is cut"
+        );
+        assert_eq!(
+            c.log(0).epoch_entries(),
+            vec![EpochEntry {
+                epoch: 1,
+                start_offset: Offset(0)
+            }]
+        );
+        c.converge_and_check().await;
+        assert_eq!(
+            c.log(0).epoch_entries(),
+            vec![
+                EpochEntry {
+                    epoch: 1,
+                    start_offset: Offset(0)
+                },
+                EpochEntry {
+                    epoch: 2,
+                    start_offset: replicated
+                },
+            ]
+        );
+        for log in c.logs.iter_mut() {
+            log.take().expect("open").close().await.expect("close");
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Crash during truncation.
 
