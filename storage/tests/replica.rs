@@ -262,7 +262,8 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
             .err()
             .expect("gap refused");
         assert!(
-            matches!(err, LogError::NonContiguous { expected, got } if expected == end && got == batches[4].base_offset()),
+            matches!(err, LogError::NonContiguous { expected, got }
+                if expected == end && got == batches[4].base_offset()),
             "{err}"
         );
         // An overlap.
@@ -588,7 +589,8 @@ fn truncate_below_the_log_start_is_refused() {
             .await
             .expect_err("refused");
         assert!(
-            matches!(err, LogError::OffsetOutOfRange { requested, .. } if requested.get() == start.get() - 1),
+            matches!(err, LogError::OffsetOutOfRange { requested, .. }
+                if requested.get() == start.get() - 1),
             "{err}"
         );
         assert_eq!(log.offsets().log_end, end);

@@ -6,9 +6,10 @@
 //!
 //! Truncation is made atomic with an intent file: `truncate_to` first quiesces the log
 //! (every appended byte written and synced), then writes `truncate-intent` holding the new
-//! end offset, then changes the segments and checkpoints, and removes the intent last. A crash before
-//! the intent is durable leaves the old log; after it, `open` finds the intent and truncates
-//! again (the steps are idempotent), so a reopened log is the old one or the truncated one.
+//! end offset, then changes the segments and checkpoints, and removes the intent last. A
+//! crash before the intent is durable leaves the old log; after it, `open` finds the intent
+//! and truncates again (the steps are idempotent), so a reopened log is the old one or the
+//! truncated one.
 
 use std::time::{Duration, Instant};
 
@@ -397,12 +398,13 @@ impl PartitionLog {
     /// A no-op at or after the log end; below the log start it is refused with
     /// [`LogError::OffsetOutOfRange`].
     ///
-    /// Waits for appends in flight to become durable (and for a roll or compaction pass
-    /// in progress to finish), and holds new appends back until it is done. A read running
+    /// Waits for appends in flight to become durable (and for a roll or compaction pass in
+    /// progress to finish), and holds new appends back until it is done. A read running
     /// concurrently over the removed batches may fail with [`LogError::Corrupt`] or a short
-    /// read; readers retry from the new end. Crash-safe: after a crash at any moment the reopened log is the old one or
-    /// the truncated one (an intent file makes `open` finish an interrupted truncation).
-    /// A failure half-way stops the log (the next open finishes the truncation).
+    /// read; readers retry from the new end. Crash-safe: after a crash at any moment the
+    /// reopened log is the old one or the truncated one (an intent file makes `open` finish
+    /// an interrupted truncation). A failure half-way stops the log (the next open finishes
+    /// the truncation).
     pub async fn truncate_to(&self, offset: Offset) -> LogResult<Offset> {
         let _truncation = Busy::take(&self.shared, Flag::Truncating).await?;
         {
