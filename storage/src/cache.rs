@@ -89,6 +89,16 @@ impl TailCache {
         }
     }
 
+    /// After a truncation to `end`: drops the batches that start at or after it.
+    pub(crate) fn truncate(&mut self, end: Offset) {
+        while let Some(back) = self.batches.back()
+            && back.batch.base_offset() >= end
+        {
+            self.bytes -= back.batch.len();
+            self.batches.pop_back();
+        }
+    }
+
     /// Batches holding offsets `>= from` and starting below `end`, no more than `max_bytes`
     /// in all except that the first batch is returned whatever its size.
     pub(crate) fn read(&self, from: Offset, end: Offset, max_bytes: usize) -> Vec<RecordBatch> {

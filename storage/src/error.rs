@@ -75,6 +75,23 @@ pub enum LogError {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// A batch handed to `append_replica` does not start at the log end: the follower and
+    /// the leader disagree on where it is (a gap or an overlap). Nothing was written.
+    #[error("non-contiguous replica batch: the log ends at {expected}, the batch starts at {got}")]
+    NonContiguous {
+        /// The log end offset, where the batch had to start.
+        expected: Offset,
+        /// The batch's base offset.
+        got: Offset,
+    },
+    /// `become_leader` was given an epoch older than one the log already holds.
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    StaleLeaderEpoch {
+        /// The epoch asked for.
+        epoch: u32,
+        /// The latest epoch in the log's leader-epoch cache.
+        latest: u32,
+    },
 }
 
 impl LogError {

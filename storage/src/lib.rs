@@ -12,6 +12,7 @@ mod aligned;
 mod cache;
 mod compact;
 mod config;
+mod epoch;
 mod error;
 mod index;
 mod io;
@@ -29,8 +30,11 @@ pub use config::{
     READ_BYTES_MAX, SCAN_READ_BYTES, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_CHUNK_BYTES_MAX,
     WRITE_DEPTH_MAX, system_clock_ms,
 };
+pub use epoch::{EpochEntry, HW_CHECKPOINT, LEADER_EPOCH_CHECKPOINT, LEADER_EPOCH_ENTRIES_MAX};
 pub use error::{LogError, LogResult};
 pub use io::FaultInjector;
-pub use log::{Appended, CleanStats, Durable, LogOffsets, LogStats, PartitionLog};
+pub use log::{
+    Appended, CleanStats, Durable, HW_CHECKPOINT_INTERVAL, LogOffsets, LogStats, PartitionLog,
+};
 pub use sluice_proto::{Offset, RecordBatch};
 pub use stats::{LATENCY_BUCKETS, LATENCY_BUCKETS_US, LatencyHistogram, LogIoStats};

@@ -36,8 +36,11 @@ use crate::stats::LogIoStats;
 use crate::writer::{Job, Pipeline, WriteJob};
 
 mod clean;
+mod replica;
 
 pub use clean::CleanStats;
+pub use replica::HW_CHECKPOINT_INTERVAL;
+use replica::Replication;
 
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -166,6 +169,8 @@ struct State {
     disk_full: bool,
     /// A write failed with ENOSPC and is being retried: appends are refused until it lands.
     write_no_space: bool,
+    /// Leader epochs, the high watermark, truncation (see `log/replica.rs`).
+    repl: Replication,
 }
 
 impl State {
@@ -286,6 +291,10 @@ pub struct LogOffsets {
     pub log_end: Offset,
     /// Offsets below this are durable under the flush policy.
     pub durable_end: Offset,
+    /// Offsets below this may be served to consumers. Equal to `durable_end` unless the log
+    /// was given a high watermark ([`PartitionLog::set_high_watermark`], or an
+    /// `hw-checkpoint` found at open); never above `durable_end`.
+    pub high_watermark: Offset,
 }
 
 /// A log's size and shape.
@@ -380,6 +389,7 @@ impl PartitionLog {
             swapping: false,
             disk_full: false,
             write_no_space: false,
+            repl: Replication::default(),
         };
         let shared = Rc::new(Shared {
             dir,
@@ -388,10 +398,12 @@ impl PartitionLog {
             io: RefCell::new(LogIoStats::default()),
         });
         let flusher = compio::runtime::spawn(run_flusher(shared.clone()));
-        Ok(Self {
+        let log = Self {
             shared,
             flusher: Some(flusher),
-        })
+        };
+        log.open_replication().await?;
+        Ok(log)
     }
 
     /// The directory holding the segments.
@@ -402,13 +414,15 @@ impl PartitionLog {
     /// Current offsets.
     pub fn offsets(&self) -> LogOffsets {
         let st = self.shared.state.borrow();
+        let durable_end = match self.shared.config.flush {
+            FlushPolicy::EveryBatch => st.acks.synced_next,
+            FlushPolicy::Interval { .. } => st.acks.written_next,
+        };
         LogOffsets {
             log_start: st.log_start,
             log_end: st.next_offset,
-            durable_end: match self.shared.config.flush {
-                FlushPolicy::EveryBatch => st.acks.synced_next,
-                FlushPolicy::Interval { .. } => st.acks.written_next,
-            },
+            durable_end,
+            high_watermark: st.repl.hw.map_or(durable_end, |hw| hw.min(durable_end)),
         }
     }
 
@@ -454,7 +468,16 @@ impl PartitionLog {
     /// Appends one batch: checks it (header, size, CRC), stamps the next offset on it in
     /// place, and queues it for writing. Waits only when the write buffers are full or a
     /// segment is being rolled. Await [`Appended::durable`] for the acknowledgement.
+    ///
+    /// After [`PartitionLog::become_leader`] each batch is also stamped with the leader
+    /// epoch (a field outside the CRC, like the base offset).
     pub async fn append(&self, batch: BytesMut) -> LogResult<Appended> {
+        self.append_inner(batch, false).await
+    }
+
+    /// `append` (`replica == false`: offsets and epoch stamped here) or `append_replica`
+    /// (`true`: the batch keeps them, and must start at the log end).
+    async fn append_inner(&self, batch: BytesMut, replica: bool) -> LogResult<Appended> {
         let config = &self.shared.config;
         if batch.len() > config.max_batch_bytes {
             return Err(LogError::BatchTooLarge {
@@ -483,8 +506,13 @@ impl PartitionLog {
                         .first_append_ms
                         .is_some_and(|first| now.saturating_sub(first) >= ms as i64)
                 });
-                if st.rolling {
+                if st.rolling || st.repl.truncating {
                     Step::Wait
+                } else if replica && header.base_offset != st.next_offset {
+                    return Err(LogError::NonContiguous {
+                        expected: st.next_offset,
+                        got: header.base_offset,
+                    });
                 } else if !active.is_empty() && (too_big || too_old) {
                     if st.pipeline.can_start_segment() {
                         st.rolling = true;
@@ -508,7 +536,7 @@ impl PartitionLog {
                     file.set_allocating(true);
                     Step::Allocate(file, to)
                 } else {
-                    return self.append_now(&mut st, batch, now);
+                    return self.append_now(&mut st, batch, now, replica);
                 }
             };
             match step {
@@ -519,10 +547,21 @@ impl PartitionLog {
         }
     }
 
-    fn append_now(&self, st: &mut State, mut batch: BytesMut, now: i64) -> LogResult<Appended> {
+    fn append_now(
+        &self,
+        st: &mut State,
+        mut batch: BytesMut,
+        now: i64,
+        replica: bool,
+    ) -> LogResult<Appended> {
         let config = &self.shared.config;
         let base_offset = st.next_offset;
-        sluice_proto::stamp_base_offset(&mut batch, base_offset);
+        if !replica {
+            sluice_proto::stamp_base_offset(&mut batch, base_offset);
+            if let Some(epoch) = st.repl.leader_epoch {
+                sluice_proto::stamp_leader_epoch(&mut batch, epoch);
+            }
+        }
         let batch = RecordBatch::from_bytes(batch.freeze(), &config.limits)?;
         let next = batch.next_offset();
         let file = st.active().file.clone();
@@ -683,7 +722,7 @@ impl PartitionLog {
                 if st.active().is_empty() {
                     return Ok(());
                 }
-                if st.rolling || !st.pipeline.can_start_segment() {
+                if st.rolling || st.repl.truncating || !st.pipeline.can_start_segment() {
                     None
                 } else {
                     st.rolling = true;
@@ -859,8 +898,9 @@ impl PartitionLog {
         let config = &self.shared.config;
         let doomed = {
             let mut st = self.shared.state.borrow_mut();
-            if st.swapping {
-                // A compaction swap is renaming files; the next retention pass runs as usual.
+            if st.swapping || st.repl.truncating {
+                // A compaction swap is renaming files, or a truncation is removing them; the
+                // next retention pass runs as usual.
                 return Ok(st.log_start);
             }
             let mut total: u64 = st.segments.values().map(|s| s.size).sum();
@@ -889,8 +929,11 @@ impl PartitionLog {
             if let Some(first) = st.segments.keys().next() {
                 st.log_start = *first;
             }
+            let log_start = st.log_start;
+            st.repl.log_start_moved(log_start);
             files
         };
+        self.checkpoint_epochs_if_dirty().await?;
         for file in &doomed {
             let (log, index, time) = segment_file_names(file.base);
             for name in [index, time, log] {
@@ -935,7 +978,8 @@ impl PartitionLog {
         if let Some(reason) = stopped {
             return Err(LogError::Stopped { reason });
         }
-        seal_segment(&self.shared, &file).await
+        seal_segment(&self.shared, &file).await?;
+        self.checkpoint_hw_at_close().await
     }
 }
 

@@ -115,6 +115,23 @@ impl Segment {
         self.size += len;
     }
 
+    /// Cuts the segment at byte `position` (a batch boundary): it now ends at offset
+    /// `next_offset` and its batches' largest timestamp is `max_timestamp`. It receives
+    /// appends again.
+    pub(crate) fn truncate(&mut self, position: u64, next_offset: Offset, max_timestamp: i64) {
+        self.index
+            .entries
+            .retain(|e| u64::from(e.position) < position);
+        self.last_indexed = self.index.entries.last().map(|e| u64::from(e.position));
+        self.size = position;
+        self.next_offset = next_offset;
+        self.max_timestamp = max_timestamp;
+        if position == 0 {
+            self.first_append_ms = None;
+        }
+        self.state = SegmentState::Active;
+    }
+
     pub(crate) fn summary(&self) -> SegmentSummary {
         SegmentSummary {
             base_offset: self.base(),

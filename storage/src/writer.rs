@@ -205,6 +205,16 @@ impl Pipeline {
         });
     }
 
+    /// After a truncation (the pipeline is idle): drops the filling chunk and starts again at
+    /// file position `file_pos` of `file`, whose partial block `carry` is on disk.
+    pub(crate) fn restart_segment(&mut self, file: Rc<SegmentFile>, file_pos: u64, carry: &[u8]) {
+        debug_assert!(self.is_idle());
+        if let Some(chunk) = self.active.take() {
+            self.pool.push(chunk.buf);
+        }
+        self.start_segment(file, file_pos, carry);
+    }
+
     /// Copies `bytes` into the buffers. The caller checked [`Pipeline::has_room`].
     pub(crate) fn append(&mut self, file: &Rc<SegmentFile>, bytes: &[u8]) {
         let mut rest = bytes;

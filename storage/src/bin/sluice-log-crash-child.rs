@@ -11,6 +11,15 @@
 //! parent reads is an acknowledged batch. The batch content is a function of the tag alone
 //! (see `batch_for` in `tests/common/workload.rs`), which lets the parent verify every batch it finds in the log.
 //!
+//! Mode `truncate` (`sluice-log-crash-child <dir> <first-tag> truncate <seed>`, for
+//! `tests/replica.rs`): one task runs cycles of leader change, appends and truncation, so
+//! that a kill often lands inside `truncate_to`. Each cycle: `become_leader(latest + 1)`
+//! (printed `L epoch log_end`), one to eight appends, each printed `A base last tag epoch`
+//! once durable, sometimes a roll, then a cut offset drawn from the seed in
+//! `[log_start, log_end]`, printed `T cut` before `truncate_to` and `D new_end` after it;
+//! one cycle in ten instead starts the log over past its end, printed `F start` before
+//! `truncate_fully_and_start_at` and `G` after it.
+//!
 //! The parent kills this process; [`RUN_MS_MAX`] bounds a run that is never killed, and the
 //! process asks the kernel to SIGKILL it if the parent dies first.
 
@@ -63,6 +72,77 @@ async fn append_loop(log: Rc<PartitionLog>, next_tag: Rc<Cell<u64>>, deadline: I
     }
 }
 
+/// A small deterministic generator (xorshift64*), so a run replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `[lo, hi]`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+fn ok_or_fail<T, E: std::fmt::Display>(res: Result<T, E>, what: &str) -> T {
+    res.unwrap_or_else(|e| fail(&format!("{what}: {e}")))
+}
+
+/// The `truncate` mode: leader changes, appends and truncations in a loop (see the top).
+async fn truncate_loop(log: &PartitionLog, mut tag: u64, seed: u64, deadline: Instant) {
+    let mut rng = Rng(seed | 1);
+    while Instant::now() < deadline {
+        let epoch = log.latest_epoch().map_or(1, |e| e + 1);
+        ok_or_fail(log.become_leader(epoch).await, "become_leader");
+        let end = log.offsets().log_end.get();
+        ok_or_fail(print_line(&format!("L {epoch} {end}")), "stdout");
+        for _ in 0..rng.between(1, 8) {
+            let appended = ok_or_fail(log.append(batch_for(tag)).await, "append");
+            ok_or_fail(appended.durable.await, "durable");
+            let line = format!(
+                "A {} {} {tag} {epoch}",
+                appended.base_offset.get(),
+                appended.last_offset.get()
+            );
+            ok_or_fail(print_line(&line), "stdout");
+            tag += 1;
+            if rng.between(0, 3) == 0 {
+                ok_or_fail(log.roll_now().await, "roll");
+            }
+        }
+        let offsets = log.offsets();
+        // Mostly short cuts (a follower's divergent suffix), sometimes deep ones.
+        let (start, end) = (offsets.log_start.get(), offsets.log_end.get());
+        let cut = if rng.between(0, 3) == 0 {
+            rng.between(start, end)
+        } else {
+            rng.between(end.saturating_sub(12).max(start), end)
+        };
+        if rng.between(0, 9) == 0 {
+            // A follower far behind: the log starts over, empty, past its old end.
+            let start = end + rng.between(0, 20);
+            ok_or_fail(print_line(&format!("F {start}")), "stdout");
+            let res = log
+                .truncate_fully_and_start_at(sluice_storage::Offset(start))
+                .await;
+            ok_or_fail(res, "truncate fully");
+            ok_or_fail(print_line("G"), "stdout");
+            continue;
+        }
+        ok_or_fail(print_line(&format!("T {cut}")), "stdout");
+        let new_end = ok_or_fail(
+            log.truncate_to(sluice_storage::Offset(cut)).await,
+            "truncate",
+        );
+        ok_or_fail(print_line(&format!("D {}", new_end.get())), "stdout");
+    }
+}
+
 fn fail(msg: &str) -> ! {
     eprintln!("sluice-log-crash-child: {msg}");
     std::process::exit(2);
@@ -87,7 +167,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => fail(&format!("io_uring runtime: {e}")),
     };
-    runtime.block_on(async move {
+    runtime.block_on(async {
         let log = match PartitionLog::open(&dir, config()).await {
             Ok(log) => Rc::new(log),
             Err(e) => fail(&format!("open {}: {e}", dir.display())),
@@ -96,6 +176,11 @@ fn main() -> ExitCode {
             fail(&format!("stdout: {e}"));
         }
         let deadline = Instant::now() + Duration::from_millis(RUN_MS_MAX);
+        if args.get(3).map(String::as_str) == Some("truncate") {
+            let seed = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
+            truncate_loop(&log, first_tag, seed, deadline).await;
+            return;
+        }
         let next_tag = Rc::new(Cell::new(first_tag));
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| compio::runtime::spawn(append_loop(log.clone(), next_tag.clone(), deadline)))

@@ -138,7 +138,7 @@ impl PartitionLog {
         };
         let (sources, first_dirty) = {
             let mut st = shared.state.borrow_mut();
-            if st.cleaning || st.stopped.is_some() || st.closing {
+            if st.cleaning || st.repl.truncating || st.stopped.is_some() || st.closing {
                 return Ok(None);
             }
             let sources: Vec<Source> = st
