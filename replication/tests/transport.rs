@@ -531,11 +531,13 @@ fn clients_without_a_good_certificate_or_identity_are_refused() {
             .expect("node 2 echo");
         assert_eq!(&r.body[..], b"2");
     });
+    // The server publishes its counters every 5 ms: wait for the last accept to show.
+    // Node 1 four times (good_peer_works) and node 2 once.
+    server.wait_for("five accepted connections", |s| s.stats.accepted == 5);
     let stats = server.shared.lock().expect("lock").stats;
     // The third: node 2's client aborted the handshake when the server was not node 1.
     assert_eq!(stats.handshake_failures, 3);
     assert_eq!(stats.refused_nodes, 1);
-    // Node 1 four times (good_peer_works) and node 2 once.
     assert_eq!(stats.accepted, 5);
 }
 
