@@ -777,6 +777,12 @@ fn closing_an_endpoint_tells_its_peers_and_ends_accept() {
             conn2.closed().await,
             TransportError::Refused { .. }
         ));
+        // Its connections are gone (the serve tasks ended), so shutdown completes.
+        let server = Rc::try_unwrap(server).expect("the accept task has ended");
+        compio::time::timeout(Duration::from_secs(5), server.shutdown())
+            .await
+            .expect("shutdown within 5 s")
+            .expect("shutdown");
     });
 }
 
