@@ -531,11 +531,13 @@ fn clients_without_a_good_certificate_or_identity_are_refused() {
             .expect("node 2 echo");
         assert_eq!(&r.body[..], b"2");
     });
+    // The server publishes its counters every 5 ms: wait for the last accept to show.
+    // Node 1 four times (good_peer_works) and node 2 once.
+    server.wait_for("five accepted connections", |s| s.stats.accepted == 5);
     let stats = server.shared.lock().expect("lock").stats;
     // The third: node 2's client aborted the handshake when the server was not node 1.
     assert_eq!(stats.handshake_failures, 3);
     assert_eq!(stats.refused_nodes, 1);
-    // Node 1 four times (good_peer_works) and node 2 once.
     assert_eq!(stats.accepted, 5);
 }
 
@@ -774,6 +776,60 @@ fn closing_an_endpoint_tells_its_peers_and_ends_accept() {
         assert!(matches!(
             conn2.closed().await,
             TransportError::Refused { .. }
+        ));
+        // Its connections are gone (the serve tasks ended), so shutdown completes.
+        let server = Rc::try_unwrap(server).expect("the accept task has ended");
+        compio::time::timeout(Duration::from_secs(5), server.shutdown())
+            .await
+            .expect("shutdown within 5 s")
+            .expect("shutdown");
+    });
+}
+
+/// Dropping every handle of a connection closes it (its acceptor tasks and stream reads do
+/// not keep it open): the peer learns at once, not after keep-alives stop.
+#[test]
+fn dropping_the_last_handle_closes_the_connection() {
+    let dir = certs(&[0, 1]);
+    runtime().block_on(async {
+        let tls0 = PeerTls::load(dir.path(), 0).expect("tls 0");
+        let server = PeerEndpoint::bind(any_addr(), &tls0, &[1])
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let tls1 = PeerTls::load(dir.path(), 1).expect("tls 1");
+        let client = PeerEndpoint::bind(any_addr(), &tls1, &[])
+            .await
+            .expect("bind");
+        let (accepted, conn) = futures_util::join!(server.accept(), client.connect(addr, 0));
+        let (accepted, conn) = (accepted.expect("accept"), conn.expect("connect"));
+        assert_eq!(accepted.peer_node(), 1);
+        // The server opens a one-way stream towards the client, so the client has a read
+        // pending on it when its handles go.
+        accepted
+            .send_oneway(FrameKind::RaftMessage, Bytes::from_static(b"hello"))
+            .await
+            .expect("send");
+        match conn.accept_incoming().await.expect("one-way") {
+            PeerIncoming::Oneway(frame) => assert_eq!(&frame.body[..], b"hello"),
+            other => panic!("expected a one-way frame, got {other:?}"),
+        }
+        let clone = conn.clone();
+        drop(conn);
+        drop(clone);
+        let closed = compio::time::timeout(Duration::from_secs(3), accepted.closed())
+            .await
+            .expect("the server saw the close within 3 s (keep-alives would hold it 10 s+)");
+        match closed {
+            TransportError::ConnectionLost {
+                peer: 1,
+                source: compio_quic::ConnectionError::ApplicationClosed(close),
+            } => assert_eq!(close.error_code.into_inner(), 0),
+            other => panic!("expected a normal close, got {other:?}"),
+        }
+        assert!(matches!(
+            accepted.accept_incoming().await,
+            Err(TransportError::ConnectionLost { .. })
         ));
     });
 }

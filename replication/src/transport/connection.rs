@@ -1,11 +1,10 @@
 //! A connection to one verified peer node: requests out, requests and one-way frames in.
 
 use std::cell::{Cell, RefCell};
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use compio_quic::{Connection, ReadError, RecvStream, SendStream};
@@ -25,6 +24,20 @@ use crate::NodeId;
 #[derive(Clone)]
 pub struct PeerConnection {
     inner: Rc<Inner>,
+    /// Closes the connection when the last handle (connection, responder or one-way sender)
+    /// is dropped; the tasks and stream reads hold only `inner`, so they never keep a
+    /// connection nobody uses open.
+    _handle: Rc<Handle>,
+}
+
+struct Handle(Rc<Inner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0
+            .conn
+            .close(super::CloseCode::Closed.varint(), b"closed");
+    }
 }
 
 struct Inner {
@@ -32,9 +45,14 @@ struct Inner {
     peer: NodeId,
     remote: SocketAddr,
     config: PeerConfig,
-    /// Incoming streams whose next frame is being read. Bounded by the peer's concurrent
-    /// stream limits ([`super::PEER_BIDI_STREAMS_MAX`] + [`super::PEER_UNI_STREAMS_MAX`]).
+    /// Incoming streams whose next frame is being read, filled by the two acceptor tasks.
+    /// Bounded by the peer's concurrent stream limits ([`super::PEER_BIDI_STREAMS_MAX`] +
+    /// [`super::PEER_UNI_STREAMS_MAX`]).
     reads: RefCell<FuturesUnordered<LocalBoxFuture<'static, StreamRead>>>,
+    /// The task waiting in `accept_incoming`, woken when the acceptors add a stream.
+    waiter: RefCell<Option<Waker>>,
+    /// Set by an acceptor when the connection is gone.
+    lost: RefCell<Option<compio_quic::ConnectionError>>,
     /// Incoming streams refused for a malformed frame, over the connection's life.
     malformed_streams: Cell<u64>,
 }
@@ -79,15 +97,49 @@ enum StreamRead {
 impl PeerConnection {
     pub(crate) fn new(conn: Connection, peer: NodeId, config: PeerConfig) -> Self {
         let remote = conn.remote_address();
+        let inner = Rc::new(Inner {
+            conn,
+            peer,
+            remote,
+            config,
+            reads: RefCell::new(FuturesUnordered::new()),
+            waiter: RefCell::new(None),
+            lost: RefCell::new(None),
+            malformed_streams: Cell::new(0),
+        });
+        // One task per direction, each woken only when a stream of its direction opens:
+        // polling quinn's accept futures from `accept_incoming` instead would leave a waker
+        // in compio-quic's queue on every poll (one per frame received), drained only when a
+        // stream opens.
+        let bi = Rc::clone(&inner);
+        compio::runtime::spawn(async move {
+            loop {
+                match bi.conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let read = read_request(Rc::clone(&bi), send, recv).boxed_local();
+                        bi.push_read(read);
+                    }
+                    Err(e) => return bi.set_lost(e),
+                }
+            }
+        })
+        .detach();
+        let uni = Rc::clone(&inner);
+        compio::runtime::spawn(async move {
+            loop {
+                match uni.conn.accept_uni().await {
+                    Ok(recv) => {
+                        let read = read_oneway(Rc::clone(&uni), recv).boxed_local();
+                        uni.push_read(read);
+                    }
+                    Err(e) => return uni.set_lost(e),
+                }
+            }
+        })
+        .detach();
         Self {
-            inner: Rc::new(Inner {
-                conn,
-                peer,
-                remote,
-                config,
-                reads: RefCell::new(FuturesUnordered::new()),
-                malformed_streams: Cell::new(0),
-            }),
+            _handle: Rc::new(Handle(Rc::clone(&inner))),
+            inner,
         }
     }
 
@@ -122,7 +174,7 @@ impl PeerConnection {
                 .map_err(|e| TransportError::lost(peer, e))?;
             write_frame(&mut send, kind, &body)
                 .await
-                .map_err(|e| self.write_error(e))?;
+                .map_err(|e| self.inner.write_error(e))?;
             // Already finished or reset only if the peer stopped the stream; the read says.
             let _ = send.finish();
             let frame = match read_frame(&mut recv).await {
@@ -134,7 +186,7 @@ impl PeerConnection {
                         "malformed response frame from peer");
                     return Err(TransportError::Frame { peer, source });
                 }
-                Err(ReadFrameError::Stream(e)) => return Err(self.read_error(e)),
+                Err(ReadFrameError::Stream(e)) => return Err(self.inner.read_error(e)),
             };
             if frame.kind == FrameKind::Error {
                 let error = ErrorBody::decode(&frame.body);
@@ -190,39 +242,22 @@ impl PeerConnection {
     pub async fn accept_incoming(&self) -> Result<PeerIncoming, TransportError> {
         let peer = self.inner.peer;
         loop {
-            let event = {
-                let mut bi = pin!(self.inner.conn.accept_bi());
-                let mut uni = pin!(self.inner.conn.accept_uni());
-                poll_fn(|cx| {
-                    if let Poll::Ready(r) = bi.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Bi(r));
+            let read = poll_fn(|cx| {
+                let mut reads = self.inner.reads.borrow_mut();
+                if !reads.is_empty() {
+                    if let Poll::Ready(Some(read)) = reads.poll_next_unpin(cx) {
+                        return Poll::Ready(Ok(read));
                     }
-                    if let Poll::Ready(r) = uni.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Uni(r));
-                    }
-                    let mut reads = self.inner.reads.borrow_mut();
-                    if !reads.is_empty()
-                        && let Poll::Ready(Some(read)) = reads.poll_next_unpin(cx)
-                    {
-                        return Poll::Ready(Event::Read(read));
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
-            match event {
-                Event::Bi(Ok((send, recv))) => {
-                    let read = read_request(self.clone(), send, recv);
-                    self.inner.reads.borrow_mut().push(read.boxed_local());
+                } else if let Some(e) = self.inner.lost.borrow().clone() {
+                    return Poll::Ready(Err(e));
                 }
-                Event::Uni(Ok(recv)) => {
-                    let read = read_oneway(self.clone(), recv);
-                    self.inner.reads.borrow_mut().push(read.boxed_local());
-                }
-                Event::Bi(Err(e)) | Event::Uni(Err(e)) => {
-                    return Err(TransportError::lost(peer, e));
-                }
-                Event::Read(StreamRead::Request(frame, send)) => {
+                *self.inner.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await
+            .map_err(|e| TransportError::lost(peer, e))?;
+            match read {
+                StreamRead::Request(frame, send) => {
                     return Ok(PeerIncoming::Request {
                         responder: Responder {
                             send: Some(send),
@@ -232,13 +267,13 @@ impl PeerConnection {
                         frame,
                     });
                 }
-                Event::Read(StreamRead::Oneway(frame, recv)) => {
-                    let read = read_oneway(self.clone(), recv);
-                    self.inner.reads.borrow_mut().push(read.boxed_local());
+                StreamRead::Oneway(frame, recv) => {
+                    let next = read_oneway(Rc::clone(&self.inner), recv).boxed_local();
+                    self.inner.reads.borrow_mut().push(next);
                     return Ok(PeerIncoming::Oneway(frame));
                 }
-                Event::Read(StreamRead::Finished) => {}
-                Event::Read(StreamRead::Failed { malformed }) => {
+                StreamRead::Finished => {}
+                StreamRead::Failed { malformed } => {
                     if malformed {
                         let n = self.inner.malformed_streams.get();
                         self.inner.malformed_streams.set(n + 1);
@@ -259,9 +294,28 @@ impl PeerConnection {
     pub async fn closed(&self) -> TransportError {
         TransportError::lost(self.inner.peer, self.inner.conn.closed().await)
     }
+}
+
+impl Inner {
+    fn push_read(&self, read: LocalBoxFuture<'static, StreamRead>) {
+        self.reads.borrow_mut().push(read);
+        self.wake_waiter();
+    }
+
+    fn set_lost(&self, e: compio_quic::ConnectionError) {
+        self.lost.borrow_mut().get_or_insert(e);
+        self.wake_waiter();
+    }
+
+    fn wake_waiter(&self) {
+        let waiter = self.waiter.borrow_mut().take();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
 
     fn write_error(&self, e: compio_quic::WriteError) -> TransportError {
-        let peer = self.inner.peer;
+        let peer = self.peer;
         match e {
             compio_quic::WriteError::Stopped(code) => TransportError::StreamReset {
                 peer,
@@ -276,7 +330,7 @@ impl PeerConnection {
     }
 
     fn read_error(&self, e: ReadError) -> TransportError {
-        let peer = self.inner.peer;
+        let peer = self.peer;
         match e {
             ReadError::Reset(code) => TransportError::StreamReset {
                 peer,
@@ -292,26 +346,16 @@ impl PeerConnection {
 
     /// Logs a refused incoming stream: what came from which peer.
     fn log_bad_stream(&self, stream: &str, error: &TransportError) {
-        tracing::warn!(peer = self.inner.peer, remote = %self.inner.remote, stream, error = %error,
+        tracing::warn!(peer = self.peer, remote = %self.remote, stream, error = %error,
             "refused a peer stream");
     }
 }
 
-enum Event {
-    Bi(Result<(SendStream, RecvStream), compio_quic::ConnectionError>),
-    Uni(Result<RecvStream, compio_quic::ConnectionError>),
-    Read(StreamRead),
-}
-
 /// Reads the request frame of an incoming bidirectional stream (within the frame-read
 /// timeout); a malformed one is answered with an error frame and the stream stopped.
-async fn read_request(
-    conn: PeerConnection,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) -> StreamRead {
-    let peer = conn.inner.peer;
-    let timeout = conn.inner.config.frame_read_timeout;
+async fn read_request(conn: Rc<Inner>, mut send: SendStream, mut recv: RecvStream) -> StreamRead {
+    let peer = conn.peer;
+    let timeout = conn.config.frame_read_timeout;
     let read = compio::time::timeout(timeout, read_frame(&mut recv)).await;
     let source = match read {
         Ok(Ok(Some(frame))) => return StreamRead::Request(frame, send),
@@ -342,7 +386,7 @@ async fn read_request(
     }
     .encode();
     // Best effort, bounded: the peer may be gone or not reading.
-    let answer = compio::time::timeout(conn.inner.config.request_timeout, async {
+    let answer = compio::time::timeout(conn.config.request_timeout, async {
         if write_frame(&mut send, FrameKind::Error, &body)
             .await
             .is_ok()
@@ -359,13 +403,13 @@ async fn read_request(
 
 /// Reads the next frame of an incoming unidirectional stream; a malformed one stops the
 /// stream.
-async fn read_oneway(conn: PeerConnection, mut recv: RecvStream) -> StreamRead {
+async fn read_oneway(conn: Rc<Inner>, mut recv: RecvStream) -> StreamRead {
     match read_frame(&mut recv).await {
         Ok(Some(frame)) => StreamRead::Oneway(frame, recv),
         Ok(None) => StreamRead::Finished,
         Err(ReadFrameError::Frame(source)) => {
             let error = TransportError::Frame {
-                peer: conn.inner.peer,
+                peer: conn.peer,
                 source,
             };
             conn.log_bad_stream("one-way", &error);
@@ -374,7 +418,7 @@ async fn read_oneway(conn: PeerConnection, mut recv: RecvStream) -> StreamRead {
         }
         Err(ReadFrameError::Stream(e)) => {
             let error = conn.read_error(e);
-            tracing::debug!(peer = conn.inner.peer, error = %error, "peer one-way stream failed");
+            tracing::debug!(peer = conn.peer, error = %error, "peer one-way stream failed");
             StreamRead::Failed { malformed: false }
         }
     }
@@ -416,7 +460,7 @@ impl Responder {
                 let _ = send.finish();
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.conn.write_error(e)),
+            Ok(Err(e)) => Err(self.conn.inner.write_error(e)),
             Err(_) => {
                 let _ = send.reset(StreamCode::NoResponse.varint());
                 Err(TransportError::Timeout {
@@ -471,7 +515,7 @@ impl OnewaySender {
         let timeout = self.conn.inner.config.request_timeout;
         match compio::time::timeout(timeout, write_frame(&mut self.send, kind, &body)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.conn.write_error(e)),
+            Ok(Err(e)) => Err(self.conn.inner.write_error(e)),
             Err(_) => Err(TransportError::Timeout {
                 peer,
                 kind,

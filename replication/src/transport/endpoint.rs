@@ -3,12 +3,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use compio_quic::{ClientConfig, Endpoint, EndpointConfig, Incoming, ServerConfig};
 use futures_util::future::LocalBoxFuture;
@@ -40,15 +39,27 @@ pub struct PeerEndpointStats {
     pub refused_busy: u64,
 }
 
-/// A QUIC endpoint with mutual TLS on the current compio runtime.
+/// A QUIC endpoint with mutual TLS on the current compio runtime. Dropping it closes it
+/// (like [`close`](Self::close)).
 pub struct PeerEndpoint {
     endpoint: Endpoint,
     node: NodeId,
     client_config: ClientConfig,
     config: PeerConfig,
+    state: Rc<AcceptState>,
+}
+
+/// What the endpoint's incoming task and [`PeerEndpoint::accept`] share.
+struct AcceptState {
+    node: NodeId,
+    config: PeerConfig,
     allowed: Rc<RefCell<BTreeSet<NodeId>>>,
+    /// Handshakes in progress, at most [`PEER_PENDING_HANDSHAKES_MAX`].
     handshakes: RefCell<FuturesUnordered<LocalBoxFuture<'static, Handshake>>>,
-    stats: Rc<Cell<PeerEndpointStats>>,
+    /// The task waiting in `accept`, woken when a handshake starts or the endpoint closes.
+    waiter: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+    stats: Cell<PeerEndpointStats>,
 }
 
 impl std::fmt::Debug for PeerEndpoint {
@@ -104,14 +115,34 @@ impl PeerEndpoint {
             Some(client_config.clone()),
         )
         .map_err(|source| TransportError::Bind { addr, source })?;
+        let state = Rc::new(AcceptState {
+            node: tls.node_id(),
+            config: config.clone(),
+            allowed: Rc::new(RefCell::new(allowed_nodes.iter().copied().collect())),
+            handshakes: RefCell::new(FuturesUnordered::new()),
+            waiter: RefCell::new(None),
+            closed: Cell::new(false),
+            stats: Cell::new(PeerEndpointStats::default()),
+        });
+        // Incoming attempts are taken by their own task, woken only when one arrives:
+        // polling compio-quic's `wait_incoming` from `accept` each time a handshake makes
+        // progress would queue a waker per poll, drained only one per new connection.
+        let task_state = Rc::clone(&state);
+        let task_endpoint = endpoint.clone();
+        compio::runtime::spawn(async move {
+            while let Some(incoming) = task_endpoint.wait_incoming().await {
+                task_state.start_handshake(incoming, task_endpoint.open_connections());
+            }
+            task_state.closed.set(true);
+            task_state.wake_waiter();
+        })
+        .detach();
         Ok(Self {
             endpoint,
             node: tls.node_id(),
             client_config,
             config,
-            allowed: Rc::new(RefCell::new(allowed_nodes.iter().copied().collect())),
-            handshakes: RefCell::new(FuturesUnordered::new()),
-            stats: Rc::new(Cell::new(PeerEndpointStats::default())),
+            state,
         })
     }
 
@@ -129,12 +160,12 @@ impl PeerEndpoint {
 
     /// Replaces the set of nodes that may connect (existing connections stay).
     pub fn set_allowed_nodes(&self, nodes: &[NodeId]) {
-        *self.allowed.borrow_mut() = nodes.iter().copied().collect();
+        *self.state.allowed.borrow_mut() = nodes.iter().copied().collect();
     }
 
     /// The counters so far.
     pub fn stats(&self) -> PeerEndpointStats {
-        self.stats.get()
+        self.state.stats.get()
     }
 
     /// The next connection from an allowed peer. Up to [`PEER_PENDING_HANDSHAKES_MAX`]
@@ -143,39 +174,36 @@ impl PeerEndpoint {
     ///
     /// Call it from one task at a time.
     pub async fn accept(&self) -> Result<PeerConnection, TransportError> {
+        let state = &self.state;
         loop {
-            let event = {
-                let mut wait = pin!(self.endpoint.wait_incoming());
-                poll_fn(|cx| {
-                    if let Poll::Ready(incoming) = wait.as_mut().poll(cx) {
-                        return Poll::Ready(Err(incoming));
+            let done = poll_fn(|cx| {
+                let mut handshakes = state.handshakes.borrow_mut();
+                if !handshakes.is_empty() {
+                    if let Poll::Ready(Some(done)) = handshakes.poll_next_unpin(cx) {
+                        return Poll::Ready(Some(done));
                     }
-                    let mut handshakes = self.handshakes.borrow_mut();
-                    if !handshakes.is_empty()
-                        && let Poll::Ready(Some(done)) = handshakes.poll_next_unpin(cx)
-                    {
-                        return Poll::Ready(Ok(done));
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
-            match event {
-                Err(None) => return Err(TransportError::EndpointClosed),
-                Err(Some(incoming)) => self.start_handshake(incoming),
-                Ok(Ok(conn)) => {
-                    self.count(|s| s.accepted += 1);
+                } else if state.closed.get() {
+                    return Poll::Ready(None);
+                }
+                *state.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            match done {
+                None => return Err(TransportError::EndpointClosed),
+                Some(Ok(conn)) => {
+                    state.count(|s| s.accepted += 1);
                     tracing::debug!(node = self.node, peer = conn.peer_node(),
                         remote = %conn.remote_address(), "peer connected");
                     return Ok(conn);
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     match e {
                         TransportError::NodeNotAllowed { .. }
                         | TransportError::NoNodeIdentity { .. } => {
-                            self.count(|s| s.refused_nodes += 1);
+                            state.count(|s| s.refused_nodes += 1);
                         }
-                        _ => self.count(|s| s.handshake_failures += 1),
+                        _ => state.count(|s| s.handshake_failures += 1),
                     }
                     tracing::warn!(node = self.node, error = %e, "refused a peer connection");
                 }
@@ -183,10 +211,63 @@ impl PeerEndpoint {
         }
     }
 
-    fn start_handshake(&self, incoming: Incoming) {
+    /// Connects to node `node` at `addr`; the server's certificate must name
+    /// `node-<node>.sluice.internal` and chain to the CA.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        node: NodeId,
+    ) -> Result<PeerConnection, TransportError> {
+        let connecting = self
+            .endpoint
+            .connect(addr, &node_dns_name(node), Some(self.client_config.clone()))
+            .map_err(|e| TransportError::Connect {
+                addr,
+                node,
+                reason: e.to_string(),
+            })?;
+        let timeout = self.config.connect_timeout;
+        let conn = compio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| TransportError::HandshakeTimeout { addr, timeout })?
+            .map_err(|source| TransportError::Handshake {
+                addr,
+                expected: Some(node),
+                source,
+            })?;
+        Ok(PeerConnection::new(conn, node, self.config.clone()))
+    }
+
+    /// Closes every connection (peers see [`CloseCode::Shutdown`]) and stops accepting.
+    pub fn close(&self) {
+        self.endpoint
+            .close(CloseCode::Shutdown.varint(), b"endpoint shutting down");
+    }
+
+    /// Closes, then waits for the connections to be told and the socket to close. Waits
+    /// until every [`PeerConnection`] of this endpoint (and its streams) has been dropped.
+    pub async fn shutdown(self) -> Result<(), TransportError> {
+        let endpoint = self.endpoint.clone();
+        // Drop closes the endpoint; the incoming task then ends and drops its clone.
+        drop(self);
+        endpoint
+            .shutdown()
+            .await
+            .map_err(|e| TransportError::Config(format!("shutdown: {e}")))
+    }
+}
+
+impl Drop for PeerEndpoint {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AcceptState {
+    fn start_handshake(&self, incoming: Incoming, open_connections: usize) {
         let remote = incoming.remote_address();
         if self.handshakes.borrow().len() >= PEER_PENDING_HANDSHAKES_MAX
-            || self.endpoint.open_connections() > PEER_CONNECTIONS_MAX
+            || open_connections > PEER_CONNECTIONS_MAX
         {
             self.count(|s| s.refused_busy += 1);
             tracing::warn!(node = self.node, %remote,
@@ -247,55 +328,14 @@ impl PeerEndpoint {
             Ok(PeerConnection::new(conn, node, config))
         };
         self.handshakes.borrow_mut().push(handshake.boxed_local());
+        self.wake_waiter();
     }
 
-    /// Connects to node `node` at `addr`; the server's certificate must name
-    /// `node-<node>.sluice.internal` and chain to the CA.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        node: NodeId,
-    ) -> Result<PeerConnection, TransportError> {
-        let connecting = self
-            .endpoint
-            .connect(addr, &node_dns_name(node), Some(self.client_config.clone()))
-            .map_err(|e| TransportError::Connect {
-                addr,
-                node,
-                reason: e.to_string(),
-            })?;
-        let timeout = self.config.connect_timeout;
-        let conn = compio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| TransportError::HandshakeTimeout { addr, timeout })?
-            .map_err(|source| TransportError::Handshake {
-                addr,
-                expected: Some(node),
-                source,
-            })?;
-        Ok(PeerConnection::new(conn, node, self.config.clone()))
-    }
-
-    /// Closes every connection (peers see [`CloseCode::Shutdown`]) and stops accepting.
-    pub fn close(&self) {
-        self.endpoint
-            .close(CloseCode::Shutdown.varint(), b"endpoint shutting down");
-    }
-
-    /// Closes, then waits for the connections to be told and the socket to close. Waits
-    /// until every [`PeerConnection`] of this endpoint (and its streams) has been dropped.
-    pub async fn shutdown(self) -> Result<(), TransportError> {
-        self.close();
-        let Self {
-            endpoint,
-            handshakes,
-            ..
-        } = self;
-        drop(handshakes);
-        endpoint
-            .shutdown()
-            .await
-            .map_err(|e| TransportError::Config(format!("shutdown: {e}")))
+    fn wake_waiter(&self) {
+        let waiter = self.waiter.borrow_mut().take();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
     }
 
     fn count(&self, f: impl FnOnce(&mut PeerEndpointStats)) {
