@@ -2,11 +2,15 @@
 //! own `Consumer` subscribed to the topics, on its own thread), and the run accounts for
 //! what the group as a whole was delivered.
 //!
-//! - **Start.** Before any member runs, the bench sets the group's committed offsets to where
-//!   the run starts (`consume`: each partition's first offset; `e2e`: its end, taken before
-//!   the producers start), so the members start exactly there and the accounting knows
-//!   every partition's first expected offset. The group must have no members (else the
-//!   broker refuses, and the bench says so).
+//! - **Start.** Before any member runs, the bench sets the group's committed offsets to the
+//!   partitions' ends (the group must have no members, else the broker refuses and the bench
+//!   says so), starts the members and waits until the group is **formed**: stable, with
+//!   every member and every partition assigned. The coordinator has no initial-rebalance
+//!   delay, so members join one round at a time; without this wait the first member would
+//!   read a backlog alone before the others are given partitions. Then the clock starts.
+//!   `e2e`: the producers start, and the group reads from the ends it was given. `consume`:
+//!   each partition's first owner moves it back to the partition's first offset; later
+//!   owners start at the group's committed offsets, as usual.
 //! - **Accounting** ([`Ledger`], bounded: one entry per partition). Per partition it keeps
 //!   the next offset expected (one past the highest delivered). A delivery below it is a
 //!   **duplicate** (delivered at or below the highest offset already seen, by any member);
@@ -15,11 +19,11 @@
 //!   end once every producer finished) are **missing**. A record's first delivery is what
 //!   the throughput and the end-to-end latency count.
 //! - **Rebalances** ([`Rebalances`]). Each member notes the polls in which its generation
-//!   changed (the poll that rejoined). A rebalance is one new generation after the first
-//!   one the run saw (the first member's join); it took from the earliest start of such a
-//!   poll (or the churned member's leave, if earlier) to the latest return of one, so it
-//!   includes the members noticing it through their heartbeats and the wait for each other.
-//!   The cooperative assignor's second round is a generation of its own.
+//!   changed (the poll that rejoined). A rebalance is one new generation after the group
+//!   formed; it took from the earliest start of such a poll (or the churned member's leave,
+//!   if earlier) to the latest return of one, so it includes the members noticing it
+//!   through their heartbeats (every 3 s by default) and the wait for each other. The
+//!   cooperative assignor's second round is a generation of its own.
 //! - **Assignor** (`--assignor NAME`): the members offer only that one; by default the
 //!   client's list (`cooperative-sticky`, then `range`).
 //! - **Churn** (`--churn-every S`): every S seconds the longest-running member leaves
@@ -33,7 +37,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use sluice_client::{Assignor, Client, Consumer, ConsumerConfig, ConsumerRecord, TopicPartition};
+use sluice_client::{
+    Assignor, Client, Consumer, ConsumerConfig, ConsumerRecord, SeekTo, TopicPartition,
+    decode_assignment,
+};
+use sluice_proto::protocol::group_state;
 use tokio::sync::oneshot;
 
 use crate::load::{ConsumerResult, Counters, Mode, Plan, TIMESTAMP_BYTES, unix_nanos};
@@ -51,6 +59,10 @@ const PENDING_LEAVES_MAX: usize = 1024;
 const MEMBER_POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// The shortest `--churn-every`: below it the group would never be stable.
 pub(crate) const CHURN_EVERY_MIN_S: f64 = 0.1;
+/// How long the initial members may take to form the group.
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the bench asks the coordinator whether the group has formed.
+const FORMATION_POLL: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -70,6 +82,8 @@ struct PartitionLedger {
 /// What the group was delivered, per partition; bounded by the number of partitions.
 pub(crate) struct Ledger {
     index: HashMap<(String, u32), usize>,
+    /// Partitions a member has moved to their start (only the first owner does).
+    positioned: Mutex<Vec<bool>>,
     inner: Mutex<LedgerInner>,
 }
 
@@ -110,6 +124,7 @@ impl Ledger {
             });
         }
         Ledger {
+            positioned: Mutex::new(vec![false; parts.len()]),
             index,
             inner: Mutex::new(LedgerInner {
                 parts,
@@ -120,6 +135,24 @@ impl Ledger {
                 last_progress: Instant::now(),
             }),
         }
+    }
+
+    /// Of `assigned`, the partitions no member has moved to their start yet, with that start;
+    /// they count as moved from now on.
+    fn to_position(&self, assigned: &[TopicPartition]) -> Vec<(TopicPartition, u64)> {
+        let mut positioned = lock(&self.positioned);
+        let inner = lock(&self.inner);
+        let mut out = Vec::new();
+        for tp in assigned {
+            let Some(&i) = self.index.get(&(tp.topic.clone(), tp.partition)) else {
+                continue;
+            };
+            if !positioned[i] {
+                positioned[i] = true;
+                out.push((tp.clone(), inner.parts[i].start));
+            }
+        }
+        out
     }
 
     /// Sets where each partition's run ends (same order as at construction).
@@ -235,14 +268,13 @@ impl Rebalances {
         self.leaves.push_back(at);
     }
 
-    /// The rebalances after the first generation seen, with their durations, and how many
-    /// more were seen but not timed.
+    /// The rebalances, with their durations, and how many more were seen but not timed.
     pub(crate) fn summary(&self) -> (Vec<RebalanceTime>, u64) {
         let mut leaves: Vec<Instant> = self.leaves.iter().copied().collect();
         leaves.sort();
         let mut out = Vec::new();
         let mut leaves = leaves.into_iter().peekable();
-        for (i, (&generation, &(start, end))) in self.spans.iter().enumerate() {
+        for (&generation, &(start, end)) in &self.spans {
             let mut start = start;
             // A leave belongs to the first generation completed after it.
             while let Some(&t) = leaves.peek() {
@@ -251,10 +283,6 @@ impl Rebalances {
                 }
                 start = start.min(t);
                 leaves.next();
-            }
-            if i == 0 {
-                // The group forming: the first member's join.
-                continue;
             }
             out.push(RebalanceTime {
                 generation,
@@ -275,6 +303,10 @@ pub(crate) struct GroupCtx {
     pub(crate) rebalances: Mutex<Rebalances>,
     /// Set when the run is over: transitions after it are the members leaving at the end.
     finished: AtomicBool,
+    /// The generation the group formed with, once it has (set before `go`).
+    formed_generation: Mutex<Option<i32>>,
+    /// Set once the group formed: members move their partitions to the start, the clock runs.
+    go: AtomicBool,
     /// Members started (initial ones and churn).
     members_started: Mutex<u64>,
 }
@@ -294,6 +326,8 @@ impl GroupCtx {
             ledger,
             rebalances: Mutex::new(Rebalances::default()),
             finished: AtomicBool::new(false),
+            formed_generation: Mutex::new(None),
+            go: AtomicBool::new(false),
             members_started: Mutex::new(0),
         }
     }
@@ -409,10 +443,22 @@ async fn member_loop(
         let after = consumer.group_identity().map(|(_, g)| g);
         if let Some(g) = after
             && after != generation
-            && g >= 0
+            && lock(&ctx.formed_generation).is_some_and(|formed| g > formed)
             && !ctx.finished.load(Ordering::SeqCst)
         {
             lock(&ctx.rebalances).transition(g, started, now);
+        }
+        // consume: the group formed at the ends (nothing to read, nobody produces), so a
+        // partition's first owner has read nothing when it moves it back to the start.
+        // (e2e starts at the ends: nothing to move; and a move after the producers started
+        // would re-read.)
+        if mode == Mode::Consume && ctx.go.load(Ordering::SeqCst) {
+            for (tp, start) in ctx.ledger.to_position(&consumer.assignment()) {
+                consumer
+                    .seek(&tp, SeekTo::Offset(start))
+                    .await
+                    .map_err(|e| format!("group member: seek {tp} to {start}: {e}"))?;
+            }
         }
         if batch.is_empty() {
             continue;
@@ -461,74 +507,159 @@ async fn member_loop(
     outcome.and(closed).map(|()| result)
 }
 
-/// Runs the group: `members` members, one replaced every `churn_every` seconds, until the
-/// run is over; returns the members' results merged.
-pub(crate) async fn run_group(
+/// The group's members while the run goes on.
+pub(crate) struct GroupRun {
     client: Client,
     mode: Mode,
-    members: usize,
-    churn_every: Option<f64>,
     ctx: Arc<GroupCtx>,
     plan: Arc<Plan>,
     counters: Arc<Counters>,
-) -> Result<ConsumerResult, String> {
-    let mut running = VecDeque::new();
-    let mut done = Vec::new();
-    let mut n = 0u64;
+    running: VecDeque<Member>,
+    /// Members started so far (their thread names).
+    n: u64,
+}
+
+/// Starts `members` members and waits until the group is formed: stable, every member
+/// in it and every partition assigned. Returns the running group and how long forming took.
+pub(crate) async fn start_group(
+    client: Client,
+    mode: Mode,
+    members: usize,
+    ctx: Arc<GroupCtx>,
+    plan: Arc<Plan>,
+    counters: Arc<Counters>,
+) -> Result<(GroupRun, Duration), String> {
+    let began = Instant::now();
+    let mut run = GroupRun {
+        client,
+        mode,
+        ctx,
+        plan,
+        counters,
+        running: VecDeque::new(),
+        n: 0,
+    };
     for _ in 0..members {
-        running.push_back(spawn_member(&client, n, mode, &ctx, &plan, &counters)?);
-        n += 1;
+        run.spawn()?;
     }
-    if let Some(every) = churn_every {
-        let period = Duration::from_secs_f64(every);
-        let mut next = Instant::now() + period;
-        loop {
-            while Instant::now() < next {
+    let partitions = run.plan_partitions();
+    loop {
+        if began.elapsed() > FORMATION_TIMEOUT {
+            return Err(format!(
+                "group {} did not form within {} s",
+                run.ctx.group,
+                FORMATION_TIMEOUT.as_secs()
+            ));
+        }
+        if run.running.iter_mut().any(|m| !m.result.is_empty()) {
+            return Err(format!(
+                "a member of group {} stopped while the group formed",
+                run.ctx.group
+            ));
+        }
+        if let Ok(g) = run.client.describe_group(&run.ctx.group).await
+            && g.state == group_state::STABLE
+            && g.members.len() == members
+        {
+            let mut assigned = 0;
+            for m in &g.members {
+                assigned += decode_assignment(&m.assignment)
+                    .map_err(|e| e.to_string())?
+                    .len();
+            }
+            if assigned == partitions {
+                *lock(&run.ctx.formed_generation) = Some(g.generation_id);
+                run.ctx.go.store(true, Ordering::SeqCst);
+                return Ok((run, began.elapsed()));
+            }
+        }
+        tokio::time::sleep(FORMATION_POLL).await;
+    }
+}
+
+impl GroupRun {
+    fn plan_partitions(&self) -> usize {
+        lock(&self.ctx.ledger.inner).parts.len()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let member = spawn_member(
+            &self.client,
+            self.n,
+            self.mode,
+            &self.ctx,
+            &self.plan,
+            &self.counters,
+        )?;
+        self.running.push_back(member);
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Runs until the run is over, one member replaced every `churn_every` seconds; returns
+    /// the members' results merged.
+    pub(crate) async fn run(self, churn_every: Option<f64>) -> Result<ConsumerResult, String> {
+        let GroupRun {
+            client,
+            mode,
+            ctx,
+            plan,
+            counters,
+            mut running,
+            mut n,
+        } = self;
+        let mut done = Vec::new();
+        if let Some(every) = churn_every {
+            let period = Duration::from_secs_f64(every);
+            let mut next = Instant::now() + period;
+            loop {
+                while Instant::now() < next {
+                    if ctx.over(mode, &counters) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 if ctx.over(mode, &counters) {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                next += period;
+                let Some(old) = running.pop_front() else {
+                    break;
+                };
+                old.stop.store(true, Ordering::SeqCst);
+                let result = old
+                    .result
+                    .await
+                    .map_err(|_| "a group member thread died".to_string())?;
+                let failed = result.is_err();
+                done.push(result);
+                if failed {
+                    break;
+                }
+                running.push_back(spawn_member(&client, n, mode, &ctx, &plan, &counters)?);
+                n += 1;
             }
-            if ctx.over(mode, &counters) {
-                break;
-            }
-            next += period;
-            let Some(old) = running.pop_front() else {
-                break;
-            };
-            old.stop.store(true, Ordering::SeqCst);
-            let result = old
-                .result
-                .await
-                .map_err(|_| "a group member thread died".to_string())?;
-            let failed = result.is_err();
-            done.push(result);
-            if failed {
-                break;
-            }
-            running.push_back(spawn_member(&client, n, mode, &ctx, &plan, &counters)?);
-            n += 1;
         }
+        for member in running {
+            done.push(
+                member
+                    .result
+                    .await
+                    .map_err(|_| "a group member thread died".to_string())?,
+            );
+        }
+        let mut merged = ConsumerResult {
+            histogram: latency_histogram(),
+            measured: 0,
+            measured_bytes: 0,
+            first: None,
+            last: None,
+        };
+        for r in done {
+            merged.merge(r?)?;
+        }
+        Ok(merged)
     }
-    for member in running {
-        done.push(
-            member
-                .result
-                .await
-                .map_err(|_| "a group member thread died".to_string())?,
-        );
-    }
-    let mut merged = ConsumerResult {
-        histogram: latency_histogram(),
-        measured: 0,
-        measured_bytes: 0,
-        first: None,
-        last: None,
-    };
-    for r in done {
-        merged.merge(r?)?;
-    }
-    Ok(merged)
 }
 
 /// Per-partition offsets (`timestamp`: earliest or latest) of `partitions`.
@@ -636,11 +767,10 @@ mod tests {
     }
 
     #[test]
-    fn rebalances_skip_the_first_generation_and_start_at_a_leave() {
+    fn rebalances_span_their_members_and_start_at_a_leave() {
         let t0 = Instant::now();
         let ms = |m: u64| t0 + Duration::from_millis(m);
         let mut r = Rebalances::default();
-        r.transition(1, ms(0), ms(50));
         r.transition(2, ms(100), ms(300));
         r.transition(2, ms(150), ms(400));
         r.leave(ms(900));

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::group::{
     CHURN_EVERY_MIN_S, GroupCtx, GroupFigures, Ledger, RebalanceTime, figures, partition_offsets,
-    position_group, run_group,
+    position_group, start_group,
 };
 use crate::report::{
     Latency, cpu_seconds_since, find_listener_pid, latency_histogram, pid_cpu_seconds,
@@ -372,6 +372,8 @@ pub(crate) struct LoadOutput {
     pub churn_every_s: Option<f64>,
     /// `--assignor` (null: the client's default list).
     pub assignor: Option<&'static str>,
+    /// How long the initial members took to form the group (before the measured interval).
+    pub group_formed_ms: Option<f64>,
     /// Members started in all (the initial ones and those churned in).
     pub members_started: Option<u64>,
     /// Records delivered to the group's members, duplicates included.
@@ -384,7 +386,7 @@ pub(crate) struct LoadOutput {
     /// Offsets never delivered between the highest delivered and the partition's end (the
     /// end at start in `consume`, once the producers finished in `e2e`).
     pub missing: Option<u64>,
-    /// Rebalances: generations after the first one the run saw (the group forming).
+    /// Rebalances: generations after the one the group formed with.
     pub rebalances: Option<u64>,
     /// The longest and the median rebalance: from the first member starting to rejoin (or
     /// a churned member starting to leave) to the last member back with the new generation.
@@ -782,21 +784,32 @@ async fn workload(
         )),
         _ => None,
     };
+    let mut group_formed: Option<Duration> = None;
     let consumers = match (&group, mode) {
         (_, Mode::Produce) => Vec::new(),
         (Some(ctx), _) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let run = run_group(
+            let (run, formed) = start_group(
                 client.clone(),
                 mode,
                 args.consumers,
-                args.churn_every,
                 Arc::clone(ctx),
                 Arc::clone(&plan),
                 Arc::clone(&counters),
-            );
+            )
+            .await?;
+            group_formed = Some(formed);
+            if !args.quiet {
+                eprintln!(
+                    "sluice-bench: group {} formed with {} members in {} ms",
+                    ctx.group,
+                    args.consumers,
+                    formed.as_millis()
+                );
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let churn_every = args.churn_every;
             tokio::spawn(async move {
-                let _ = tx.send(run.await);
+                let _ = tx.send(run.run(churn_every).await);
             });
             vec![rx]
         }
@@ -1007,6 +1020,7 @@ async fn workload(
             .assignor
             .filter(|_| group.is_some())
             .map(Assignor::name),
+        group_formed_ms: group_formed.map(|d| d.as_secs_f64() * 1e3),
         members_started: group_figures.as_ref().map(|g| g.members_started),
         received: group_figures.as_ref().map(|g| g.totals.received),
         duplicates: group_figures.as_ref().map(|g| g.totals.duplicates),
@@ -1031,8 +1045,9 @@ fn group_partitions(plan: &Plan) -> Vec<TopicPartition> {
         .collect()
 }
 
-/// `--group`: the accounting's starting points (consume: the first offsets, and the ends
-/// now; e2e: the ends now, before the producers start), committed as the group's offsets.
+/// `--group`: the group's committed offsets set to the ends (nothing to read while it
+/// forms), and the accounting's starting points (consume: the first offsets, with the ends
+/// now as the run's ends; e2e: the ends now, before the producers start).
 async fn prepare_group(
     mode: Mode,
     client: &Client,
@@ -1047,7 +1062,7 @@ async fn prepare_group(
     } else {
         ends.clone()
     };
-    position_group(client, group, &parts, &starts).await?;
+    position_group(client, group, &parts, &ends).await?;
     let ledger = Ledger::new(parts, &starts);
     if mode == Mode::Consume {
         ledger.set_ends(&ends);

@@ -220,17 +220,21 @@ fn e2e_group_with_churn_gets_every_record_once() {
     assert_eq!(u(&v, "missing"), 0, "{v}");
     assert_eq!(u(&v, "received"), records, "every record exactly once: {v}");
     assert_eq!(u(&v, "consumed_records"), records);
-    // Two initial members, then one more per churn (at least three in 6 s).
-    assert!(u(&v, "members_started") >= 5, "{v}");
-    // Each churn rebalances the group; each rebalance is timed.
+    // Two initial members, then one more per churn (every 1.5 s, once the previous member
+    // has left: at least two in 6 s).
+    assert!(u(&v, "members_started") >= 4, "{v}");
+    assert!(f(&v, "group_formed_ms") > 0.0, "{v}");
+    // The churns rebalance the group (a leave and a join may share one generation, and
+    // churns closer than a heartbeat interval too); each rebalance is timed.
     let rebalances = u(&v, "rebalances");
     let times = v["rebalance_times"].as_array().expect("rebalance_times");
-    assert!(rebalances >= 3, "{v}");
+    assert!(rebalances >= 1, "{v}");
     assert_eq!(times.len() as u64, rebalances);
     let max = f(&v, "rebalance_ms_max");
     assert!(max > 0.0 && f(&v, "rebalance_ms_p50") <= max, "{v}");
     for t in times {
         assert!(f(t, "ms") <= max && u(t, "generation") >= 2, "{t}");
+        assert!(f(t, "ms") > 0.0, "{t}");
     }
     let (p50, p99) = (u(&v, "e2e_p50_us"), u(&v, "e2e_p99_us"));
     assert!(0 < p50 && p50 <= p99, "{v}");
