@@ -81,7 +81,8 @@ struct PartitionLedger {
 
 /// What the group was delivered, per partition; bounded by the number of partitions.
 pub(crate) struct Ledger {
-    index: HashMap<(String, u32), usize>,
+    /// Topic → partition → entry (no allocation per record looked up).
+    index: HashMap<String, Vec<Option<usize>>>,
     /// Partitions a member has moved to their start (only the first owner does).
     positioned: Mutex<Vec<bool>>,
     inner: Mutex<LedgerInner>,
@@ -113,10 +114,15 @@ pub(crate) struct LedgerTotals {
 impl Ledger {
     /// A ledger over `partitions`, each starting at its offset in `starts`.
     pub(crate) fn new(partitions: Vec<TopicPartition>, starts: &[u64]) -> Ledger {
-        let mut index = HashMap::with_capacity(partitions.len());
+        let mut index: HashMap<String, Vec<Option<usize>>> = HashMap::new();
         let mut parts = Vec::with_capacity(partitions.len());
         for (i, (tp, &start)) in partitions.into_iter().zip(starts).enumerate() {
-            index.insert((tp.topic, tp.partition), i);
+            let slots = index.entry(tp.topic).or_default();
+            let p = tp.partition as usize;
+            if slots.len() <= p {
+                slots.resize(p + 1, None);
+            }
+            slots[p] = Some(i);
             parts.push(PartitionLedger {
                 start,
                 next: start,
@@ -137,6 +143,12 @@ impl Ledger {
         }
     }
 
+    fn entry(&self, topic: &str, partition: u32) -> Option<usize> {
+        self.index
+            .get(topic)
+            .and_then(|slots| slots.get(partition as usize).copied().flatten())
+    }
+
     /// Of `assigned`, the partitions no member has moved to their start yet, with that start;
     /// they count as moved from now on.
     fn to_position(&self, assigned: &[TopicPartition]) -> Vec<(TopicPartition, u64)> {
@@ -144,7 +156,7 @@ impl Ledger {
         let inner = lock(&self.inner);
         let mut out = Vec::new();
         for tp in assigned {
-            let Some(&i) = self.index.get(&(tp.topic.clone(), tp.partition)) else {
+            let Some(i) = self.entry(&tp.topic, tp.partition) else {
                 continue;
             };
             if !positioned[i] {
@@ -170,7 +182,7 @@ impl Ledger {
         let mut inner = lock(&self.inner);
         for r in records {
             inner.received += 1;
-            let Some(&i) = self.index.get(&(r.topic.clone(), r.partition)) else {
+            let Some(i) = self.entry(&r.topic, r.partition) else {
                 inner.unexpected += 1;
                 first.push(false);
                 continue;
