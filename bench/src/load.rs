@@ -27,12 +27,17 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    SeekTo, TopicPartition,
+    Acks, Assignor, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord, SeekTo, TopicPartition,
 };
 use sluice_proto::Compression;
+use sluice_proto::protocol::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use tokio::sync::mpsc;
 
+use crate::group::{
+    CHURN_EVERY_MIN_S, GroupCtx, GroupFigures, Ledger, RebalanceTime, figures, partition_offsets,
+    position_group, start_group,
+};
 use crate::report::{
     Latency, cpu_seconds_since, find_listener_pid, latency_histogram, pid_cpu_seconds,
     pid_peak_rss_bytes, process_cpu_seconds, spectrum,
@@ -44,7 +49,7 @@ use crate::units::parse_bytes;
 /// bench's own memory next to the client's `buffer_bytes`).
 const OUTSTANDING_DELIVERIES_MAX: usize = 1 << 16;
 /// Bytes of each value taken by the send timestamp.
-const TIMESTAMP_BYTES: u64 = 8;
+pub(crate) const TIMESTAMP_BYTES: u64 = 8;
 /// Most distinct keys for `--keys uniform|zipf` (the zipf table holds one f64 per key).
 const KEY_SPACE_MAX: u64 = 1 << 20;
 /// Record-batch framing per record the client adds (approximate), to size batches.
@@ -132,6 +137,11 @@ fn parse_keys(text: &str) -> Result<Keys, String> {
     }
 }
 
+fn parse_assignor(text: &str) -> Result<Assignor, String> {
+    Assignor::from_name(text)
+        .ok_or_else(|| format!("`{text}`: expected cooperative-sticky, range or roundrobin"))
+}
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let (n, scale) = if let Some(ms) = t.strip_suffix("ms") {
@@ -200,6 +210,20 @@ pub(crate) struct LoadArgs {
     /// Concurrent consumers (each its own `Consumer`; partitions split between them).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
+    /// Consume as the members of this consumer group (`consume`, `e2e`): --consumers members,
+    /// each its own `Consumer` subscribed to the topics; the group starts where the run does
+    /// (its committed offsets are set first, so it must have no members). Adds the group's
+    /// accounting: received, duplicates, gaps, missing, rebalances and their durations.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: every S seconds the longest-running member leaves (commit, LeaveGroup)
+    /// and a new member joins, to measure rebalances under load (30, 30s, 500ms, 2m).
+    #[arg(long, requires = "group", value_parser = parse_seconds)]
+    churn_every: Option<f64>,
+    /// With --group: the members' only assignor (cooperative-sticky, range, roundrobin);
+    /// default: the client's list, cooperative-sticky then range.
+    #[arg(long, requires = "group", value_parser = parse_assignor)]
+    assignor: Option<Assignor>,
     /// Size of each record's value (at least 8: the send timestamp).
     #[arg(long, default_value = "1KiB", value_parser = parse_bytes)]
     record_bytes: u64,
@@ -341,6 +365,35 @@ pub(crate) struct LoadOutput {
     pub broker_peak_rss_bytes: Option<u64>,
     /// How the broker's pid was found: spawn, flag, port, or unavailable.
     pub broker_pid_source: &'static str,
+    /// `--group`: the consumer group the consumers were members of (the group fields below
+    /// are null without it).
+    pub group: Option<String>,
+    /// `--churn-every`, seconds.
+    pub churn_every_s: Option<f64>,
+    /// `--assignor` (null: the client's default list).
+    pub assignor: Option<&'static str>,
+    /// How long the initial members took to form the group (before the measured interval).
+    pub group_formed_ms: Option<f64>,
+    /// Members started in all (the initial ones and those churned in).
+    pub members_started: Option<u64>,
+    /// Records delivered to the group's members, duplicates included.
+    pub received: Option<u64>,
+    /// Deliveries of an offset at or below the highest one already delivered in its
+    /// partition (to any member).
+    pub duplicates: Option<u64>,
+    /// Offsets skipped: a delivery above the next expected offset of its partition.
+    pub gaps: Option<u64>,
+    /// Offsets never delivered between the highest delivered and the partition's end (the
+    /// end at start in `consume`, once the producers finished in `e2e`).
+    pub missing: Option<u64>,
+    /// Rebalances: generations after the one the group formed with.
+    pub rebalances: Option<u64>,
+    /// The longest and the median rebalance: from the first member starting to rejoin (or
+    /// a churned member starting to leave) to the last member back with the new generation.
+    pub rebalance_ms_max: Option<f64>,
+    pub rebalance_ms_p50: Option<f64>,
+    /// Each timed rebalance (at most `REBALANCES_TRACKED_MAX`).
+    pub rebalance_times: Vec<RebalanceTime>,
     /// `[percentile, µs]` points of the produce-to-ack latency, for plots.
     pub spectrum: Vec<[f64; 2]>,
     /// The same for end-to-end latency.
@@ -349,12 +402,13 @@ pub(crate) struct LoadOutput {
 
 /// Counters the progress line reads.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     sent: AtomicU64,
     acked: AtomicU64,
-    consumed: AtomicU64,
+    /// Records consumed (with `--group`: first deliveries only).
+    pub(crate) consumed: AtomicU64,
     errors: AtomicU64,
-    producers_done: AtomicBool,
+    pub(crate) producers_done: AtomicBool,
 }
 
 /// One producer's result.
@@ -367,12 +421,29 @@ struct ProducerResult {
 }
 
 /// One consumer's result.
-struct ConsumerResult {
-    histogram: Histogram<u64>,
-    measured: u64,
-    measured_bytes: u64,
-    first: Option<Instant>,
-    last: Option<Instant>,
+pub(crate) struct ConsumerResult {
+    pub(crate) histogram: Histogram<u64>,
+    pub(crate) measured: u64,
+    pub(crate) measured_bytes: u64,
+    pub(crate) first: Option<Instant>,
+    pub(crate) last: Option<Instant>,
+}
+
+impl ConsumerResult {
+    /// Adds another consumer's result to this one.
+    pub(crate) fn merge(&mut self, other: ConsumerResult) -> Result<(), String> {
+        self.histogram
+            .add(&other.histogram)
+            .map_err(|e| e.to_string())?;
+        self.measured += other.measured;
+        self.measured_bytes += other.measured_bytes;
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = self.last.max(other.last);
+        Ok(())
+    }
 }
 
 /// splitmix64: a small, fast generator for keys (no statistical claims beyond that).
@@ -434,20 +505,20 @@ impl KeyGen {
     }
 }
 
-fn unix_nanos(at: SystemTime) -> u64 {
+pub(crate) fn unix_nanos(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Maps the run's monotonic instants to wall-clock time (the timestamps in records).
 #[derive(Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     start: Instant,
     start_unix_ns: u64,
 }
 
 impl Clock {
-    fn unix_ns(&self, at: Instant) -> u64 {
+    pub(crate) fn unix_ns(&self, at: Instant) -> u64 {
         self.start_unix_ns + at.saturating_duration_since(self.start).as_nanos() as u64
     }
 }
@@ -537,6 +608,14 @@ fn validate(mode: Mode, args: &LoadArgs) -> Result<(), String> {
     if args.consumers == 0 && mode != Mode::Produce {
         return Err("--consumers must be at least 1".into());
     }
+    if args.group.is_some() && mode == Mode::Produce {
+        return Err("--group is for consume and e2e".into());
+    }
+    if args.churn_every.is_some_and(|s| s < CHURN_EVERY_MIN_S) {
+        return Err(format!(
+            "--churn-every must be at least {CHURN_EVERY_MIN_S} s"
+        ));
+    }
     if args.topics == 0 || args.topics > TOPICS_MAX {
         return Err(format!("--topics must be 1..={TOPICS_MAX}"));
     }
@@ -620,15 +699,15 @@ fn producer_config(args: &LoadArgs) -> ProducerConfig {
 }
 
 /// What producers send: the schedule and where records go.
-struct Plan {
+pub(crate) struct Plan {
     topics: Vec<String>,
     /// Every (topic index, partition).
     targets: Vec<(usize, u32)>,
     total_records: Option<u64>,
     deadline: Option<Instant>,
     /// Records sent before this are not measured.
-    measure_from: Instant,
-    clock: Clock,
+    pub(crate) measure_from: Instant,
+    pub(crate) clock: Clock,
 }
 
 async fn workload(
@@ -699,10 +778,42 @@ async fn workload(
         clock,
     });
     let counters = Arc::new(Counters::default());
-    let consumers = if mode == Mode::Produce {
-        Vec::new()
-    } else {
-        start_consumers(mode, &client, args, &plan, &counters).await?
+    let group = match &args.group {
+        Some(g) if mode != Mode::Produce => Some(Arc::new(
+            prepare_group(mode, &client, g, args.assignor, &plan).await?,
+        )),
+        _ => None,
+    };
+    let mut group_formed: Option<Duration> = None;
+    let consumers = match (&group, mode) {
+        (_, Mode::Produce) => Vec::new(),
+        (Some(ctx), _) => {
+            let (run, formed) = start_group(
+                client.clone(),
+                mode,
+                args.consumers,
+                Arc::clone(ctx),
+                Arc::clone(&plan),
+                Arc::clone(&counters),
+            )
+            .await?;
+            group_formed = Some(formed);
+            if !args.quiet {
+                eprintln!(
+                    "sluice-bench: group {} formed with {} members in {} ms",
+                    ctx.group,
+                    args.consumers,
+                    formed.as_millis()
+                );
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let churn_every = args.churn_every;
+            tokio::spawn(async move {
+                let _ = tx.send(run.run(churn_every).await);
+            });
+            vec![rx]
+        }
+        (None, _) => start_consumers(mode, &client, args, &plan, &counters).await?,
     };
     let cpu_before = process_cpu_seconds();
     let broker_cpu_before = broker_pid.and_then(pid_cpu_seconds);
@@ -714,6 +825,13 @@ async fn workload(
     } else {
         let r = run_producers(&client, args, &plan, &counters).await;
         counters.producers_done.store(true, Ordering::SeqCst);
+        if let Some(ctx) = &group {
+            // Everything produced is in the logs now: the group reads up to these ends.
+            let parts = group_partitions(&plan);
+            ctx.ledger
+                .set_ends(&partition_offsets(&client, &parts, LATEST_TIMESTAMP).await?);
+            ctx.ledger.touch();
+        }
         r?
     };
     let produced_end = Instant::now();
@@ -734,6 +852,22 @@ async fn workload(
         .zip(broker_cpu_before)
         .map(|(a, b)| a - b);
     let broker_peak_rss_bytes = broker_pid.and_then(pid_peak_rss_bytes);
+    let group_figures: Option<GroupFigures> = group.as_deref().map(figures);
+    if let Some(g) = &group_figures {
+        let t = &g.totals;
+        if t.gaps > 0 || t.missing > 0 || t.unexpected > 0 {
+            eprintln!(
+                "sluice-bench: the group skipped {} offsets and never got {} records ({} from \
+                 partitions it does not read)",
+                t.gaps, t.missing, t.unexpected
+            );
+        }
+    }
+    let rebalance_ms: Vec<f64> = group_figures.as_ref().map_or_else(Vec::new, |g| {
+        let mut v: Vec<f64> = g.rebalances.iter().map(|r| r.ms).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    });
 
     let mut ack = latency_histogram();
     let mut errors = 0;
@@ -880,9 +1014,65 @@ async fn workload(
         broker_cpu_s_per_gb: broker_cpu.filter(|_| gb > 0.0).map(|c| c / gb),
         broker_peak_rss_bytes,
         broker_pid_source: pid_source,
+        group: group.as_ref().map(|g| g.group.clone()),
+        churn_every_s: args.churn_every.filter(|_| group.is_some()),
+        assignor: args
+            .assignor
+            .filter(|_| group.is_some())
+            .map(Assignor::name),
+        group_formed_ms: group_formed.map(|d| d.as_secs_f64() * 1e3),
+        members_started: group_figures.as_ref().map(|g| g.members_started),
+        received: group_figures.as_ref().map(|g| g.totals.received),
+        duplicates: group_figures.as_ref().map(|g| g.totals.duplicates),
+        gaps: group_figures.as_ref().map(|g| g.totals.gaps),
+        missing: group_figures.as_ref().map(|g| g.totals.missing),
+        rebalances: group_figures
+            .as_ref()
+            .map(|g| g.rebalances.len() as u64 + g.untimed),
+        rebalance_ms_max: rebalance_ms.last().copied(),
+        rebalance_ms_p50: rebalance_ms.get(rebalance_ms.len() / 2).copied(),
+        rebalance_times: group_figures.map_or_else(Vec::new, |g| g.rebalances),
         spectrum: spectrum(&ack),
         e2e_spectrum: spectrum(&e2e),
     })
+}
+
+/// Every partition of the run, in the plan's order.
+fn group_partitions(plan: &Plan) -> Vec<TopicPartition> {
+    plan.targets
+        .iter()
+        .map(|&(t, p)| TopicPartition::new(plan.topics[t].clone(), p))
+        .collect()
+}
+
+/// `--group`: the group's committed offsets set to the ends (nothing to read while it
+/// forms), and the accounting's starting points (consume: the first offsets, with the ends
+/// now as the run's ends; e2e: the ends now, before the producers start).
+async fn prepare_group(
+    mode: Mode,
+    client: &Client,
+    group: &str,
+    assignor: Option<Assignor>,
+    plan: &Plan,
+) -> Result<GroupCtx, String> {
+    let parts = group_partitions(plan);
+    let ends = partition_offsets(client, &parts, LATEST_TIMESTAMP).await?;
+    let starts = if mode == Mode::Consume {
+        partition_offsets(client, &parts, EARLIEST_TIMESTAMP).await?
+    } else {
+        ends.clone()
+    };
+    position_group(client, group, &parts, &ends).await?;
+    let ledger = Ledger::new(parts, &starts);
+    if mode == Mode::Consume {
+        ledger.set_ends(&ends);
+    }
+    Ok(GroupCtx::new(
+        group.to_owned(),
+        assignor,
+        plan.topics.clone(),
+        ledger,
+    ))
 }
 
 fn write_hdr(path: &std::path::Path, h: &Histogram<u64>) -> Result<(), String> {
@@ -1353,6 +1543,20 @@ pub(crate) fn print(out: &LoadOutput, json: bool) -> Result<(), String> {
                 "  consumed {} records, {} MB/s",
                 o.consumed_records,
                 opt_f(o.consume_mb_per_s, 1)
+            );
+        }
+        if let Some(group) = &o.group {
+            println!(
+                "  group {group}: {} members started; received {} duplicates {} gaps {} \
+                 missing {}; rebalances {} (max {} ms, p50 {} ms)",
+                opt(o.members_started),
+                opt(o.received),
+                opt(o.duplicates),
+                opt(o.gaps),
+                opt(o.missing),
+                opt(o.rebalances),
+                opt_f(o.rebalance_ms_max, 0),
+                opt_f(o.rebalance_ms_p50, 0)
             );
         }
         println!(

@@ -3,6 +3,7 @@
 //! Speed is measured here, never in timed tests. Every subcommand prints a human-readable
 //! table, or one JSON object with `--json` (stable keys) for scripts and `docs/BENCHMARKS.md`.
 
+mod group;
 mod limits;
 mod load;
 mod log_append;

@@ -173,6 +173,107 @@ fn open_loop_reaches_a_low_rate_and_e2e_measures_consumers() {
     assert!(0 < p50 && p50 <= u(&v, "e2e_p99_us") && u(&v, "e2e_p99_us") <= max);
 }
 
+/// `--group`: two members of one consumer group, one replaced every 1.5 s while the
+/// producer runs. Every produced record reaches the group; with commits before every
+/// revocation and on close, a clean leave/join re-delivers nothing (Kafka's at-least-once
+/// allows duplicates only after a crash, past the last commit), and nothing is skipped.
+#[test]
+fn e2e_group_with_churn_gets_every_record_once() {
+    let sluice = ensure_sluice();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench(&[
+        "e2e",
+        "--spawn",
+        "--sluice-bin",
+        sluice.to_str().expect("utf-8 path"),
+        "--data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+        "--partitions",
+        "4",
+        "--consumers",
+        "2",
+        "--group",
+        "bench-churn",
+        "--churn-every",
+        "1.5",
+        "--rate",
+        "2000",
+        "--duration",
+        "6",
+        "--batch-records",
+        "50",
+        "--record-bytes",
+        "100",
+        "--json",
+        "--quiet",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["group"], "bench-churn");
+    let records = u(&v, "records");
+    assert!(
+        (11_000..=12_000).contains(&records),
+        "6 s at 2000/s: {records}"
+    );
+    assert_eq!(u(&v, "errors"), 0);
+    assert_eq!(u(&v, "duplicates"), 0, "{v}");
+    assert_eq!(u(&v, "gaps"), 0, "{v}");
+    assert_eq!(u(&v, "missing"), 0, "{v}");
+    assert_eq!(u(&v, "received"), records, "every record exactly once: {v}");
+    assert_eq!(u(&v, "consumed_records"), records);
+    // Two initial members, then one more per churn (every 1.5 s, once the previous member
+    // has left: at least two in 6 s).
+    assert!(u(&v, "members_started") >= 4, "{v}");
+    assert!(f(&v, "group_formed_ms") > 0.0, "{v}");
+    // The churns rebalance the group (a leave and a join may share one generation, and
+    // churns closer than a heartbeat interval too); each rebalance is timed.
+    let rebalances = u(&v, "rebalances");
+    let times = v["rebalance_times"].as_array().expect("rebalance_times");
+    assert!(rebalances >= 1, "{v}");
+    assert_eq!(times.len() as u64, rebalances);
+    let max = f(&v, "rebalance_ms_max");
+    assert!(max > 0.0 && f(&v, "rebalance_ms_p50") <= max, "{v}");
+    for t in times {
+        assert!(f(t, "ms") <= max && u(t, "generation") >= 2, "{t}");
+        assert!(f(t, "ms") > 0.0, "{t}");
+    }
+    let (p50, p99) = (u(&v, "e2e_p50_us"), u(&v, "e2e_p99_us"));
+    assert!(0 < p50 && p50 <= p99, "{v}");
+
+    // consume --group: two members catch up on a filled topic, and the group gets every
+    // record once.
+    let out = bench(&[
+        "consume",
+        "--spawn",
+        "--sluice-bin",
+        sluice.to_str().expect("utf-8 path"),
+        "--data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+        "--partitions",
+        "4",
+        "--consumers",
+        "2",
+        "--group",
+        "bench-catchup",
+        "--assignor",
+        "range",
+        "--record-bytes",
+        "512",
+        "--total-bytes",
+        "4MiB",
+        "--json",
+        "--quiet",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["assignor"], "range");
+    assert_eq!(u(&v, "records"), 8192, "4 MiB of 512-byte records");
+    assert_eq!(u(&v, "received"), 8192, "{v}");
+    assert_eq!(
+        (u(&v, "duplicates"), u(&v, "gaps"), u(&v, "missing")),
+        (0, 0, 0),
+        "{v}"
+    );
+}
+
 #[test]
 fn plot_writes_a_png() {
     let dir = tempfile::tempdir().expect("tempdir");

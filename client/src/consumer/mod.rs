@@ -195,7 +195,10 @@ impl Consumer {
             return Ok(());
         };
         let mut result = Ok(());
-        if self.config.auto_commit && !member.is_lost() && !member.needs_join() {
+        // Also while a rebalance is pending (the heartbeat said rejoin): the generation
+        // is still valid, and without this commit the next owner would re-read everything
+        // since the last auto-commit.
+        if self.config.auto_commit && member.can_commit() {
             let offsets = self.uncommitted(false);
             result = member.commit(&offsets).await;
         }

@@ -167,6 +167,14 @@ impl GroupMember {
         self.shared.lock().lost
     }
 
+    /// Whether a commit of the owned partitions can be accepted: the member is in a
+    /// generation it has not lost. A pending rejoin does not matter: until the member
+    /// rejoins, the coordinator still takes commits of its generation.
+    pub(crate) fn can_commit(&self) -> bool {
+        let st = self.shared.lock();
+        st.generation >= 0 && !st.lost
+    }
+
     /// Asks for a rejoin at the next poll (after a cooperative revocation).
     pub(crate) fn request_rejoin(&self) {
         self.shared.lock().rejoin = true;
