@@ -41,6 +41,11 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     logging::init(&config.log_level, config.log_format);
+    if !crate::limits::tune_allocator() {
+        tracing::warn!(
+            "glibc refused the allocator thresholds (mallopt); running with its defaults"
+        );
+    }
     if let Some((before, after)) = doctor::raise_nofile_limit() {
         tracing::info!(
             before,

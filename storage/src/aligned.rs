@@ -33,6 +33,9 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     capacity: usize,
+    /// The memory is an anonymous mapping of its own (see [`AlignedBuf::mapped`]), released
+    /// with `munmap`; otherwise it came from the global allocator.
+    mapped: bool,
 }
 
 // SAFETY: the buffer exclusively owns its allocation; moving it between threads moves that
@@ -59,6 +62,50 @@ impl AlignedBuf {
             ptr,
             len: 0,
             capacity,
+            mapped: false,
+        }
+    }
+
+    /// Like [`AlignedBuf::with_capacity`], but the memory is a private anonymous mapping of
+    /// its own: the kernel hands it out zeroed and only the pages actually written become
+    /// resident. For the log's write chunks (1 MiB each, up to `write_chunks_max` per
+    /// partition), of which a partition with small batches only ever touches the start:
+    /// `alloc_zeroed` at this alignment allocates and then `memset`s the whole capacity,
+    /// which costs the CPU to fault in and clear every page and keeps all of them resident.
+    ///
+    /// # Panics
+    /// If `capacity` is zero or the mapping fails (the process cannot continue then).
+    pub fn mapped(capacity: usize) -> Self {
+        assert!(capacity > 0, "an aligned buffer needs a capacity");
+        let capacity = align_up(capacity as u64) as usize;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(Self::layout(capacity))
+        }
+        let Some(ptr) = NonNull::new(raw.cast::<u8>()) else {
+            std::alloc::handle_alloc_error(Self::layout(capacity))
+        };
+        // Mappings are page aligned; the page is at least a block on the targets we run on.
+        assert_eq!(
+            ptr.as_ptr() as usize % BLOCK_BYTES,
+            0,
+            "a mapping is block aligned"
+        );
+        Self {
+            ptr,
+            len: 0,
+            capacity,
+            mapped: true,
         }
     }
 
@@ -133,8 +180,14 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `with_capacity` with this same layout.
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) };
+        if self.mapped {
+            // SAFETY: mapped in `mapped` with this same length, and unmapped only here.
+            let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.capacity) };
+            debug_assert_eq!(rc, 0, "munmap of an aligned buffer");
+        } else {
+            // SAFETY: allocated in `with_capacity` with this same layout.
+            unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) };
+        }
     }
 }
 
@@ -194,6 +247,22 @@ mod tests {
         let bytes = buf.freeze();
         assert_eq!(bytes.len(), 4096);
         assert_eq!(bytes.as_ptr() as usize % BLOCK_BYTES, 0);
+    }
+
+    #[test]
+    fn mapped_buffers_start_zeroed_and_aligned() {
+        let mut buf = AlignedBuf::mapped(1 << 20);
+        assert_eq!(buf.capacity(), 1 << 20);
+        assert_eq!(buf.as_slice().as_ptr() as usize % BLOCK_BYTES, 0);
+        buf.extend_from_slice(&[7u8; 5000]);
+        assert_eq!(buf.zero_pad_to_block(), 8192);
+        assert!(buf.as_slice()[5000..].iter().all(|&b| b == 0));
+        // SAFETY (test): the whole capacity is initialised (zeroed by the kernel).
+        unsafe { buf.set_len(1 << 20) };
+        assert!(buf.as_slice()[8192..].iter().all(|&b| b == 0));
+        buf.clear();
+        let bytes = buf.freeze();
+        assert!(bytes.is_empty());
     }
 
     #[test]

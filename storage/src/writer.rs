@@ -163,7 +163,7 @@ impl Pipeline {
         }
         if self.allocated < self.chunks_max {
             self.allocated += 1;
-            return Some(AlignedBuf::with_capacity(self.chunk_bytes));
+            return Some(AlignedBuf::mapped(self.chunk_bytes));
         }
         None
     }
