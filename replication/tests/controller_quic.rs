@@ -57,7 +57,7 @@ fn peer_config() -> PeerConfig {
 
 fn controller_config() -> ControllerConfig {
     ControllerConfig {
-        broker_session_timeout: Duration::from_secs(2),
+        broker_session_timeout: Duration::from_secs(3),
         ..ControllerConfig::default()
     }
 }

@@ -54,6 +54,9 @@ pub const CONTROLLER_RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100
 pub const CONTROLLER_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Longest wait for a proposal to apply (or for a forwarded request's answer).
 pub const CONTROLLER_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a forwarded heartbeat's answer, connecting included: a heartbeat must not
+/// hang on a dead leader for longer than the broker's session allows.
+pub const CONTROLLER_HEARTBEAT_FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer whose raft frames `step` refuses is logged at most once per this interval.
 pub const BAD_FRAME_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest forwarded request or response body (a topic request with its configs fits).
@@ -86,8 +89,9 @@ pub enum DriverError {
     /// The command committed but the state machine rejected it (on every voter alike).
     #[error("rejected: {0}")]
     Rejected(Rejection),
-    /// The proposal did not apply in time (its outcome is unknown).
-    #[error("the proposal did not apply within {0:?}")]
+    /// No answer in time: a proposal that did not apply (its outcome is unknown), or a
+    /// forwarded heartbeat the leader did not answer.
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Forwarding to the leader failed on the way.
     #[error("forwarding to the active controller: {0}")]
@@ -304,6 +308,8 @@ struct Inner {
     applied: Notify,
     stopped: Cell<bool>,
     stats: Cell<DriverStats>,
+    /// The connection forwarded requests use, to the leader it was made to.
+    forward_conn: RefCell<Option<PeerConnection>>,
     /// Per peer: when its last refused frame was logged, and how many since.
     bad_frame_log: RefCell<BTreeMap<NodeId, (Instant, u64)>>,
 }
@@ -376,6 +382,7 @@ impl ControllerDriver {
             applied: Notify::default(),
             stopped: Cell::new(false),
             stats: Cell::new(DriverStats::default()),
+            forward_conn: RefCell::new(None),
             bad_frame_log: RefCell::new(BTreeMap::new()),
         });
         let mut tasks = Vec::new();
@@ -441,9 +448,12 @@ impl ControllerDriver {
         self.applied_index()
     }
 
-    /// Creates a topic on the active controller (forwarding if this node is not it) and waits
-    /// until it applied here... on the leader; returns its raft index. Wait for
-    /// [`applied_index`](Self::applied_index) to reach it to see it in this node's state.
+    /// Creates a topic through the active controller (forwarded if this node is not it),
+    /// within [`CONTROLLER_PROPOSAL_TIMEOUT`]: returns once the command applied on the leader,
+    /// with its raft index (this node's state has it once
+    /// [`applied_index`](Self::applied_index) reaches it). A rejection applied by every voter
+    /// is [`DriverError::Rejected`] here and [`DriverError::Remote`] with Kafka's code when
+    /// forwarded; no leader is [`DriverError::NotController`].
     pub async fn create_topic(
         &self,
         name: &str,
@@ -463,7 +473,8 @@ impl ControllerDriver {
         }
     }
 
-    /// Deletes a topic through the active controller; returns its raft index.
+    /// Deletes a topic through the active controller, like
+    /// [`create_topic`](Self::create_topic); returns its raft index.
     pub async fn delete_topic(&self, name: &str) -> Result<u64, DriverError> {
         let request = ForwardRequest::DeleteTopic {
             name: name.to_string(),
@@ -474,7 +485,8 @@ impl ControllerDriver {
         }
     }
 
-    /// Sends this broker's heartbeat to the active controller (forwarding if needed).
+    /// Sends this broker's heartbeat to the active controller (forwarded if needed); the
+    /// reply comes at once (registering or unfencing follows by proposal).
     pub async fn broker_heartbeat(
         &self,
         heartbeat: &BrokerHeartbeat,
@@ -500,6 +512,7 @@ impl ControllerDriver {
     /// Stops the tasks and closes the endpoint (peers see a normal shutdown).
     pub fn close(&self) {
         self.inner.stop();
+        self.inner.forward_conn.borrow_mut().take();
         self.inner.endpoint.close();
         self.tasks.borrow_mut().clear();
     }
@@ -598,6 +611,12 @@ impl Inner {
         let leader = self.controller.borrow().leader();
         match leader {
             Some(l) if l == self.me => self.handle_local(request).await,
+            Some(l) if matches!(request, ForwardRequest::BrokerHeartbeat { .. }) => {
+                let timeout = CONTROLLER_HEARTBEAT_FORWARD_TIMEOUT;
+                compio::time::timeout(timeout, self.forward(l, request))
+                    .await
+                    .map_err(|_| DriverError::Timeout(timeout))?
+            }
             Some(l) => self.forward(l, request).await,
             None => Err(DriverError::NotController { leader_hint: None }),
         }
@@ -613,14 +632,38 @@ impl Inner {
                 leader_hint: Some(leader),
             });
         };
-        // A fresh connection per forward: forwards are rare (topic admin, heartbeats every
-        // few seconds), and the raft sender's connection stays independent of them.
-        let conn = self.endpoint.connect(peer.addr, leader).await?;
-        let frame = conn
+        // Forwards have their own connection to the leader (kept while it works), so a
+        // stalled forward never holds up the raft sender's stream.
+        let cached = self
+            .forward_conn
+            .borrow()
+            .as_ref()
+            .filter(|c| c.peer_node() == leader)
+            .cloned();
+        let conn = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.endpoint.connect(peer.addr, leader).await?;
+                *self.forward_conn.borrow_mut() = Some(c.clone());
+                c
+            }
+        };
+        let frame = match conn
             .request(FrameKind::ControllerForward, request.encode())
-            .await;
-        conn.close();
-        let frame = frame?;
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let mut cached = self.forward_conn.borrow_mut();
+                if !matches!(e, TransportError::Remote { .. })
+                    && cached.as_ref().is_some_and(|c| c.peer_node() == leader)
+                {
+                    *cached = None;
+                    conn.close();
+                }
+                return Err(e.into());
+            }
+        };
         if frame.kind != FrameKind::ControllerForwardResponse {
             return Err(DriverError::Remote {
                 code: UNKNOWN_SERVER_ERROR,
@@ -919,5 +962,58 @@ async fn serve_request(inner: Rc<Inner>, frame: Frame, responder: Responder) {
         .await
     {
         tracing::debug!(node = inner.me, peer, error = %e, "could not answer a forwarded request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_messages_round_trip_and_garbage_is_an_error() {
+        let requests = [
+            ForwardRequest::CreateTopic {
+                name: "orders".into(),
+                partitions: 6,
+                replication_factor: 3,
+                configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
+            },
+            ForwardRequest::DeleteTopic { name: "x".into() },
+            ForwardRequest::BrokerHeartbeat {
+                registration: BrokerRegistration {
+                    id: 2,
+                    incarnation: 9,
+                    client_host: "h".into(),
+                    client_port: 9092,
+                    shards: 4,
+                    peer_host: "p".into(),
+                    peer_port: 19092,
+                },
+                want_unfence: true,
+            },
+        ];
+        for r in requests {
+            assert_eq!(ForwardRequest::decode(&r.encode()), Ok(r));
+        }
+        let responses = [
+            ForwardResponse::Applied { index: 7 },
+            ForwardResponse::Heartbeat {
+                registered: true,
+                fenced: false,
+                applied_index: 3,
+            },
+            ForwardResponse::from_error(&DriverError::NotController { leader_hint: None }),
+        ];
+        for r in responses {
+            assert_eq!(ForwardResponse::decode(&r.encode()), Ok(r));
+        }
+        assert!(ForwardRequest::decode(b"").is_err());
+        assert!(ForwardRequest::decode(b"\x02abc").is_err());
+        assert!(ForwardRequest::decode(b"\x01garbage").is_err());
+        assert!(ForwardRequest::decode(&vec![1; FORWARD_BYTES_MAX + 1]).is_err());
+        assert_eq!(
+            DriverError::NotController { leader_hint: None }.kafka_code(),
+            41
+        );
     }
 }
