@@ -18,7 +18,7 @@ use sluice_replication::NodeId;
 use sluice_replication::cert;
 use sluice_replication::controller::{
     BrokerHeartbeat, BrokerRegistration, ClusterState, Controller, ControllerConfig,
-    ControllerDriver, DriverStats,
+    ControllerDriver, DriverError, DriverStats,
 };
 use sluice_replication::tls::PeerTls;
 use sluice_replication::transport::{FrameKind, PeerConfig, PeerEndpoint, PeerEndpointStats};
@@ -577,4 +577,48 @@ fn a_non_voter_is_refused_and_garbage_frames_are_dropped() {
         Some(leader),
         "garbage must not cost the leader"
     );
+
+    // A rejection travels back through the forward with Kafka's code (TOPIC_ALREADY_EXISTS).
+    let code = cluster.node(target).run(|d| {
+        async move {
+            d.create_topic("still-works", 1, 1, BTreeMap::new())
+                .await
+                .map_err(|e| e.kafka_code())
+        }
+        .boxed_local()
+    });
+    assert_eq!(code, Err(36));
+
+    // A clean close: the node answers Stopped, the other two keep committing.
+    let closed = cluster.node(target).run(|d| {
+        async move {
+            d.close();
+            d.delete_topic("still-works")
+                .await
+                .map_err(|e| matches!(e, DriverError::Stopped))
+        }
+        .boxed_local()
+    });
+    assert_eq!(closed, Err(true));
+    let other = (0..3).find(|n| *n != target).expect("another node");
+    let index = cluster.node(other).run(|d| {
+        async move {
+            d.delete_topic("still-works")
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed_local()
+    });
+    assert!(index.is_ok(), "delete through node {other}: {index:?}");
+    wait_until("deleted on the two", Duration::from_secs(10), || {
+        let gone = (0..3).filter(|n| *n != target).all(|n| {
+            !cluster
+                .node(n)
+                .view()
+                .state
+                .topics
+                .contains_key("still-works")
+        });
+        gone.then_some(())
+    });
 }
