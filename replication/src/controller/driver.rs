@@ -510,6 +510,11 @@ impl ControllerDriver {
     }
 
     /// Stops the tasks and closes the endpoint (peers see a normal shutdown).
+    ///
+    /// Known limit: the endpoint's UDP socket is not released by this (nor by dropping the
+    /// driver): compio-quic 0.8 keeps it open while connection state lingers, and
+    /// `PeerEndpoint::shutdown` after `close` did not return within 5 s in a 3-node test.
+    /// Rebinding the same peer port in the same process needs that fixed first.
     pub fn close(&self) {
         self.inner.stop();
         self.inner.forward_conn.borrow_mut().take();
