@@ -17,6 +17,7 @@
 //! start at 0. The voter set is fixed at first open (every node of `--cluster`) and checked on
 //! every later open.
 
+pub mod driver;
 mod error;
 pub mod state;
 pub mod storage;
@@ -29,6 +30,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 
+pub use driver::{ControllerDriver, DriverError, DriverStats};
 pub use error::{ControllerError, Result};
 pub use state::{
     BrokerInfo, BrokerRegistration, ClusterState, Command, PartitionChange, PartitionState,
