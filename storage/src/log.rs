@@ -475,9 +475,9 @@ impl PartitionLog {
         self.append_inner(batch, false).await
     }
 
-    /// `append` (`replica == false`: offsets and epoch stamped here) or `append_replica`
-    /// (`true`: the batch keeps them, and must start at the log end).
-    async fn append_inner(&self, batch: BytesMut, replica: bool) -> LogResult<Appended> {
+    /// The checks every appended batch passes before anything is written: its size against
+    /// `max_batch_bytes`, a header that parses, and a declared length equal to its size.
+    fn check_batch_frame(&self, batch: &[u8]) -> LogResult<BatchHeader> {
         let config = &self.shared.config;
         if batch.len() > config.max_batch_bytes {
             return Err(LogError::BatchTooLarge {
@@ -485,7 +485,7 @@ impl PartitionLog {
                 max: config.max_batch_bytes,
             });
         }
-        let header = BatchHeader::parse(&batch, &config.limits)?;
+        let header = BatchHeader::parse(batch, &config.limits)?;
         if header.batch_length as usize != batch.len() {
             return Err(sluice_proto::DecodeError::LengthMismatch {
                 declared: u64::from(header.batch_length),
@@ -493,6 +493,14 @@ impl PartitionLog {
             }
             .into());
         }
+        Ok(header)
+    }
+
+    /// `append` (`replica == false`: offsets and epoch stamped here) or `append_replica`
+    /// (`true`: the batch keeps them, and must start at the log end).
+    async fn append_inner(&self, batch: BytesMut, replica: bool) -> LogResult<Appended> {
+        let config = &self.shared.config;
+        let header = self.check_batch_frame(&batch)?;
         let len = batch.len();
         loop {
             let step = {

@@ -210,21 +210,7 @@ impl PartitionLog {
     /// epoch newer than the cache's latest adds a cache entry (persisted before the batch is
     /// queued). Group commit, durability and the tail cache are those of `append`.
     pub async fn append_replica(&self, batch: BytesMut) -> LogResult<Appended> {
-        let config = &self.shared.config;
-        if batch.len() > config.max_batch_bytes {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: config.max_batch_bytes,
-            });
-        }
-        let header = BatchHeader::parse(&batch, &config.limits)?;
-        if header.batch_length as usize != batch.len() {
-            return Err(sluice_proto::DecodeError::LengthMismatch {
-                declared: u64::from(header.batch_length),
-                actual: batch.len() as u64,
-            }
-            .into());
-        }
+        let header = self.check_batch_frame(&batch)?;
         sluice_proto::verify_crc(&batch)?;
         loop {
             {
