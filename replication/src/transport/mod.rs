@@ -21,12 +21,12 @@ pub mod kind;
 
 pub use config::{
     PEER_BIDI_STREAMS_MAX, PEER_CONNECT_TIMEOUT, PEER_CONNECTION_WINDOW_BYTES,
-    PEER_CONNECTIONS_MAX, PEER_FRAME_READ_TIMEOUT, PEER_IDLE_TIMEOUT, PEER_KEEP_ALIVE_INTERVAL,
-    PEER_MTU_BYTES, PEER_PENDING_HANDSHAKES_MAX, PEER_REQUEST_TIMEOUT, PEER_STREAM_WINDOW_BYTES,
-    PEER_UNI_STREAMS_MAX, PeerConfig,
+    PEER_CONNECTIONS_MAX, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_FRAME_READ_TIMEOUT,
+    PEER_IDLE_TIMEOUT, PEER_KEEP_ALIVE_INTERVAL, PEER_MTU_BYTES, PEER_PENDING_HANDSHAKES_MAX,
+    PEER_REQUEST_TIMEOUT, PEER_STREAM_WINDOW_BYTES, PEER_UNI_STREAMS_MAX, PeerConfig,
 };
 pub use connection::{OnewaySender, PeerConnection, PeerIncoming, Responder};
-pub use endpoint::{PeerEndpoint, PeerEndpointStats};
+pub use endpoint::{EndpointRelease, PeerEndpoint, PeerEndpointStats};
 pub use error::{CloseCode, StreamCode, TransportError};
 pub use frame::{
     ERROR_MESSAGE_BYTES_MAX, ErrorBody, FRAME_HEADER_BYTES, Frame, FrameError,
