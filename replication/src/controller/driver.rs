@@ -20,6 +20,10 @@
 //! messages to the senders, the applied commands to [`ControllerDriver::applied_index`] and its
 //! waiters. A `ready` error (failed fsync) stops the driver: every later call answers
 //! [`DriverError::Stopped`], and the broker must stop.
+//!
+//! [`ControllerDriver::close`] (or a drop) cancels the tasks and lets go of the endpoint, which
+//! then releases its UDP socket in the background; [`ControllerDriver::shutdown`] also waits
+//! for that, so the same peer port can be bound again in this process.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -38,8 +42,9 @@ use super::{
     NodeId, Output,
 };
 use crate::transport::{
-    EndpointRelease, ErrorBody, Frame, FrameKind, OnewaySender, PEER_ENDPOINT_SHUTDOWN_TIMEOUT,
-    PeerConnection, PeerEndpoint, PeerIncoming, Responder, TransportError,
+    EndpointRelease, ErrorBody, Frame, FrameKind, OnewaySender, PEER_CONNECT_TIMEOUT,
+    PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PeerConnection, PeerEndpoint, PeerIncoming, Responder,
+    TransportError,
 };
 
 /// Raft messages queued for one peer; more are dropped (and counted) until the sender catches
@@ -60,10 +65,10 @@ pub const CONTROLLER_HEARTBEAT_FORWARD_TIMEOUT: Duration = Duration::from_secs(1
 /// A peer whose raft frames `step` refuses is logged at most once per this interval.
 pub const BAD_FRAME_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest [`ControllerDriver::shutdown`]: its tasks end at once, a forward still connecting
-/// lets go of the endpoint within the handshake timeout, then the endpoint has
+/// lets go of the endpoint within the (default) handshake timeout, then the endpoint has
 /// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`] to release its socket.
 pub const CONTROLLER_SHUTDOWN_TIMEOUT: Duration =
-    Duration::from_secs(PEER_ENDPOINT_SHUTDOWN_TIMEOUT.as_secs() + 5);
+    Duration::from_secs(PEER_ENDPOINT_SHUTDOWN_TIMEOUT.as_secs() + PEER_CONNECT_TIMEOUT.as_secs());
 /// Largest forwarded request or response body (a topic request with its configs fits).
 pub const FORWARD_BYTES_MAX: usize = 256 * 1024;
 /// Version byte in front of every forwarded request and response.

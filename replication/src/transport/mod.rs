@@ -8,6 +8,9 @@
 //!   bidirectional stream ([`PeerConnection::request`]), one-way frames on unidirectional
 //!   streams ([`PeerConnection::send_oneway`], [`PeerConnection::open_oneway`]); the other
 //!   side takes both from [`PeerConnection::accept_incoming`].
+//! - [`PeerEndpoint::shutdown`] (or a drop) closes every connection and frees the UDP port
+//!   within [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`], once the application has dropped its
+//!   connection handles; [`EndpointRelease`] waits for that.
 //!
 //! Everything is `!Send` (`Rc`, compio-quic without its `sync` feature): an endpoint and its
 //! connections live on the thread that created them.
