@@ -1,12 +1,13 @@
 //! A controller quorum over real QUIC on 127.0.0.1: one thread and compio runtime per node,
 //! certificates generated into a tempdir, data dirs on disk. A "crash" drops the node's
-//! runtime without closing anything.
+//! runtime without closing anything (its UDP socket must be free afterwards); a clean restart
+//! shuts the driver down and starts a new one on the same runtime and the same peer port.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,26 +22,39 @@ use sluice_replication::controller::{
     ControllerDriver, DriverError, DriverStats,
 };
 use sluice_replication::tls::PeerTls;
-use sluice_replication::transport::{FrameKind, PeerConfig, PeerEndpoint, PeerEndpointStats};
+use sluice_replication::transport::{
+    FrameKind, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PeerConfig, PeerEndpoint, PeerEndpointStats,
+};
 
 type Job = Box<dyn FnOnce(Rc<ControllerDriver>) -> LocalBoxFuture<'static, ()> + Send>;
 
 /// What a node's thread publishes every few milliseconds.
 #[derive(Debug, Clone, Default)]
 struct View {
+    /// Which life of the node on its thread this is: 1, then +1 per clean restart.
+    life: u32,
     leader: Option<NodeId>,
     term: u64,
     applied: u64,
     state: ClusterState,
     stats: DriverStats,
     endpoint: PeerEndpointStats,
+    /// How long the last clean `shutdown` took.
+    last_shutdown: Option<Duration>,
 }
+
+/// `Node::control` values.
+const RUN: u8 = 0;
+/// Drop the runtime with everything in it: no close is sent.
+const CRASH: u8 = 1;
+/// `ControllerDriver::shutdown`, then a new driver on the same runtime and port.
+const RESTART: u8 = 2;
 
 struct Node {
     id: NodeId,
     jobs: mpsc::Sender<Job>,
     view: Arc<Mutex<View>>,
-    crash: Arc<AtomicBool>,
+    control: Arc<AtomicU8>,
     heartbeating: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,8 +90,8 @@ fn registration(id: NodeId, incarnation: u64) -> BrokerRegistration {
 
 impl Node {
     /// Starts node `id` on its own thread, from `data` (created on first use), bound to its
-    /// address in `voters`; it heartbeats as a broker (incarnation `incarnation`) every
-    /// 300 ms while `heartbeating` is set.
+    /// address in `voters`; it heartbeats as a broker (incarnation `incarnation`, +1 per
+    /// clean restart) every 300 ms while `heartbeating` is set.
     fn start(
         id: NodeId,
         certs: &Path,
@@ -89,71 +103,36 @@ impl Node {
         let voters = voters.to_vec();
         let (jobs, rx) = mpsc::channel::<Job>();
         let view = Arc::new(Mutex::new(View::default()));
-        let crash = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(AtomicU8::new(RUN));
         let heartbeating = Arc::new(AtomicBool::new(true));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let view = Arc::clone(&view);
-            let crash = Arc::clone(&crash);
+            let control = Arc::clone(&control);
             let heartbeating = Arc::clone(&heartbeating);
             std::thread::spawn(move || {
                 let runtime = compio::runtime::Runtime::new().expect("runtime");
                 runtime.block_on(async move {
-                    let ids: Vec<NodeId> = voters.iter().map(|v| v.0).collect();
-                    let addr = voters.iter().find(|v| v.0 == id).expect("own address").1;
-                    let controller =
-                        Controller::open(&data, id, &ids, controller_config()).expect("open");
-                    let tls = PeerTls::load(&certs, id).expect("tls");
-                    // The port may still be held for a moment by the crashed predecessor.
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    let endpoint = loop {
-                        match PeerEndpoint::bind_with(addr, &tls, &[], peer_config()).await {
-                            Ok(e) => break e,
-                            Err(e) if Instant::now() < deadline => {
-                                eprintln!("node {id}: bind {addr}: {e}; retrying");
-                                compio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            Err(e) => panic!("node {id}: bind {addr}: {e}"),
-                        }
+                    let life = Life {
+                        id,
+                        certs,
+                        data,
+                        voters,
+                        view,
+                        control,
+                        heartbeating,
+                        jobs: rx,
                     };
-                    let driver = Rc::new(
-                        ControllerDriver::start(controller, endpoint, &voters).expect("start"),
-                    );
-                    let _ = ready_tx.send(());
-                    let heartbeats = {
-                        let driver = Rc::clone(&driver);
-                        compio::runtime::spawn(async move {
-                            loop {
-                                if heartbeating.load(Ordering::SeqCst) {
-                                    let hb = BrokerHeartbeat {
-                                        registration: registration(id, incarnation),
-                                        want_unfence: true,
-                                    };
-                                    let _ = driver.broker_heartbeat(&hb).await;
-                                }
-                                compio::time::sleep(Duration::from_millis(300)).await;
-                            }
-                        })
-                    };
-                    while !crash.load(Ordering::SeqCst) {
-                        *view.lock().expect("view") = View {
-                            leader: driver.leader(),
-                            term: driver.term(),
-                            applied: driver.applied_index(),
-                            state: driver.state().clone(),
-                            stats: driver.stats(),
-                            endpoint: driver.endpoint().stats(),
-                        };
-                        while let Ok(job) = rx.try_recv() {
-                            compio::runtime::spawn(job(Rc::clone(&driver))).detach();
+                    let mut incarnation = incarnation;
+                    for n in 1.. {
+                        match life.run(n, incarnation, &ready_tx).await {
+                            CRASH => return,
+                            _ => incarnation += 1,
                         }
-                        compio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    // Crash: stop the tasks and drop everything without closing anything
-                    // (no QUIC close is sent), then the runtime is dropped.
-                    drop(heartbeats);
-                    drop(driver);
                 });
+                // The runtime is dropped here: on a crash, with the driver and its endpoint
+                // still in its tasks.
             })
         };
         ready_rx
@@ -163,7 +142,7 @@ impl Node {
             id,
             jobs,
             view,
-            crash,
+            control,
             heartbeating,
             thread: Some(thread),
         }
@@ -190,64 +169,134 @@ impl Node {
             .expect("job answered")
     }
 
-    /// Drops the node's runtime without a clean close. A real crash ends the process and the
-    /// OS closes its UDP socket; a dropped compio runtime leaks the socket of a compio-quic
-    /// endpoint that still has connections (its tasks are never polled again), so the
-    /// "crash" closes that leaked descriptor like the OS would, to let a restart rebind it.
-    fn crash(&mut self, addr: SocketAddr) {
-        self.crash.store(true, Ordering::SeqCst);
+    /// Drops the node's runtime with its driver, endpoint and connections still in its
+    /// tasks: no close is sent, nothing is shut down. Dropping the runtime drops them all,
+    /// so the peer port is free (once the kernel has torn the io_uring down), as after a
+    /// real crash.
+    fn crash(&mut self) {
+        self.control.store(CRASH, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().expect("node thread");
-            close_leaked_udp_socket(addr.port());
         }
+    }
+
+    /// Shuts the driver down cleanly and starts a new one on the same thread, runtime, data
+    /// dir and peer port (binding it once, no retry); waits until it runs.
+    fn restart_in_process(&self) {
+        let life = self.view().life;
+        self.control.store(RESTART, Ordering::SeqCst);
+        wait_until("the node's next life", Duration::from_secs(20), || {
+            (self.view().life > life).then_some(())
+        });
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.crash.store(true, Ordering::SeqCst);
+        self.control.store(CRASH, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Closes this process's UDP sockets bound to `port` on 127.0.0.1 (found through
-/// `/proc/net/udp` and `/proc/self/fd`); returns how many.
-fn close_leaked_udp_socket(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-    let local = format!("0100007F:{port:04X}");
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(1) == Some(&local.as_str()))
-                .then(|| fields.get(9).map(|s| s.to_string()))?
-        })
-        .collect();
-    let mut closed = 0;
-    for entry in std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .flatten()
-    {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
+/// What a node's thread runs, one driver ("life") after another.
+struct Life {
+    id: NodeId,
+    certs: PathBuf,
+    data: PathBuf,
+    voters: Vec<(NodeId, SocketAddr)>,
+    view: Arc<Mutex<View>>,
+    control: Arc<AtomicU8>,
+    heartbeating: Arc<AtomicBool>,
+    jobs: mpsc::Receiver<Job>,
+}
+
+impl Life {
+    /// Runs life `n` until the node is told to crash or restart; returns which.
+    async fn run(&self, n: u32, incarnation: u64, ready: &mpsc::Sender<()>) -> u8 {
+        let id = self.id;
+        let ids: Vec<NodeId> = self.voters.iter().map(|v| v.0).collect();
+        let addr = self
+            .voters
+            .iter()
+            .find(|v| v.0 == id)
+            .expect("own address")
+            .1;
+        let controller = Controller::open(&self.data, id, &ids, controller_config()).expect("open");
+        let tls = PeerTls::load(&self.certs, id).expect("tls");
+        // One try: a crashed or cleanly shut down predecessor must have freed the port.
+        let endpoint = PeerEndpoint::bind_with(addr, &tls, &[], peer_config())
+            .await
+            .unwrap_or_else(|e| panic!("node {id} life {n}: bind {addr}: {e}"));
+        let driver =
+            Rc::new(ControllerDriver::start(controller, endpoint, &self.voters).expect("start"));
+        let heartbeats = {
+            let driver = Rc::clone(&driver);
+            let heartbeating = Arc::clone(&self.heartbeating);
+            compio::runtime::spawn(async move {
+                loop {
+                    if heartbeating.load(Ordering::SeqCst) {
+                        let hb = BrokerHeartbeat {
+                            registration: registration(id, incarnation),
+                            want_unfence: true,
+                        };
+                        let _ = driver.broker_heartbeat(&hb).await;
+                    }
+                    compio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
         };
-        let target = target.to_string_lossy().into_owned();
-        if inodes.iter().any(|i| target == format!("socket:[{i}]")) {
-            let fd: i32 = entry
-                .file_name()
-                .to_string_lossy()
-                .parse()
-                .expect("fd number");
-            // SAFETY: the descriptor is the leaked socket of a node whose thread and runtime
-            // are gone; nothing else in this process uses it.
-            unsafe { libc::close(fd) };
-            closed += 1;
+        let last_shutdown = self.view.lock().expect("view").last_shutdown;
+        let mut announced = false;
+        loop {
+            match self.control.load(Ordering::SeqCst) {
+                CRASH => {
+                    // Leave the driver in the heartbeat task: the runtime drops it.
+                    heartbeats.detach();
+                    return CRASH;
+                }
+                RESTART => break,
+                _ => {}
+            }
+            *self.view.lock().expect("view") = View {
+                life: n,
+                leader: driver.leader(),
+                term: driver.term(),
+                applied: driver.applied_index(),
+                state: driver.state().clone(),
+                stats: driver.stats(),
+                endpoint: driver.endpoint().map(|e| e.stats()).unwrap_or_default(),
+                last_shutdown,
+            };
+            if !announced {
+                let _ = ready.send(());
+                announced = true;
+            }
+            while let Ok(job) = self.jobs.try_recv() {
+                compio::runtime::spawn(job(Rc::clone(&driver))).detach();
+            }
+            compio::time::sleep(Duration::from_millis(10)).await;
         }
+        // A clean restart: shut down (the port is free once this returns), drop the old
+        // driver and its controller, then the caller starts the next life.
+        let t = Instant::now();
+        driver
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: clean shutdown: {e}"));
+        let took = t.elapsed();
+        let _ = heartbeats.cancel().await;
+        drop(driver);
+        self.view.lock().expect("view").last_shutdown = Some(took);
+        self.control.store(RUN, Ordering::SeqCst);
+        RESTART
     }
-    closed
+}
+
+/// Whether `addr` can be bound (UDP) right now.
+fn port_free(addr: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(addr).is_ok()
 }
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
@@ -410,8 +459,16 @@ fn a_quorum_elects_forwards_fails_over_fences_and_catches_up() {
     let old_term = cluster.node(follower).view().term;
     let mut crashed = cluster.nodes.remove(&leader).expect("leader node");
     let t0 = Instant::now();
-    crashed.crash(cluster.voters[leader as usize].1);
+    crashed.crash();
     drop(crashed);
+    // The kernel releases the socket when it tears the dropped runtime's io_uring down
+    // (its pending receive holds a reference), in the background: within microseconds.
+    let crashed_addr = cluster.voters[leader as usize].1;
+    wait_until(
+        "the crashed node's peer port free",
+        Duration::from_secs(1),
+        || port_free(crashed_addr).then_some(()),
+    );
     let new_leader = wait_until("a new leader", Duration::from_secs(15), || {
         agreed_leader(&cluster.live()).filter(|l| *l != leader)
     });
@@ -621,4 +678,35 @@ fn a_non_voter_is_refused_and_garbage_frames_are_dropped() {
         });
         gone.then_some(())
     });
+
+    // Clean restarts in process, each on the same runtime and peer port: the closed node
+    // (its endpoint long released), then the leader while it is busy leading (shutdown
+    // closes its connections; the port must be free once `shutdown` returns).
+    for node in [target, leader] {
+        cluster.node(node).restart_in_process();
+        let took = cluster
+            .node(node)
+            .view()
+            .last_shutdown
+            .expect("shutdown time");
+        println!("node {node}: clean shutdown took {took:?}, rebound its port");
+        assert!(
+            took < PEER_ENDPOINT_SHUTDOWN_TIMEOUT,
+            "shutdown took {took:?}"
+        );
+        let state = cluster.wait_converged(
+            "the restarted node back and unfenced",
+            Duration::from_secs(20),
+            &[0, 1, 2],
+            |s| s.brokers[&node].registration.incarnation == 2,
+        );
+        assert!(!state.topics.contains_key("still-works"));
+    }
+    create_topic(cluster.node(leader), "after-restarts", 1, 3);
+    cluster.wait_converged(
+        "after-restarts everywhere",
+        Duration::from_secs(10),
+        &[0, 1, 2],
+        |s| s.topics.contains_key("after-restarts"),
+    );
 }

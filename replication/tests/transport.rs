@@ -19,8 +19,9 @@ use sluice_replication::NodeId;
 use sluice_replication::cert::{self, node_cert_file, node_key_file};
 use sluice_replication::tls::{PEER_ALPN, PeerTls, ring_provider};
 use sluice_replication::transport::{
-    CloseCode, ErrorBody, Frame, FrameKind, PEER_FRAME_BYTES_MAX, PeerConfig, PeerConnection,
-    PeerEndpoint, PeerEndpointStats, PeerIncoming, StreamCode, TransportError,
+    CloseCode, ErrorBody, Frame, FrameKind, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_FRAME_BYTES_MAX,
+    PeerConfig, PeerConnection, PeerEndpoint, PeerEndpointStats, PeerIncoming, StreamCode,
+    TransportError,
 };
 
 const SERVER_NODE: NodeId = 0;
@@ -833,3 +834,287 @@ fn dropping_the_last_handle_closes_the_connection() {
         ));
     });
 }
+
+/// How long until `addr` can be bound (UDP) again; panics after `limit`.
+async fn rebindable_within(addr: SocketAddr, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{addr} still bound after {limit:?}"
+        );
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `close` then `shutdown` frees the port while both peers stay alive and requests are in
+/// flight both ways: the endpoint's own request to a server that holds it, and a peer's
+/// request its handler holds until the connection closes. A new endpoint binds the same
+/// port at once and the same peer connects to it.
+#[test]
+fn shutdown_frees_the_port_with_peers_alive_and_requests_in_flight() {
+    let dir = certs(&[0, 1, 2]);
+    let server = Server::start(dir.path(), &[1]);
+    runtime().block_on(async {
+        let tls1 = PeerTls::load(dir.path(), 1).expect("tls 1");
+        let tls2 = PeerTls::load(dir.path(), 2).expect("tls 2");
+        let endpoint = PeerEndpoint::bind(any_addr(), &tls1, &[2])
+            .await
+            .expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let peer = PeerEndpoint::bind(any_addr(), &tls2, &[])
+            .await
+            .expect("bind peer");
+
+        // The peer's request, held by this endpoint's handler until its connection closes.
+        let (accepted, from_peer) = futures_util::join!(endpoint.accept(), peer.connect(addr, 1));
+        let (accepted, from_peer) = (accepted.expect("accept"), from_peer.expect("connect"));
+        let peer_request = compio::runtime::spawn(async move {
+            from_peer
+                .request(FrameKind::ReplicaFetchRequest, Bytes::from_static(b"held"))
+                .await
+        });
+        let handler = compio::runtime::spawn(async move {
+            let responder = match accepted.accept_incoming().await.expect("request") {
+                PeerIncoming::Request { responder, .. } => responder,
+                other => panic!("expected a request, got {other:?}"),
+            };
+            // `closed` is cancel-safe: giving up on it early must not harm the connection.
+            assert!(
+                compio::time::timeout(Duration::from_millis(20), accepted.closed())
+                    .await
+                    .is_err()
+            );
+            let reason = accepted.closed().await;
+            drop(responder);
+            reason
+        });
+        // This endpoint's request to the server, which holds heartbeat requests for 3 s.
+        let to_server = endpoint
+            .connect(server.addr, SERVER_NODE)
+            .await
+            .expect("connect to the server");
+        let own_request = compio::runtime::spawn(async move {
+            to_server
+                .request(FrameKind::BrokerHeartbeatRequest, Bytes::from_static(b"hb"))
+                .await
+        });
+        compio::time::sleep(Duration::from_millis(200)).await;
+
+        let start = Instant::now();
+        endpoint.close();
+        endpoint.shutdown().await.expect("shutdown");
+        let took = start.elapsed();
+        println!("shutdown with two connections mid-request took {took:?}");
+        assert!(took < PEER_ENDPOINT_SHUTDOWN_TIMEOUT, "took {took:?}");
+        let again = PeerEndpoint::bind(addr, &tls1, &[2])
+            .await
+            .expect("the port binds again right after shutdown");
+
+        // The requests in flight failed at once, each with the reason its side saw.
+        match own_request.await.expect("task") {
+            Err(TransportError::ConnectionLost {
+                source: compio_quic::ConnectionError::LocallyClosed,
+                ..
+            }) => {}
+            other => panic!("expected a locally closed connection, got {other:?}"),
+        }
+        match handler.await.expect("task") {
+            TransportError::ConnectionLost {
+                peer: 2,
+                source: compio_quic::ConnectionError::LocallyClosed,
+            } => {}
+            other => panic!("expected a locally closed connection, got {other:?}"),
+        }
+        match peer_request.await.expect("task") {
+            Err(TransportError::Refused {
+                peer: 1,
+                code: CloseCode::Shutdown,
+            }) => {}
+            other => panic!("expected Refused(Shutdown), got {other:?}"),
+        }
+
+        // The live peer reaches the new endpoint on the same port.
+        let (accepted, conn) = futures_util::join!(again.accept(), peer.connect(addr, 1));
+        let (accepted, conn) = (accepted.expect("accept"), conn.expect("connect"));
+        conn.send_oneway(FrameKind::RaftMessage, Bytes::from_static(b"again"))
+            .await
+            .expect("send");
+        match accepted.accept_incoming().await.expect("one-way") {
+            PeerIncoming::Oneway(frame) => assert_eq!(&frame.body[..], b"again"),
+            other => panic!("expected a one-way frame, got {other:?}"),
+        }
+    });
+}
+
+/// Dropping an endpoint without `close` or `shutdown` frees its port too: one that never had
+/// a connection (compio-quic alone keeps that socket until a packet arrives), and one with
+/// connections both ways and a one-way read pending on each, whose handles the application
+/// drops with it.
+#[test]
+fn dropping_an_endpoint_frees_its_port() {
+    let dir = certs(&[0, 1, 2]);
+    let server = Server::start(dir.path(), &[1]);
+    runtime().block_on(async {
+        let tls1 = PeerTls::load(dir.path(), 1).expect("tls 1");
+        let tls2 = PeerTls::load(dir.path(), 2).expect("tls 2");
+
+        let idle = PeerEndpoint::bind(any_addr(), &tls1, &[2])
+            .await
+            .expect("bind");
+        let addr = idle.local_addr().expect("addr");
+        let release = idle.release();
+        drop(idle);
+        let took = rebindable_within(addr, PEER_ENDPOINT_SHUTDOWN_TIMEOUT).await;
+        println!("an unused endpoint's port was free {took:?} after the drop");
+        compio::time::timeout(PEER_ENDPOINT_SHUTDOWN_TIMEOUT, release.wait())
+            .await
+            .expect("release within the timeout")
+            .expect("released");
+
+        let endpoint = PeerEndpoint::bind(any_addr(), &tls1, &[2])
+            .await
+            .expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let peer = PeerEndpoint::bind(any_addr(), &tls2, &[])
+            .await
+            .expect("bind peer");
+        let (accepted, from_peer) = futures_util::join!(endpoint.accept(), peer.connect(addr, 1));
+        let (accepted, from_peer) = (accepted.expect("accept"), from_peer.expect("connect"));
+        let to_server = endpoint
+            .connect(server.addr, SERVER_NODE)
+            .await
+            .expect("connect to the server");
+        // A frame each way on one-way streams left open, so reads are pending on both.
+        let mut to_peer = accepted.open_oneway().await.expect("stream");
+        to_peer
+            .send(FrameKind::RaftMessage, Bytes::from_static(b"a"))
+            .await
+            .expect("send");
+        match from_peer.accept_incoming().await.expect("one-way") {
+            PeerIncoming::Oneway(frame) => assert_eq!(&frame.body[..], b"a"),
+            other => panic!("expected a one-way frame, got {other:?}"),
+        }
+        let mut to_endpoint = from_peer.open_oneway().await.expect("stream");
+        to_endpoint
+            .send(FrameKind::RaftMessage, Bytes::from_static(b"b"))
+            .await
+            .expect("send");
+        match accepted.accept_incoming().await.expect("one-way") {
+            PeerIncoming::Oneway(frame) => assert_eq!(&frame.body[..], b"b"),
+            other => panic!("expected a one-way frame, got {other:?}"),
+        }
+        to_server
+            .send_oneway(FrameKind::RaftMessage, Bytes::from_static(b"c"))
+            .await
+            .expect("send to the server");
+
+        let release = endpoint.release();
+        drop(endpoint);
+        drop(to_peer);
+        drop(accepted);
+        drop(to_server);
+        let took = rebindable_within(addr, PEER_ENDPOINT_SHUTDOWN_TIMEOUT).await;
+        println!("a dropped endpoint with two connections freed its port after {took:?}");
+        compio::time::timeout(PEER_ENDPOINT_SHUTDOWN_TIMEOUT, release.wait())
+            .await
+            .expect("release within the timeout")
+            .expect("released");
+        // The peer, alive, was told: the endpoint closed with Shutdown before its handles
+        // went.
+        match from_peer.closed().await {
+            TransportError::Refused {
+                peer: 1,
+                code: CloseCode::Shutdown,
+            } => {}
+            other => panic!("expected Refused(Shutdown), got {other:?}"),
+        }
+        drop(to_endpoint);
+    });
+}
+
+/// A connection handle the application keeps holds the socket: `shutdown` gives up after
+/// `PEER_ENDPOINT_SHUTDOWN_TIMEOUT` with a typed error, and the port is free as soon as the
+/// handle is dropped.
+#[test]
+fn shutdown_is_bounded_when_a_connection_is_still_held() {
+    let dir = certs(&[0, 1]);
+    let server = Server::start(dir.path(), &[1]);
+    runtime().block_on(async {
+        let (endpoint, conn) = client(dir.path(), 1, server.addr).await;
+        let addr = endpoint.local_addr().expect("addr");
+        let start = Instant::now();
+        match endpoint.shutdown().await {
+            Err(TransportError::ShutdownTimeout { addr: a, timeout }) => {
+                assert_eq!(a, addr);
+                assert_eq!(timeout, PEER_ENDPOINT_SHUTDOWN_TIMEOUT);
+            }
+            other => panic!("expected ShutdownTimeout, got {other:?}"),
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= PEER_ENDPOINT_SHUTDOWN_TIMEOUT
+                && took < PEER_ENDPOINT_SHUTDOWN_TIMEOUT + Duration::from_secs(2),
+            "gave up after {took:?}"
+        );
+        assert!(
+            std::net::UdpSocket::bind(addr).is_err(),
+            "the held connection still holds the socket"
+        );
+        drop(conn);
+        let freed = rebindable_within(addr, Duration::from_secs(2)).await;
+        println!("the port was free {freed:?} after the last handle was dropped");
+    });
+}
+
+/// A runtime dropped with an endpoint, its connection and a request in flight inside its
+/// tasks (a shard that dies without closing anything) frees the port: no close is sent, but
+/// nothing keeps the socket.
+#[test]
+fn dropping_the_runtime_frees_the_port() {
+    let dir = certs(&[0, 1]);
+    let server = Server::start(dir.path(), &[1]);
+    let server_addr = server.addr;
+    let certs_dir = dir.path().to_path_buf();
+    let addr = std::thread::spawn(move || {
+        let runtime = runtime();
+        let addr = runtime.block_on(async move {
+            let (endpoint, conn) = client(&certs_dir, 1, server_addr).await;
+            let addr = endpoint.local_addr().expect("addr");
+            compio::runtime::spawn(async move {
+                let _endpoint = endpoint;
+                // Held by the server for 3 s: in flight when the runtime goes.
+                let _ = conn
+                    .request(FrameKind::BrokerHeartbeatRequest, Bytes::from_static(b"hb"))
+                    .await;
+            })
+            .detach();
+            compio::time::sleep(Duration::from_millis(100)).await;
+            addr
+        });
+        drop(runtime);
+        addr
+    })
+    .join()
+    .expect("runtime thread");
+    // The kernel lets go of the socket when it tears the closed io_uring down (its pending
+    // receive holds a reference), which it does in the background: soon, not at once.
+    let start = Instant::now();
+    while std::net::UdpSocket::bind(addr).is_err() {
+        assert!(
+            start.elapsed() < RING_TEARDOWN_MAX,
+            "the dropped runtime's port {addr} is still bound after {RING_TEARDOWN_MAX:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "the dropped runtime's port was free {:?} after",
+        start.elapsed()
+    );
+}
+
+/// How long the kernel may take to release a dropped runtime's sockets.
+const RING_TEARDOWN_MAX: Duration = Duration::from_secs(1);

@@ -20,6 +20,10 @@
 //! messages to the senders, the applied commands to [`ControllerDriver::applied_index`] and its
 //! waiters. A `ready` error (failed fsync) stops the driver: every later call answers
 //! [`DriverError::Stopped`], and the broker must stop.
+//!
+//! [`ControllerDriver::close`] (or a drop) cancels the tasks and lets go of the endpoint, which
+//! then releases its UDP socket in the background; [`ControllerDriver::shutdown`] also waits
+//! for that, so the same peer port can be bound again in this process.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -38,8 +42,9 @@ use super::{
     NodeId, Output,
 };
 use crate::transport::{
-    ErrorBody, Frame, FrameKind, OnewaySender, PeerConnection, PeerEndpoint, PeerIncoming,
-    Responder, TransportError,
+    EndpointRelease, ErrorBody, Frame, FrameKind, OnewaySender, PEER_CONNECT_TIMEOUT,
+    PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PeerConnection, PeerEndpoint, PeerIncoming, Responder,
+    TransportError,
 };
 
 /// Raft messages queued for one peer; more are dropped (and counted) until the sender catches
@@ -59,6 +64,11 @@ pub const CONTROLLER_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONTROLLER_HEARTBEAT_FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// A peer whose raft frames `step` refuses is logged at most once per this interval.
 pub const BAD_FRAME_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest [`ControllerDriver::shutdown`]: its tasks end at once, a forward still connecting
+/// lets go of the endpoint within the (default) handshake timeout, then the endpoint has
+/// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`] to release its socket.
+pub const CONTROLLER_SHUTDOWN_TIMEOUT: Duration =
+    Duration::from_secs(PEER_ENDPOINT_SHUTDOWN_TIMEOUT.as_secs() + PEER_CONNECT_TIMEOUT.as_secs());
 /// Largest forwarded request or response body (a topic request with its configs fits).
 pub const FORWARD_BYTES_MAX: usize = 256 * 1024;
 /// Version byte in front of every forwarded request and response.
@@ -301,7 +311,11 @@ struct PeerOut {
 struct Inner {
     me: NodeId,
     controller: RefCell<Controller>,
-    endpoint: PeerEndpoint,
+    /// The endpoint, until [`ControllerDriver::close`]. Tasks clone the `Rc` only around a
+    /// `connect` or `accept`, so closing (which cancels them) lets the endpoint go.
+    endpoint: RefCell<Option<Rc<PeerEndpoint>>>,
+    /// Tells when the endpoint's socket is released, after it is let go.
+    release: EndpointRelease,
     peers: BTreeMap<NodeId, PeerOut>,
     /// Recently applied commands by index, at most [`CONTROLLER_APPLIED_HISTORY_MAX`].
     history: RefCell<VecDeque<Applied>>,
@@ -315,8 +329,8 @@ struct Inner {
 }
 
 /// The controller quorum member of one node, run over QUIC on the current compio runtime.
-/// Dropping it stops its tasks (like a crash: no close sent); [`ControllerDriver::close`] is
-/// the clean way.
+/// Dropping it is [`ControllerDriver::close`]; [`ControllerDriver::shutdown`] also waits
+/// until the peer port can be bound again.
 pub struct ControllerDriver {
     inner: Rc<Inner>,
     tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
@@ -373,10 +387,12 @@ impl ControllerDriver {
         }
         let allowed: Vec<NodeId> = peers.keys().copied().collect();
         endpoint.set_allowed_nodes(&allowed);
+        let release = endpoint.release();
         let inner = Rc::new(Inner {
             me,
             controller: RefCell::new(controller),
-            endpoint,
+            endpoint: RefCell::new(Some(Rc::new(endpoint))),
+            release,
             peers,
             history: RefCell::new(VecDeque::new()),
             applied: Notify::default(),
@@ -434,9 +450,9 @@ impl ControllerDriver {
         self.inner.stats.get()
     }
 
-    /// The endpoint the driver runs on.
-    pub fn endpoint(&self) -> &PeerEndpoint {
-        &self.inner.endpoint
+    /// The endpoint the driver runs on; `None` once closed.
+    pub fn endpoint(&self) -> Option<Rc<PeerEndpoint>> {
+        self.inner.endpoint.borrow().clone()
     }
 
     /// Waits until the applied index changes (or the driver stops), then returns it.
@@ -509,23 +525,36 @@ impl ControllerDriver {
         }
     }
 
-    /// Stops the tasks and closes the endpoint (peers see a normal shutdown).
-    ///
-    /// Known limit: the endpoint's UDP socket is not released by this (nor by dropping the
-    /// driver): compio-quic 0.8 keeps it open while connection state lingers, and
-    /// `PeerEndpoint::shutdown` after `close` did not return within 5 s in a 3-node test.
-    /// Rebinding the same peer port in the same process needs that fixed first.
+    /// Stops the tasks (cancelled; they are dropped at the runtime's next turn), closes the
+    /// endpoint (peers see [`CloseCode::Shutdown`](crate::transport::CloseCode::Shutdown))
+    /// and lets go of it: its UDP socket is released in the background within
+    /// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`]. Every later call answers [`DriverError::Stopped`].
     pub fn close(&self) {
         self.inner.stop();
         self.inner.forward_conn.borrow_mut().take();
-        self.inner.endpoint.close();
+        let endpoint = self.inner.endpoint.borrow_mut().take();
+        if let Some(endpoint) = endpoint {
+            endpoint.close();
+        }
         self.tasks.borrow_mut().clear();
+    }
+
+    /// [`close`](Self::close), then waits until the endpoint's UDP socket is released, so the
+    /// peer port can be bound again (a restart in the same process); at most
+    /// [`CONTROLLER_SHUTDOWN_TIMEOUT`]. An error says the socket may still be bound.
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        self.close();
+        let timeout = CONTROLLER_SHUTDOWN_TIMEOUT;
+        compio::time::timeout(timeout, self.inner.release.wait())
+            .await
+            .map_err(|_| DriverError::Timeout(timeout))??;
+        Ok(())
     }
 }
 
 impl Drop for ControllerDriver {
     fn drop(&mut self) {
-        self.inner.stop();
+        self.close();
     }
 }
 
@@ -543,6 +572,12 @@ fn unexpected(response: &ForwardResponse) -> DriverError {
 }
 
 impl Inner {
+    /// The endpoint, or [`DriverError::Stopped`] once closed. Hold it only as long as a call
+    /// on it takes.
+    fn endpoint(&self) -> Result<Rc<PeerEndpoint>, DriverError> {
+        self.endpoint.borrow().clone().ok_or(DriverError::Stopped)
+    }
+
     fn stop(&self) {
         self.stopped.set(true);
         self.applied.notify();
@@ -648,7 +683,9 @@ impl Inner {
         let conn = match cached {
             Some(c) => c,
             None => {
-                let c = self.endpoint.connect(peer.addr, leader).await?;
+                let endpoint = self.endpoint()?;
+                let c = endpoint.connect(peer.addr, leader).await?;
+                drop(endpoint);
                 *self.forward_conn.borrow_mut() = Some(c.clone());
                 c
             }
@@ -823,7 +860,11 @@ async fn sender(inner: Rc<Inner>, node: NodeId) {
         }
         if link.is_none() {
             let made = async {
-                let conn = inner.endpoint.connect(peer.addr, node).await?;
+                let endpoint = inner
+                    .endpoint()
+                    .map_err(|_| TransportError::EndpointClosed)?;
+                let conn = endpoint.connect(peer.addr, node).await?;
+                drop(endpoint);
                 let stream = conn.open_oneway().await?;
                 Ok::<_, TransportError>((conn, stream))
             }
@@ -885,7 +926,12 @@ fn fail(inner: &Inner, peer: &PeerOut, node: NodeId, error: &TransportError) {
 async fn acceptor(inner: Rc<Inner>) {
     let mut readers: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
     while !inner.stopped.get() {
-        match inner.endpoint.accept().await {
+        let Ok(endpoint) = inner.endpoint() else {
+            return;
+        };
+        let accepted = endpoint.accept().await;
+        drop(endpoint);
+        match accepted {
             Ok(conn) => {
                 readers.retain(|r| !r.is_finished());
                 readers.push(compio::runtime::spawn(reader(Rc::clone(&inner), conn)));

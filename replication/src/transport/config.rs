@@ -70,6 +70,13 @@ pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default request-frame read timeout.
 pub const PEER_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait, once a [`PeerEndpoint`](super::PeerEndpoint) is shut down or dropped, for its
+/// connections to drain (QUIC keeps a closed connection for three probe timeouts, up to about
+/// 3 s for one still in its handshake) and its UDP socket to close. Past it the endpoint's
+/// worker is stopped and the socket closes as soon as the last connection handle the
+/// application still holds is dropped.
+pub const PEER_ENDPOINT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for PeerConfig {
     fn default() -> Self {
         Self {

@@ -34,14 +34,17 @@ struct Handle(Rc<Inner>);
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.0
-            .conn
-            .close(super::CloseCode::Closed.varint(), b"closed");
+        self.0.close();
     }
 }
 
 struct Inner {
     conn: Connection,
+    /// Set when the endpoint is closed: compio-quic closes its connections from their own
+    /// tasks, later, so a handle closing one meanwhile says why ([`CloseCode::Shutdown`]).
+    ///
+    /// [`CloseCode::Shutdown`]: super::CloseCode::Shutdown
+    endpoint_closed: Rc<Cell<bool>>,
     peer: NodeId,
     remote: SocketAddr,
     config: PeerConfig,
@@ -53,6 +56,9 @@ struct Inner {
     waiter: RefCell<Option<Waker>>,
     /// Set by an acceptor when the connection is gone.
     lost: RefCell<Option<compio_quic::ConnectionError>>,
+    /// Tasks waiting in [`PeerConnection::closed`] (one waker per task), woken when `lost`
+    /// is set.
+    closed_waiters: RefCell<Vec<Waker>>,
     /// Incoming streams refused for a malformed frame, over the connection's life.
     malformed_streams: Cell<u64>,
 }
@@ -82,6 +88,18 @@ pub enum PeerIncoming {
     Oneway(Frame),
 }
 
+/// What a stream read needs to know of its connection. Reads sit in the connection's
+/// `reads`, so they must not hold the connection itself (`Rc<Inner>`): that would be a
+/// reference cycle keeping the connection, and with it the endpoint's UDP socket, alive after
+/// every handle is gone.
+#[derive(Clone, Copy)]
+struct StreamCtx {
+    peer: NodeId,
+    remote: SocketAddr,
+    frame_read_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
+}
+
 /// What reading the next frame of an incoming stream gave.
 enum StreamRead {
     Request(Frame, SendStream),
@@ -95,16 +113,23 @@ enum StreamRead {
 }
 
 impl PeerConnection {
-    pub(crate) fn new(conn: Connection, peer: NodeId, config: PeerConfig) -> Self {
+    pub(crate) fn new(
+        conn: Connection,
+        peer: NodeId,
+        config: PeerConfig,
+        endpoint_closed: Rc<Cell<bool>>,
+    ) -> Self {
         let remote = conn.remote_address();
         let inner = Rc::new(Inner {
             conn,
+            endpoint_closed,
             peer,
             remote,
             config,
             reads: RefCell::new(FuturesUnordered::new()),
             waiter: RefCell::new(None),
             lost: RefCell::new(None),
+            closed_waiters: RefCell::new(Vec::new()),
             malformed_streams: Cell::new(0),
         });
         // One task per direction, each woken only when a stream of its direction opens:
@@ -116,7 +141,7 @@ impl PeerConnection {
             loop {
                 match bi.conn.accept_bi().await {
                     Ok((send, recv)) => {
-                        let read = read_request(Rc::clone(&bi), send, recv).boxed_local();
+                        let read = read_request(bi.ctx(), send, recv).boxed_local();
                         bi.push_read(read);
                     }
                     Err(e) => return bi.set_lost(e),
@@ -129,7 +154,7 @@ impl PeerConnection {
             loop {
                 match uni.conn.accept_uni().await {
                     Ok(recv) => {
-                        let read = read_oneway(Rc::clone(&uni), recv).boxed_local();
+                        let read = read_oneway(uni.ctx(), recv).boxed_local();
                         uni.push_read(read);
                     }
                     Err(e) => return uni.set_lost(e),
@@ -268,7 +293,7 @@ impl PeerConnection {
                     });
                 }
                 StreamRead::Oneway(frame, recv) => {
-                    let next = read_oneway(Rc::clone(&self.inner), recv).boxed_local();
+                    let next = read_oneway(self.inner.ctx(), recv).boxed_local();
                     self.inner.reads.borrow_mut().push(next);
                     return Ok(PeerIncoming::Oneway(frame));
                 }
@@ -283,20 +308,46 @@ impl PeerConnection {
         }
     }
 
-    /// Closes the connection (the peer sees a normal close).
+    /// Closes the connection (the peer sees a normal close, or
+    /// [`CloseCode::Shutdown`](super::CloseCode::Shutdown) once the endpoint is closed).
     pub fn close(&self) {
-        self.inner
-            .conn
-            .close(super::CloseCode::Closed.varint(), b"closed");
+        self.inner.close();
     }
 
     /// Waits until the connection is closed, by either side or a timeout, and says why.
+    /// Cancel-safe.
     pub async fn closed(&self) -> TransportError {
-        TransportError::lost(self.inner.peer, self.inner.conn.closed().await)
+        // Not compio-quic's `Connection::closed`: that future owns the connection's worker
+        // task handle, and dropping it before the close (a timeout, a select) cancels the
+        // worker, so the connection never drains and its endpoint never shuts down.
+        let lost = poll_fn(|cx| {
+            if let Some(e) = self.inner.lost.borrow().clone() {
+                return Poll::Ready(e);
+            }
+            let mut waiters = self.inner.closed_waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        TransportError::lost(self.inner.peer, lost)
     }
 }
 
 impl Inner {
+    fn close(&self) {
+        if self.endpoint_closed.get() {
+            self.conn.close(
+                super::CloseCode::Shutdown.varint(),
+                b"endpoint shutting down",
+            );
+        } else {
+            self.conn
+                .close(super::CloseCode::Closed.varint(), b"closed");
+        }
+    }
+
     fn push_read(&self, read: LocalBoxFuture<'static, StreamRead>) {
         self.reads.borrow_mut().push(read);
         self.wake_waiter();
@@ -305,6 +356,17 @@ impl Inner {
     fn set_lost(&self, e: compio_quic::ConnectionError) {
         self.lost.borrow_mut().get_or_insert(e);
         self.wake_waiter();
+        let waiters = std::mem::take(&mut *self.closed_waiters.borrow_mut());
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    fn ctx(&self) -> StreamCtx {
+        StreamCtx {
+            peer: self.peer,
+            remote: self.remote,
+            frame_read_timeout: self.config.frame_read_timeout,
+            request_timeout: self.config.request_timeout,
+        }
     }
 
     fn wake_waiter(&self) {
@@ -330,6 +392,12 @@ impl Inner {
     }
 
     fn read_error(&self, e: ReadError) -> TransportError {
+        self.ctx().read_error(e)
+    }
+}
+
+impl StreamCtx {
+    fn read_error(&self, e: ReadError) -> TransportError {
         let peer = self.peer;
         match e {
             ReadError::Reset(code) => TransportError::StreamReset {
@@ -353,9 +421,9 @@ impl Inner {
 
 /// Reads the request frame of an incoming bidirectional stream (within the frame-read
 /// timeout); a malformed one is answered with an error frame and the stream stopped.
-async fn read_request(conn: Rc<Inner>, mut send: SendStream, mut recv: RecvStream) -> StreamRead {
+async fn read_request(conn: StreamCtx, mut send: SendStream, mut recv: RecvStream) -> StreamRead {
     let peer = conn.peer;
-    let timeout = conn.config.frame_read_timeout;
+    let timeout = conn.frame_read_timeout;
     let read = compio::time::timeout(timeout, read_frame(&mut recv)).await;
     let source = match read {
         Ok(Ok(Some(frame))) => return StreamRead::Request(frame, send),
@@ -386,7 +454,7 @@ async fn read_request(conn: Rc<Inner>, mut send: SendStream, mut recv: RecvStrea
     }
     .encode();
     // Best effort, bounded: the peer may be gone or not reading.
-    let answer = compio::time::timeout(conn.config.request_timeout, async {
+    let answer = compio::time::timeout(conn.request_timeout, async {
         if write_frame(&mut send, FrameKind::Error, &body)
             .await
             .is_ok()
@@ -403,7 +471,7 @@ async fn read_request(conn: Rc<Inner>, mut send: SendStream, mut recv: RecvStrea
 
 /// Reads the next frame of an incoming unidirectional stream; a malformed one stops the
 /// stream.
-async fn read_oneway(conn: Rc<Inner>, mut recv: RecvStream) -> StreamRead {
+async fn read_oneway(conn: StreamCtx, mut recv: RecvStream) -> StreamRead {
     match read_frame(&mut recv).await {
         Ok(Some(frame)) => StreamRead::Oneway(frame, recv),
         Ok(None) => StreamRead::Finished,

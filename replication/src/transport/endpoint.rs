@@ -16,7 +16,8 @@ use futures_util::{FutureExt, StreamExt};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use super::config::{
-    PEER_CONNECTIONS_MAX, PEER_PENDING_HANDSHAKES_MAX, PeerConfig, transport_config,
+    PEER_CONNECTIONS_MAX, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_PENDING_HANDSHAKES_MAX, PeerConfig,
+    transport_config,
 };
 use super::connection::PeerConnection;
 use super::error::{CloseCode, TransportError};
@@ -39,19 +40,72 @@ pub struct PeerEndpointStats {
     pub refused_busy: u64,
 }
 
-/// A QUIC endpoint with mutual TLS on the current compio runtime. Dropping it closes it
-/// (like [`close`](Self::close)).
+/// A QUIC endpoint with mutual TLS on the current compio runtime.
+///
+/// Dropping it is [`shutdown`](Self::shutdown) without the wait: it closes every connection
+/// (peers see [`CloseCode::Shutdown`]) and its UDP socket is released in the background within
+/// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`] (see [`release`](Self::release) to wait for that),
+/// provided the application has dropped its connections of it by then.
 pub struct PeerEndpoint {
     endpoint: Endpoint,
     node: NodeId,
+    addr: SocketAddr,
     client_config: ClientConfig,
     config: PeerConfig,
     state: Rc<AcceptState>,
+    release: Rc<ReleaseState>,
+    /// Set by [`PeerEndpoint::close`]; shared with every connection.
+    closed: Rc<Cell<bool>>,
+}
+
+/// Waits for a dropped (or shut down) [`PeerEndpoint`] to release its UDP socket. Get one
+/// with [`PeerEndpoint::release`] before the endpoint goes; cheap to clone.
+#[derive(Clone)]
+pub struct EndpointRelease {
+    state: Rc<ReleaseState>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for EndpointRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRelease")
+            .field("addr", &self.addr)
+            .field("outcome", &self.state.outcome.get())
+            .finish()
+    }
+}
+
+/// How an endpoint's socket release ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReleaseOutcome {
+    /// The connections drained and the socket is closed.
+    Released,
+    /// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`] passed first.
+    TimedOut,
+    /// Closing the socket failed.
+    Failed,
+}
+
+/// What an endpoint, its closer task and [`EndpointRelease`] waiters share.
+#[derive(Default)]
+struct ReleaseState {
+    /// Set when the [`PeerEndpoint`] is dropped: the closer task starts.
+    requested: Cell<bool>,
+    /// The closer task, waiting for `requested`.
+    closer: RefCell<Option<Waker>>,
+    /// Set by the closer task when it is done.
+    outcome: Cell<Option<ReleaseOutcome>>,
+    /// The I/O error of [`ReleaseOutcome::Failed`].
+    error: RefCell<String>,
+    /// Tasks waiting in [`EndpointRelease::wait`], one waker per task.
+    waiters: RefCell<Vec<Waker>>,
 }
 
 /// What the endpoint's incoming task and [`PeerEndpoint::accept`] share.
 struct AcceptState {
     node: NodeId,
+    /// [`PeerEndpoint::closed`].
+    endpoint_closed: Rc<Cell<bool>>,
     config: PeerConfig,
     allowed: Rc<RefCell<BTreeSet<NodeId>>>,
     /// Handshakes in progress, at most [`PEER_PENDING_HANDSHAKES_MAX`].
@@ -108,6 +162,9 @@ impl PeerEndpoint {
         let socket = compio::net::UdpSocket::bind(addr)
             .await
             .map_err(|source| TransportError::Bind { addr, source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| TransportError::Bind { addr, source })?;
         let endpoint = Endpoint::new(
             socket,
             EndpointConfig::default(),
@@ -115,8 +172,10 @@ impl PeerEndpoint {
             Some(client_config.clone()),
         )
         .map_err(|source| TransportError::Bind { addr, source })?;
+        let closed = Rc::new(Cell::new(false));
         let state = Rc::new(AcceptState {
             node: tls.node_id(),
+            endpoint_closed: Rc::clone(&closed),
             config: config.clone(),
             allowed: Rc::new(RefCell::new(allowed_nodes.iter().copied().collect())),
             handshakes: RefCell::new(FuturesUnordered::new()),
@@ -137,12 +196,25 @@ impl PeerEndpoint {
             task_state.wake_waiter();
         })
         .detach();
+        // The closer is spawned now because `Drop` must not spawn (a drop may run while the
+        // runtime itself is dropping its tasks).
+        let release = Rc::new(ReleaseState::default());
+        compio::runtime::spawn(closer(
+            Rc::clone(&release),
+            endpoint.clone(),
+            tls.node_id(),
+            local,
+        ))
+        .detach();
         Ok(Self {
             endpoint,
             node: tls.node_id(),
+            addr: local,
             client_config,
             config,
             state,
+            release,
+            closed,
         })
     }
 
@@ -235,32 +307,133 @@ impl PeerEndpoint {
                 expected: Some(node),
                 source,
             })?;
-        Ok(PeerConnection::new(conn, node, self.config.clone()))
+        Ok(PeerConnection::new(
+            conn,
+            node,
+            self.config.clone(),
+            Rc::clone(&self.closed),
+        ))
     }
 
-    /// Closes every connection (peers see [`CloseCode::Shutdown`]) and stops accepting.
+    /// Closes every connection (peers see [`CloseCode::Shutdown`]) and stops accepting;
+    /// new connects fail. The socket stays bound until the endpoint is dropped or
+    /// [`shutdown`](Self::shutdown).
     pub fn close(&self) {
+        self.closed.set(true);
         self.endpoint
             .close(CloseCode::Shutdown.varint(), b"endpoint shutting down");
     }
 
-    /// Closes, then waits for the connections to be told and the socket to close. Waits
-    /// until every [`PeerConnection`] of this endpoint (and its streams) has been dropped.
+    /// A handle to wait, after this endpoint is dropped, until its socket is released.
+    pub fn release(&self) -> EndpointRelease {
+        EndpointRelease {
+            state: Rc::clone(&self.release),
+            addr: self.addr,
+        }
+    }
+
+    /// Closes (like [`close`](Self::close)), then waits until the connections have drained
+    /// and the UDP socket is closed, so the address can be bound again; at most
+    /// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`]. The application must drop its connections of this
+    /// endpoint (and their responders and one-way senders): connections hold the socket, and
+    /// [`TransportError::ShutdownTimeout`] says one was still held (the socket then closes
+    /// when it is dropped).
     pub async fn shutdown(self) -> Result<(), TransportError> {
-        let endpoint = self.endpoint.clone();
-        // Drop closes the endpoint; the incoming task then ends and drops its clone.
+        let release = self.release();
         drop(self);
-        endpoint
-            .shutdown()
-            .await
-            .map_err(|e| TransportError::Config(format!("shutdown: {e}")))
+        release.wait().await
     }
 }
 
 impl Drop for PeerEndpoint {
     fn drop(&mut self) {
         self.close();
+        self.release.requested.set(true);
+        let closer = self.release.closer.borrow_mut().take();
+        if let Some(waker) = closer {
+            waker.wake();
+        }
     }
+}
+
+impl EndpointRelease {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the release has ended (released, timed out or failed).
+    pub fn is_done(&self) -> bool {
+        self.state.outcome.get().is_some()
+    }
+
+    /// Waits until the endpoint, once dropped, has released its socket (`Ok`) or given up
+    /// after [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`] ([`TransportError::ShutdownTimeout`]).
+    /// Cancel-safe; several tasks may wait.
+    pub async fn wait(&self) -> Result<(), TransportError> {
+        let outcome = poll_fn(|cx| {
+            if let Some(outcome) = self.state.outcome.get() {
+                return Poll::Ready(outcome);
+            }
+            let mut waiters = self.state.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        match outcome {
+            ReleaseOutcome::Released => Ok(()),
+            ReleaseOutcome::TimedOut => Err(TransportError::ShutdownTimeout {
+                addr: self.addr,
+                timeout: PEER_ENDPOINT_SHUTDOWN_TIMEOUT,
+            }),
+            ReleaseOutcome::Failed => Err(TransportError::Shutdown {
+                addr: self.addr,
+                reason: self.state.error.borrow().clone(),
+            }),
+        }
+    }
+}
+
+/// Waits until the [`PeerEndpoint`] is dropped, then shuts compio-quic's endpoint down: its
+/// worker ends once every connection drained, then the socket is closed once nothing holds
+/// it. compio-quic alone would keep a dropped endpoint's socket while its worker waits for a
+/// packet that never comes (it only checks for the end after an event).
+async fn closer(release: Rc<ReleaseState>, endpoint: Endpoint, node: NodeId, addr: SocketAddr) {
+    poll_fn(|cx| {
+        if release.requested.get() {
+            return Poll::Ready(());
+        }
+        *release.closer.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let shutdown = compio::time::timeout(PEER_ENDPOINT_SHUTDOWN_TIMEOUT, endpoint.shutdown());
+    let outcome = match shutdown.await {
+        Ok(Ok(())) => {
+            tracing::debug!(node, %addr, elapsed = ?started.elapsed(),
+                "peer endpoint released its socket");
+            ReleaseOutcome::Released
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node, %addr, error = %e, "closing the peer endpoint's socket failed");
+            *release.error.borrow_mut() = e.to_string();
+            ReleaseOutcome::Failed
+        }
+        Err(_) => {
+            // Dropping compio-quic's shutdown future cancels its worker; what still holds the
+            // socket is a connection handle of the application.
+            tracing::warn!(node, %addr, timeout = ?PEER_ENDPOINT_SHUTDOWN_TIMEOUT,
+                "the peer endpoint's socket is still held by a connection after shutdown; \
+                 it closes when that connection is dropped");
+            ReleaseOutcome::TimedOut
+        }
+    };
+    release.outcome.set(Some(outcome));
+    let waiters = std::mem::take(&mut *release.waiters.borrow_mut());
+    waiters.into_iter().for_each(Waker::wake);
 }
 
 impl AcceptState {
@@ -278,6 +451,7 @@ impl AcceptState {
         }
         let allowed = Rc::clone(&self.allowed);
         let config = self.config.clone();
+        let endpoint_closed = Rc::clone(&self.endpoint_closed);
         let handshake = async move {
             let timeout = config.connect_timeout;
             let connecting = incoming
@@ -325,7 +499,7 @@ impl AcceptState {
                 conn.close(CloseCode::NodeNotAllowed.varint(), b"node not allowed");
                 return Err(TransportError::NodeNotAllowed { node, addr: remote });
             }
-            Ok(PeerConnection::new(conn, node, config))
+            Ok(PeerConnection::new(conn, node, config, endpoint_closed))
         };
         self.handshakes.borrow_mut().push(handshake.boxed_local());
         self.wake_waiter();

@@ -212,6 +212,28 @@ pub enum TransportError {
     /// The endpoint is closed: nothing more will be accepted.
     #[error("the peer endpoint is closed")]
     EndpointClosed,
+    /// A shut down (or dropped) endpoint did not release its UDP socket within
+    /// [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`](super::PEER_ENDPOINT_SHUTDOWN_TIMEOUT): the
+    /// application still holds a [`PeerConnection`](super::PeerConnection) (or a
+    /// `Responder`, `OnewaySender`) of it. The socket closes when the last one is dropped.
+    #[error(
+        "the peer endpoint on {addr} did not release its socket within {timeout:?}: \
+         connections of it are still held"
+    )]
+    ShutdownTimeout {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Closing the endpoint's UDP socket failed.
+    #[error("closing the peer endpoint's socket on {addr} failed: {reason}")]
+    Shutdown {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// The I/O error.
+        reason: String,
+    },
 }
 
 impl TransportError {

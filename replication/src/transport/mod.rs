@@ -8,6 +8,9 @@
 //!   bidirectional stream ([`PeerConnection::request`]), one-way frames on unidirectional
 //!   streams ([`PeerConnection::send_oneway`], [`PeerConnection::open_oneway`]); the other
 //!   side takes both from [`PeerConnection::accept_incoming`].
+//! - [`PeerEndpoint::shutdown`] (or a drop) closes every connection and frees the UDP port
+//!   within [`PEER_ENDPOINT_SHUTDOWN_TIMEOUT`], once the application has dropped its
+//!   connection handles; [`EndpointRelease`] waits for that.
 //!
 //! Everything is `!Send` (`Rc`, compio-quic without its `sync` feature): an endpoint and its
 //! connections live on the thread that created them.
@@ -21,12 +24,12 @@ pub mod kind;
 
 pub use config::{
     PEER_BIDI_STREAMS_MAX, PEER_CONNECT_TIMEOUT, PEER_CONNECTION_WINDOW_BYTES,
-    PEER_CONNECTIONS_MAX, PEER_FRAME_READ_TIMEOUT, PEER_IDLE_TIMEOUT, PEER_KEEP_ALIVE_INTERVAL,
-    PEER_MTU_BYTES, PEER_PENDING_HANDSHAKES_MAX, PEER_REQUEST_TIMEOUT, PEER_STREAM_WINDOW_BYTES,
-    PEER_UNI_STREAMS_MAX, PeerConfig,
+    PEER_CONNECTIONS_MAX, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_FRAME_READ_TIMEOUT,
+    PEER_IDLE_TIMEOUT, PEER_KEEP_ALIVE_INTERVAL, PEER_MTU_BYTES, PEER_PENDING_HANDSHAKES_MAX,
+    PEER_REQUEST_TIMEOUT, PEER_STREAM_WINDOW_BYTES, PEER_UNI_STREAMS_MAX, PeerConfig,
 };
 pub use connection::{OnewaySender, PeerConnection, PeerIncoming, Responder};
-pub use endpoint::{PeerEndpoint, PeerEndpointStats};
+pub use endpoint::{EndpointRelease, PeerEndpoint, PeerEndpointStats};
 pub use error::{CloseCode, StreamCode, TransportError};
 pub use frame::{
     ERROR_MESSAGE_BYTES_MAX, ErrorBody, FRAME_HEADER_BYTES, Frame, FrameError,
