@@ -44,7 +44,7 @@ use sluice_client::{
 use sluice_proto::protocol::group_state;
 use tokio::sync::oneshot;
 
-use crate::load::{ConsumerResult, Counters, Mode, Plan, TIMESTAMP_BYTES, unix_nanos};
+use crate::load::{ConsumerResult, Counters, Mode, Plan, unix_nanos};
 use crate::report::latency_histogram;
 
 /// With `--group`: the members stop when the group as a whole received nothing new for this
@@ -483,23 +483,8 @@ async fn member_loop(
                 continue;
             }
             fresh += 1;
-            let Some(value) = &record.value else { continue };
-            let sent_ns = value
-                .get(..TIMESTAMP_BYTES as usize)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes);
-            match (mode, sent_ns) {
-                (Mode::Consume, _) => {
-                    result.measured += 1;
-                    result.measured_bytes += value.len() as u64;
-                }
-                (_, Some(sent)) if sent >= measure_from_ns => {
-                    result.measured += 1;
-                    result.measured_bytes += value.len() as u64;
-                    let us = (now_ns.saturating_sub(sent) / 1000).max(1);
-                    result.histogram.record(us).map_err(|e| e.to_string())?;
-                }
-                _ => {}
+            if let Some(value) = &record.value {
+                result.measure(mode, value, measure_from_ns, now_ns)?;
             }
         }
         if fresh > 0 {

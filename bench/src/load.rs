@@ -430,6 +430,36 @@ pub(crate) struct ConsumerResult {
 }
 
 impl ConsumerResult {
+    /// Counts one delivered record's value: every record in `consume` mode; in `e2e` mode those
+    /// sent after the warm-up (`measure_from_ns`), with their end-to-end latency, taken from
+    /// the send time in the value's first bytes, recorded in the histogram.
+    pub(crate) fn measure(
+        &mut self,
+        mode: Mode,
+        value: &[u8],
+        measure_from_ns: u64,
+        now_ns: u64,
+    ) -> Result<(), String> {
+        let sent_ns = value
+            .get(..TIMESTAMP_BYTES as usize)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
+        match (mode, sent_ns) {
+            (Mode::Consume, _) => {
+                self.measured += 1;
+                self.measured_bytes += value.len() as u64;
+            }
+            (_, Some(sent)) if sent >= measure_from_ns => {
+                self.measured += 1;
+                self.measured_bytes += value.len() as u64;
+                let us = (now_ns.saturating_sub(sent) / 1000).max(1);
+                self.histogram.record(us).map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Adds another consumer's result to this one.
     pub(crate) fn merge(&mut self, other: ConsumerResult) -> Result<(), String> {
         self.histogram
@@ -1413,23 +1443,8 @@ async fn consume_one(
         result.first.get_or_insert(now);
         result.last = Some(now);
         for record in &batch {
-            let Some(value) = &record.value else { continue };
-            let sent_ns = value
-                .get(..TIMESTAMP_BYTES as usize)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes);
-            match (mode, sent_ns) {
-                (Mode::Consume, _) => {
-                    result.measured += 1;
-                    result.measured_bytes += value.len() as u64;
-                }
-                (_, Some(sent)) if sent >= measure_from_ns => {
-                    result.measured += 1;
-                    result.measured_bytes += value.len() as u64;
-                    let us = (now_ns.saturating_sub(sent) / 1000).max(1);
-                    result.histogram.record(us).map_err(|e| e.to_string())?;
-                }
-                _ => {}
+            if let Some(value) = &record.value {
+                result.measure(mode, value, measure_from_ns, now_ns)?;
             }
         }
     }
