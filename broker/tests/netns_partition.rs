@@ -253,3 +253,152 @@ fn isolated_broker_acknowledges_nothing_and_every_ack_survives_the_heal() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
+
+/// Port of the probe servers in the harness test.
+const PROBE_PORT: u16 = 7_000;
+/// How long a probe waits for its answer (a cut drops the packets: it times out).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A TCP and a UDP echo server on `PROBE_PORT` of the calling thread's namespace, until `stop`.
+fn echo_servers(net: &Net, i: usize, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let addr = std::net::SocketAddr::from((net.ip(i), PROBE_PORT));
+    net.enter(i).expect("enter the namespace");
+    let tcp = std::net::TcpListener::bind(addr).expect("bind tcp");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let udp = std::net::UdpSocket::bind(addr).expect("bind udp");
+    udp.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("udp timeout");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 16];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        });
+        while !stop.load(Ordering::Relaxed) {
+            match tcp.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).expect("blocking");
+                    conn.set_read_timeout(Some(PROBE_TIMEOUT)).expect("timeout");
+                    let mut byte = [0u8; 1];
+                    if conn.read_exact(&mut byte).is_ok() {
+                        let _ = conn.write_all(&byte);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether namespace `from` gets an answer from `to`'s echo servers: (TCP, UDP).
+fn reach(net: &Net, from: usize, to: usize) -> (bool, bool) {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((net.ip(to), PROBE_PORT));
+    net.run_in(from, || {
+        let tcp = (|| {
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
+            conn.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+            conn.write_all(b"t").ok()?;
+            let mut byte = [0u8; 1];
+            conn.read_exact(&mut byte).ok()?;
+            Some(byte == *b"t")
+        })()
+        .unwrap_or(false);
+        let udp = (|| {
+            let socket = std::net::UdpSocket::bind((net.ip(from), 0)).ok()?;
+            socket.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+            socket.send_to(b"u", addr).ok()?;
+            let mut buf = [0u8; 16];
+            let (n, peer) = socket.recv_from(&mut buf).ok()?;
+            Some(peer == addr && buf[..n] == *b"u")
+        })()
+        .unwrap_or(false);
+        (tcp, udp)
+    })
+}
+
+/// Checks every ordered pair: reachable (TCP and UDP) iff `connected(a, b)`.
+fn check_reach(net: &Net, what: &str, connected: impl Fn(usize, usize) -> bool) {
+    for from in 0..net.len() {
+        for to in (0..net.len()).filter(|&to| to != from) {
+            let expected = connected(from, to);
+            assert_eq!(
+                reach(net, from, to),
+                (expected, expected),
+                "{what}: {from} -> {to} (tcp, udp)"
+            );
+        }
+    }
+}
+
+/// The harness itself: a partition cuts exactly one pair, both ways, for TCP and UDP; isolate
+/// cuts one node from all; heal restores everything; leftovers of a dead run are removed.
+#[test]
+fn harness_cuts_pairs_and_nodes_for_tcp_and_udp_and_cleans_up() {
+    common::netns::check_available().unwrap_or_else(|e| panic!("network namespace harness: {e}"));
+    // Leftovers of a "crashed" run: a namespace and a bridge named after a dead pid.
+    let mut dead = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead_pid = dead.id();
+    dead.wait().expect("wait true");
+    let stale_ns = format!("{}{dead_pid}c0-0", common::netns::NETNS_PREFIX);
+    let stale_bridge = format!("sn{dead_pid}c0b");
+    common::netns::ip(&["netns", "add", &stale_ns]).expect("stale namespace");
+    common::netns::ip(&["link", "add", &stale_bridge, "type", "bridge"]).expect("stale bridge");
+
+    let net = Net::new(3).unwrap_or_else(|e| panic!("network namespace harness: {e}"));
+    assert!(
+        !netns_names().expect("ip netns list").contains(&stale_ns),
+        "stale namespace removed"
+    );
+    assert!(
+        !link_names().expect("ip link").contains(&stale_bridge),
+        "stale bridge removed"
+    );
+    let names = net.names();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for i in 0..net.len() {
+            let (net, stop) = (&net, &stop);
+            s.spawn(move || echo_servers(net, i, stop));
+        }
+        // Stops the servers also when an assertion below panics (the scope joins them).
+        let _stop_servers = StopOnDrop(&stop);
+        // The servers bind before answering; the first check waits for them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reach(&net, 0, 2) != (true, true) || reach(&net, 1, 2) != (true, true) {
+            assert!(Instant::now() < deadline, "probe servers did not come up");
+        }
+        check_reach(&net, "connected", |_, _| true);
+        net.partition(0, 1).expect("partition");
+        check_reach(&net, "0 | 1", |a, b| a.min(b) != 0 || a.max(b) != 1);
+        net.heal().expect("heal");
+        check_reach(&net, "healed", |_, _| true);
+        net.isolate(2).expect("isolate");
+        check_reach(&net, "2 isolated", |a, b| a != 2 && b != 2);
+        net.heal().expect("heal");
+        check_reach(&net, "healed again", |_, _| true);
+    });
+    drop(net);
+    let namespaces = netns_names().expect("ip netns list");
+    let links = link_names().expect("ip link");
+    for name in &names {
+        assert!(!namespaces.contains(name), "namespace {name} left behind");
+        assert!(!links.contains(name), "link {name} left behind");
+    }
+}

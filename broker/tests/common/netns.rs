@@ -130,8 +130,8 @@ pub fn link_names() -> Result<Vec<String>, NetnsError> {
         .collect())
 }
 
-/// Checks that this process can create namespaces at all.
-fn check_available() -> Result<(), NetnsError> {
+/// Checks that this process can create namespaces at all ([`Net::new`] does it first).
+pub fn check_available() -> Result<(), NetnsError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
