@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cli;
+pub mod netns;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
