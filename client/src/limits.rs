@@ -29,6 +29,10 @@ pub const IN_FLIGHT_PER_PARTITION_MAX: usize = IN_FLIGHT_REQUESTS_MAX;
 /// Bytes a record costs in the producer's buffer on top of its key, value and headers
 /// (record framing, bookkeeping).
 pub const RECORD_OVERHEAD_BYTES: usize = 64;
+/// Most bytes an open producer batch reserves up front (its `batch_bytes`, capped at this):
+/// a batch up to this size is filled without ever being copied to a larger buffer, and
+/// many open batches of a large `batch_bytes` reserve at most this much each.
+pub const BATCH_PREALLOC_BYTES_MAX: usize = MIB;
 /// Pause before a consumer retries a round whose fetches all hit retriable errors.
 pub const CONSUMER_RETRY_BACKOFF_MS: u64 = 50;
 /// Join rounds a consumer tries (on rebalance and coordinator errors) before giving up

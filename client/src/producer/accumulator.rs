@@ -228,7 +228,11 @@ impl Accumulator {
                 self.next_seq += 1;
                 self.unfinished.insert(seq);
                 self.partitions.entry(tp.clone()).or_default().open = Some(OpenBatch {
-                    builder: BatchBuilder::new(self.config.compression, Limits::DEFAULT),
+                    builder: BatchBuilder::with_capacity(
+                        self.config.compression,
+                        Limits::DEFAULT,
+                        batch_bytes.min(crate::limits::BATCH_PREALLOC_BYTES_MAX),
+                    ),
                     records: Vec::new(),
                     created: now,
                     memory: None,

@@ -47,7 +47,17 @@ impl BatchBuilder {
     /// No producer (-1 id, epoch and sequence), create-time timestamps, not transactional,
     /// not control.
     pub fn new(compression: Compression, limits: Limits) -> Self {
-        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 1024);
+        Self::with_capacity(compression, limits, BATCH_HEADER_BYTES + 1024)
+    }
+
+    /// Like [`BatchBuilder::new`], with room for `capacity` bytes of batch (header plus
+    /// uncompressed records section) reserved up front, so that a batch filled up to that
+    /// size is never copied to a larger buffer. The reservation is capped at the largest
+    /// section `limits` allow plus the header; the buffer still grows past it if needed.
+    pub fn with_capacity(compression: Compression, limits: Limits, capacity: usize) -> Self {
+        let most =
+            BATCH_HEADER_BYTES.saturating_add(limits.records_uncompressed_bytes_max as usize);
+        let mut buf = BytesMut::with_capacity(capacity.clamp(BATCH_HEADER_BYTES, most));
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             compression,
@@ -282,4 +292,62 @@ fn check(what: &'static str, size: u64, max: u32) -> Result<(), BuildError> {
         return Err(BuildError::LimitExceeded { what, size, max });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(builder: &mut BatchBuilder, records: usize) {
+        for i in 0..records {
+            let value = vec![(i % 251) as u8; 1000];
+            let key = format!("key-{i}");
+            builder
+                .push(
+                    1_700_000_000_000 + i as i64,
+                    Some(key.as_bytes()),
+                    Some(&value),
+                    &[(b"h".as_slice(), Some(b"v".as_slice()))],
+                )
+                .expect("the record fits the limits");
+        }
+    }
+
+    #[test]
+    fn with_capacity_builds_the_same_bytes_as_new() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let mut small = BatchBuilder::new(compression, Limits::DEFAULT).producer(7, 1, 42);
+            let mut big = BatchBuilder::with_capacity(compression, Limits::DEFAULT, 256 * 1024)
+                .producer(7, 1, 42);
+            fill(&mut small, 200);
+            fill(&mut big, 200);
+            assert_eq!(small.estimated_bytes(), big.estimated_bytes());
+            assert_eq!(small.build().expect("builds"), big.build().expect("builds"));
+        }
+    }
+
+    #[test]
+    fn a_batch_within_its_capacity_is_never_moved() {
+        let capacity = 128 * 1024;
+        let mut builder = BatchBuilder::with_capacity(Compression::None, Limits::DEFAULT, capacity);
+        assert!(builder.buf.capacity() >= capacity);
+        let start = builder.buf.as_ptr();
+        // 1000-byte values plus framing: 120 records stay under 128 KiB.
+        fill(&mut builder, 120);
+        assert!(builder.estimated_bytes() <= capacity);
+        assert!(builder.estimated_bytes() > capacity / 2);
+        assert_eq!(builder.buf.as_ptr(), start, "the buffer was reallocated");
+    }
+
+    #[test]
+    fn the_reservation_is_capped_by_the_limits() {
+        let limits = Limits {
+            records_uncompressed_bytes_max: 4096,
+            ..Limits::DEFAULT
+        };
+        let builder = BatchBuilder::with_capacity(Compression::None, limits, usize::MAX);
+        assert!(builder.buf.capacity() < BATCH_HEADER_BYTES + 4096 + 1024);
+        let builder = BatchBuilder::with_capacity(Compression::None, limits, 0);
+        assert_eq!(builder.estimated_bytes(), BATCH_HEADER_BYTES);
+    }
 }
