@@ -47,7 +47,7 @@ impl Broker {
         } else {
             &["--metrics-listen", "127.0.0.1:0"]
         };
-        let mut child = Command::new(sluice_bin())
+        let child = Command::new(sluice_bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -66,16 +66,28 @@ impl Broker {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sluice serve");
+        Self::await_listening(child, data_dir, shards, "broker", Duration::from_secs(60))
+    }
+
+    /// Reads a just-spawned `sluice serve`'s stdout (piped) until its `listening on` line,
+    /// noting its `metrics on` line, within `timeout`; `what` names it in failures.
+    pub fn await_listening(
+        mut child: Child,
+        data_dir: &Path,
+        shards: usize,
+        what: &str,
+        timeout: Duration,
+    ) -> Broker {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stdout = BufReader::new(stdout);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
         let mut metrics_addr = None;
         let addr = loop {
             let mut line = String::new();
             let n = stdout.read_line(&mut line).expect("read broker stdout");
             assert!(
                 n > 0,
-                "broker exited before listening: {:?}",
+                "{what} exited before listening: {:?}",
                 child.try_wait()
             );
             if let Some(rest) = line.trim().strip_prefix("metrics on ") {
@@ -84,7 +96,7 @@ impl Broker {
             if let Some(rest) = line.trim().strip_prefix("listening on ") {
                 break rest.parse().expect("listening address");
             }
-            assert!(Instant::now() < deadline, "broker did not start");
+            assert!(Instant::now() < deadline, "{what} did not start");
         };
         Broker {
             child,

@@ -27,7 +27,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -367,7 +366,7 @@ impl Net {
     /// port, advertised under that address), metrics on the namespace's loopback.
     pub fn start_broker(&self, i: usize, data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
         let listen = format!("{}:0", self.ip(i));
-        let mut child = self
+        let child = self
             .command(i, sluice_bin())
             .arg("serve")
             .arg("--data-dir")
@@ -387,35 +386,13 @@ impl Net {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ip netns exec sluice serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stdout = BufReader::new(stdout);
-        let deadline = Instant::now() + BROKER_START_TIMEOUT;
-        let mut metrics_addr = None;
-        let addr = loop {
-            let mut line = String::new();
-            let n = stdout.read_line(&mut line).expect("read broker stdout");
-            assert!(
-                n > 0,
-                "broker in {} exited before listening: {:?}",
-                self.ns(i),
-                child.try_wait()
-            );
-            if let Some(rest) = line.trim().strip_prefix("metrics on ") {
-                metrics_addr = Some(rest.parse().expect("metrics address"));
-            }
-            if let Some(rest) = line.trim().strip_prefix("listening on ") {
-                break rest.parse().expect("listening address");
-            }
-            assert!(Instant::now() < deadline, "broker did not start");
-        };
-        Broker {
+        Broker::await_listening(
             child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             shards,
-            metrics_addr,
-            _stdout: stdout,
-        }
+            &format!("broker in {}", self.ns(i)),
+            BROKER_START_TIMEOUT,
+        )
     }
 
     /// Points `from`'s neighbour entry for `to`'s address at [`BLACKHOLE_MAC`].
