@@ -45,7 +45,6 @@ use sluice_proto::protocol::group_state;
 use tokio::sync::oneshot;
 
 use crate::load::{ConsumerResult, Counters, Mode, Plan, unix_nanos};
-use crate::report::latency_histogram;
 
 /// With `--group`: the members stop when the group as a whole received nothing new for this
 /// long (after the producers finished, in `e2e`). Longer than the plain consumers' timeout:
@@ -432,13 +431,7 @@ async fn member_loop(
     plan: Arc<Plan>,
     counters: Arc<Counters>,
 ) -> Result<ConsumerResult, String> {
-    let mut result = ConsumerResult {
-        histogram: latency_histogram(),
-        measured: 0,
-        measured_bytes: 0,
-        first: None,
-        last: None,
-    };
+    let mut result = ConsumerResult::new();
     let measure_from_ns = plan.clock.unix_ns(plan.measure_from);
     let mut first = Vec::new();
     let outcome = loop {
@@ -645,13 +638,7 @@ impl GroupRun {
                     .map_err(|_| "a group member thread died".to_string())?,
             );
         }
-        let mut merged = ConsumerResult {
-            histogram: latency_histogram(),
-            measured: 0,
-            measured_bytes: 0,
-            first: None,
-            last: None,
-        };
+        let mut merged = ConsumerResult::new();
         for r in done {
             merged.merge(r?)?;
         }

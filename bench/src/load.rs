@@ -430,6 +430,17 @@ pub(crate) struct ConsumerResult {
 }
 
 impl ConsumerResult {
+    /// An empty result with the load generator's latency histogram.
+    pub(crate) fn new() -> Self {
+        ConsumerResult {
+            histogram: latency_histogram(),
+            measured: 0,
+            measured_bytes: 0,
+            first: None,
+            last: None,
+        }
+    }
+
     /// Counts one delivered record's value: every record in `consume` mode; in `e2e` mode those
     /// sent after the warm-up (`measure_from_ns`), with their end-to-end latency, taken from
     /// the send time in the value's first bytes, recorded in the histogram.
@@ -1392,13 +1403,7 @@ async fn consume_one(
     plan: Arc<Plan>,
     counters: Arc<Counters>,
 ) -> Result<ConsumerResult, String> {
-    let mut result = ConsumerResult {
-        histogram: latency_histogram(),
-        measured: 0,
-        measured_bytes: 0,
-        first: None,
-        last: None,
-    };
+    let mut result = ConsumerResult::new();
     let measure_from_ns = plan.clock.unix_ns(plan.measure_from);
     let mut own = 0u64;
     let mut idle_since: Option<Instant> = None;
