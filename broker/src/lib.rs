@@ -6,6 +6,7 @@
 //! "Broker: shards and the data path".
 
 mod budget;
+mod cluster;
 mod config;
 mod doctor;
 mod group;
@@ -16,6 +17,7 @@ mod metadata;
 mod metrics;
 mod net;
 mod placement;
+mod replica;
 mod serve;
 mod shard;
 mod ticket;

@@ -782,3 +782,10 @@ pub(crate) async fn restore(shard: &Rc<Shard>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Takes up or gives up the groups whose offsets partitions this shard holds, as `view`
+/// says this node leads them or not (cluster mode). Integration seam: the cluster group
+/// work fills it in.
+pub(crate) async fn on_view(shard: &Rc<Shard>, view: &std::sync::Arc<crate::cluster::ClusterView>) {
+    let _ = (shard, view);
+}

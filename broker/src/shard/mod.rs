@@ -45,6 +45,8 @@ pub(crate) struct Shard {
     pub(crate) cluster: Arc<Cluster>,
     /// The latest metadata snapshot from the controller.
     pub(crate) metadata: RefCell<Arc<Metadata>>,
+    /// The latest cluster view (cluster mode only; `None` when the broker runs alone).
+    pub(crate) view: RefCell<Option<Arc<crate::cluster::ClusterView>>>,
     /// Partitions this shard owns, by topic and index.
     pub(crate) partitions: RefCell<HashMap<(String, u32), Rc<Partition>>>,
     /// Request bytes in flight.

@@ -164,6 +164,15 @@ pub(crate) enum ShardMsg {
         /// Sent once installed.
         reply: Reply<()>,
     },
+    /// From shard 0 in cluster mode: the new cluster view. The shard installs it, then
+    /// applies the partition roles and group coordinators it implies, then replies.
+    #[allow(dead_code)] // Sent by the cluster-mode wiring (in progress).
+    ClusterView {
+        /// The view.
+        view: Arc<crate::cluster::ClusterView>,
+        /// Sent once applied.
+        reply: Reply<()>,
+    },
     /// From the metrics endpoint: this shard's counters.
     Metrics {
         /// The snapshot, built on the shard.

@@ -119,6 +119,7 @@ async fn shard_main(start: ShardStart) -> bool {
         admin: Admission::default(),
         producer_ids: RefCell::new(None),
         groups: RefCell::new(crate::group::Coordinator::default()),
+        view: RefCell::new(None),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -472,6 +473,12 @@ impl Shard {
                 *self.metadata.borrow_mut() = metadata;
                 let _ = reply.try_send(());
             }
+            ShardMsg::ClusterView { view, reply } => spawn(Box::pin(async move {
+                *self.view.borrow_mut() = Some(view.clone());
+                crate::replica::apply_view(&self, &view).await;
+                crate::group::on_view(&self, &view).await;
+                let _ = reply.try_send(());
+            })),
             ShardMsg::Drain { reply } => spawn(Box::pin(async move {
                 drain(self).await;
                 let _ = reply.try_send(());
