@@ -120,6 +120,7 @@ async fn shard_main(start: ShardStart) -> bool {
         producer_ids: RefCell::new(None),
         groups: RefCell::new(crate::group::Coordinator::default()),
         view: RefCell::new(None),
+        controller: RefCell::new(None),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
