@@ -246,7 +246,17 @@ async fn heartbeat_loop(driver: Rc<ControllerDriver>, registration: BrokerRegist
     let mut controller_index: Option<u64> = None;
     let mut state: Option<(bool, bool)> = None;
     let mut last_failure_log: Option<Instant> = None;
+    let mut leader = None;
     loop {
+        if driver.leader() != leader {
+            leader = driver.leader();
+            tracing::info!(
+                node = registration.id,
+                leader = ?leader,
+                term = driver.term(),
+                "active controller changed"
+            );
+        }
         let want_unfence =
             controller_index.is_some_and(|i| installed_index().is_some_and(|mine| mine >= i));
         let heartbeat = BrokerHeartbeat {
