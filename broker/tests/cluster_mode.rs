@@ -404,6 +404,54 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         }
     }
 
+    // More partitions through the controller: placed on the live brokers with the topic's
+    // replication factor, their logs opened where they are assigned.
+    let grown = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &other.to_string(),
+        ],
+        None,
+    );
+    assert_eq!(grown.code, 0, "add-partitions: {}", grown.stderr);
+    let m = metadata(survivor);
+    let orders = m
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders");
+    assert_eq!(orders.partitions.len(), 5, "{orders:?}");
+    for p in &orders.partitions {
+        assert_eq!(p.error, ErrorCode::NONE, "{p:?}");
+        assert_eq!(p.replicas.len(), 2, "{p:?}");
+    }
+    for &i in &alive {
+        wait_until(&format!("5 orders logs on node {i}"), || {
+            (partition_dirs(&nodes[i].data_dir, "orders") == (0..5).collect()).then_some(())
+        });
+    }
+    let fewer = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &survivor.to_string(),
+        ],
+        None,
+    );
+    assert_ne!(fewer.code, 0);
+    assert!(
+        fewer.stderr.contains("INVALID_PARTITIONS"),
+        "{}",
+        fewer.stderr
+    );
+
     // The killed node restarts from its data directory: it registers again (a new
     // incarnation), catches up, is unfenced and listed by the others, and drops its logs of
     // the old `orders` (deleted while it was down; the new one has no replica on it).
