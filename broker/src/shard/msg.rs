@@ -166,7 +166,6 @@ pub(crate) enum ShardMsg {
     },
     /// From shard 0 in cluster mode: the new cluster view. The shard installs it, then
     /// applies the partition roles and group coordinators it implies, then replies.
-    #[allow(dead_code)] // Sent by the cluster-mode wiring (in progress).
     ClusterView {
         /// The view.
         view: Arc<crate::cluster::ClusterView>,

@@ -141,6 +141,13 @@ async fn shard_main(start: ShardStart) -> bool {
         return false;
     }
     crate::group::start(&shard);
+    if id == 0
+        && let Err(e) = crate::cluster::start(&shard).await
+    {
+        let _ = ready.send(Err(e));
+        close_all(&shard).await;
+        return false;
+    }
     for listener in [shared_listener, own_listener] {
         let listener = match compio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -382,6 +389,9 @@ async fn drain(shard: Rc<Shard>) {
             connections = shard.connections.get(),
             "connections still busy after the drain deadline"
         );
+    }
+    if shard.id == 0 {
+        crate::cluster::stop(&shard).await;
     }
 }
 

@@ -1092,6 +1092,7 @@ mod tests {
                     client_host: "h".into(),
                     client_port: 9092,
                     shards: 4,
+                    shard_ports: Vec::new(),
                     peer_host: "p".into(),
                     peer_port: 19092,
                 },
