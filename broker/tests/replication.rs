@@ -325,8 +325,8 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let tail = Conn::connect(new_addr).read_all(TOPIC, 0, 101);
     assert_eq!(tail, vec![(101, b"after".to_vec())]);
 
-    for i in 0..3 {
-        if let Some(b) = nodes[i].broker.as_mut() {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if let Some(b) = node.broker.as_mut() {
             assert!(
                 b.terminate(Duration::from_secs(30)),
                 "node {i} did not stop cleanly"
