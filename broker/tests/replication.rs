@@ -74,7 +74,7 @@ impl Node {
     }
 }
 
-fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
+fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path, extra: &[&str]) -> Node {
     let data_dir = root.join(format!("node-{id}"));
     let log = root.join(format!("node-{id}.log"));
     let child = Command::new(sluice_bin())
@@ -86,6 +86,7 @@ fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
         .args(["--node-id", &id.to_string(), "--cluster", cluster])
         .arg("--cert-dir")
         .arg(certs)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -118,12 +119,7 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// Leader and ISR of partition 0 of the topic, as `addr` answers.
 fn partition_state(addr: SocketAddr) -> Option<(u32, Vec<u32>)> {
-    let m: MetadataResponse = Conn::connect(addr).call(
-        ApiKey::Metadata,
-        &MetadataRequest {
-            topics: Some(vec![TOPIC.into()]),
-        },
-    );
+    let m = topic_metadata(addr);
     let t = m.topics.first()?;
     let p = t.partitions.first()?;
     (t.error.is_ok() && p.error.is_ok() && p.leader >= 0).then(|| {
@@ -132,6 +128,60 @@ fn partition_state(addr: SocketAddr) -> Option<(u32, Vec<u32>)> {
             p.isr.iter().map(|r| *r as u32).collect::<Vec<_>>(),
         )
     })
+}
+
+fn topic_metadata(addr: SocketAddr) -> MetadataResponse {
+    Conn::connect(addr).call(
+        ApiKey::Metadata,
+        &MetadataRequest {
+            topics: Some(vec![TOPIC.into()]),
+        },
+    )
+}
+
+/// Certificates and three running nodes.
+fn start_cluster(root: &Path, extra: &[&str]) -> Vec<Node> {
+    let certs = root.join("certs");
+    let made = run_sluice(
+        &[
+            "cert",
+            "dev",
+            "--dir",
+            certs.to_str().expect("utf-8"),
+            "--nodes",
+            "0,1,2",
+        ],
+        None,
+    );
+    assert_eq!(made.code, 0, "cert dev: {}", made.stderr);
+    let ports: Vec<u16> = (0..3).map(|_| free_peer_port()).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Node> = (0..3)
+        .map(|id| spawn_node(root, id, &cluster, &certs, extra))
+        .collect();
+    for node in &nodes {
+        wait_until("3 live brokers", || {
+            let m = Conn::connect(node.addr()).metadata();
+            (m.brokers.len() == 3).then_some(())
+        });
+    }
+    nodes
+}
+
+fn stop_all(nodes: &mut [Node]) {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if let Some(b) = node.broker.as_mut() {
+            assert!(
+                b.terminate(Duration::from_secs(30)),
+                "node {i} did not stop cleanly"
+            );
+        }
+    }
 }
 
 /// The raw batch bytes of partition 0 from `offset` up to the high watermark, as the
@@ -182,35 +232,7 @@ fn latest(addr: SocketAddr) -> u64 {
 #[test]
 fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
-    let certs = root.path().join("certs");
-    let made = run_sluice(
-        &[
-            "cert",
-            "dev",
-            "--dir",
-            certs.to_str().expect("utf-8"),
-            "--nodes",
-            "0,1,2",
-        ],
-        None,
-    );
-    assert_eq!(made.code, 0, "cert dev: {}", made.stderr);
-    let ports: Vec<u16> = (0..3).map(|_| free_peer_port()).collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|id| spawn_node(root.path(), id, &cluster, &certs))
-        .collect();
-    for node in &nodes {
-        wait_until("3 live brokers", || {
-            let m = Conn::connect(node.addr()).metadata();
-            (m.brokers.len() == 3).then_some(())
-        });
-    }
+    let mut nodes = start_cluster(root.path(), &[]);
     let created =
         Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[("min.insync.replicas", "3")]);
     assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
@@ -325,12 +347,61 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let tail = Conn::connect(new_addr).read_all(TOPIC, 0, 101);
     assert_eq!(tail, vec![(101, b"after".to_vec())]);
 
-    for (i, node) in nodes.iter_mut().enumerate() {
-        if let Some(b) = node.broker.as_mut() {
-            assert!(
-                b.terminate(Duration::from_secs(30)),
-                "node {i} did not stop cleanly"
-            );
-        }
+    stop_all(&mut nodes);
+}
+
+#[test]
+fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Well below the 9 s broker session: the ISR shrinks while the broker is still live.
+    let mut nodes = start_cluster(root.path(), &["--replica-lag-time-max-ms", "1500"]);
+    let created = Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[]);
+    assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
+    let (leader, _) = wait_until("a leader with 3 in-sync replicas", || {
+        partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
+    });
+    let leader_addr = nodes[leader as usize].addr();
+    let lagging = (0..3u32).find(|&i| i != leader).expect("a follower");
+    let (error, _) = produce(leader_addr, ACKS_ALL, 30_000, batch(&[b"first"], 1));
+    assert_eq!(error, ErrorCode::NONE);
+
+    // The stopped follower falls behind the leader's end and leaves the ISR (through the
+    // controller) while its broker is still registered and unfenced.
+    nodes[lagging as usize].signal("-STOP");
+    let stopped = Instant::now();
+    let (error, _) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"second"], 2));
+    assert_eq!(error, ErrorCode::NONE);
+    let m = wait_until("the ISR without the stopped follower", || {
+        let m = topic_metadata(leader_addr);
+        let isr = &m.topics[0].partitions[0].isr;
+        (isr.len() == 2 && !isr.contains(&(lagging as i32))).then_some(m)
+    });
+    let shrunk_after = stopped.elapsed();
+    assert!(
+        m.brokers.iter().any(|b| b.node_id == lagging),
+        "the follower's broker was fenced instead: {m:?}"
+    );
+    assert!(
+        shrunk_after >= Duration::from_millis(1500),
+        "shrunk after {shrunk_after:?}, before replica.lag.time.max.ms"
+    );
+    eprintln!("ISR shrank {shrunk_after:?} after the follower stopped");
+    // The two remaining in-sync replicas commit without it.
+    let (error, base) = produce(leader_addr, ACKS_ALL, 5_000, batch(&[b"third"], 3));
+    assert_eq!((error, base), (ErrorCode::NONE, 2));
+    assert_eq!(latest(leader_addr), 3);
+
+    // Resumed, it catches up and the leader adds it back.
+    nodes[lagging as usize].signal("-CONT");
+    wait_until("the follower back in the ISR", || {
+        partition_state(leader_addr).filter(|(_, isr)| isr.contains(&lagging))
+    });
+    let (error, base) = produce(leader_addr, ACKS_ALL, 5_000, batch(&[b"fourth"], 4));
+    assert_eq!((error, base), (ErrorCode::NONE, 3));
+    let (raw, hw) = raw_from(leader_addr, 0);
+    assert_eq!(hw, 4);
+    for node in &nodes {
+        assert_eq!(segment_prefix(&node.data_dir, raw.len()), raw);
     }
+    stop_all(&mut nodes);
 }
