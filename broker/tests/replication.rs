@@ -28,6 +28,7 @@ use sluice_proto::protocol::{
     ACKS_ALL, ACKS_LEADER, ApiKey, ErrorCode, LATEST_TIMESTAMP, MetadataRequest, MetadataResponse,
     ProduceResponse,
 };
+use sluice_proto::{BATCH_HEADER_BYTES, peek_batch_length};
 
 /// Shards per broker.
 const SHARDS: usize = 2;
@@ -56,9 +57,18 @@ fn free_peer_port() -> u16 {
 struct Node {
     data_dir: PathBuf,
     broker: Option<Broker>,
+    /// How it was started: root, id, cluster, certs, extra arguments.
+    spawn: (PathBuf, u32, String, PathBuf, Vec<String>),
 }
 
 impl Node {
+    /// Starts the node again (same data dir, ports and certificates).
+    fn restart(&mut self) {
+        let (root, id, cluster, certs, extra) = self.spawn.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        *self = spawn_node(&root, id, &cluster, &certs, &extra);
+    }
+
     fn addr(&self) -> SocketAddr {
         self.broker.as_ref().expect("running").addr
     }
@@ -90,7 +100,13 @@ fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path, extra: &[&str])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(File::create(&log).expect("log file"))
+        .stderr(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("log file"),
+        )
         .spawn()
         .expect("spawn sluice serve");
     let broker = Broker::await_listening(
@@ -103,6 +119,13 @@ fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path, extra: &[&str])
     Node {
         data_dir,
         broker: Some(broker),
+        spawn: (
+            root.to_path_buf(),
+            id,
+            cluster.to_string(),
+            certs.to_path_buf(),
+            extra.iter().map(|e| e.to_string()).collect(),
+        ),
     }
 }
 
@@ -204,15 +227,47 @@ fn raw_from(addr: SocketAddr, offset: u64) -> (Vec<u8>, u64) {
     }
 }
 
-/// The first `len` bytes of partition 0's first segment file in `data_dir`.
-fn segment_prefix(data_dir: &Path, len: usize) -> Vec<u8> {
-    let path = data_dir
-        .join("topics")
-        .join(TOPIC)
-        .join("0")
-        .join(format!("{:020}.log", 0));
-    let bytes = std::fs::read(&path).unwrap_or_default();
-    bytes[..len.min(bytes.len())].to_vec()
+/// The batches of partition 0 in `data_dir`, read from its segment files (in offset
+/// order, each up to its zero-filled tail), back to back.
+fn log_bytes(data_dir: &Path) -> Vec<u8> {
+    let dir = data_dir.join("topics").join(TOPIC).join("0");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let mut out = Vec::new();
+    for path in segments {
+        let bytes = std::fs::read(&path).expect("read segment");
+        let mut at = 0;
+        while let Some(len) = peek_batch_length(&bytes[at..]) {
+            let len = len as usize;
+            if len < BATCH_HEADER_BYTES || at + len > bytes.len() {
+                break;
+            }
+            out.extend_from_slice(&bytes[at..at + len]);
+            at += len;
+        }
+    }
+    out
+}
+
+/// Asserts that every node's log holds `raw` (the leader's batches) as its first bytes.
+fn assert_same_log(nodes: &[Node], raw: &[u8]) {
+    for node in nodes {
+        let bytes = log_bytes(&node.data_dir);
+        let prefix = &bytes[..raw.len().min(bytes.len())];
+        assert!(
+            prefix == raw,
+            "{}: {} log bytes, first difference at byte {:?} of the leader's {}",
+            node.data_dir.display(),
+            bytes.len(),
+            prefix.iter().zip(raw).position(|(a, b)| a != b),
+            raw.len()
+        );
+    }
 }
 
 fn produce(addr: SocketAddr, acks: i8, timeout_ms: u32, records: Bytes) -> (ErrorCode, u64) {
@@ -273,14 +328,7 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     // the followers when the producer got its answer).
     let (raw, hw) = raw_from(leader_addr, 0);
     assert_eq!(hw, 100);
-    for node in &nodes {
-        assert_eq!(
-            segment_prefix(&node.data_dir, raw.len()),
-            raw,
-            "{}",
-            node.data_dir.display()
-        );
-    }
+    assert_same_log(&nodes, &raw);
 
     // Followers refuse clients.
     let follower_addr = nodes[followers[0]].addr();
@@ -309,14 +357,32 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     assert_eq!(values(r.records), vec![(100, b"pending".to_vec())]);
     assert_eq!(latest(leader_addr), 101);
 
-    // SIGKILL the leader: a follower takes over with the same records at the same offsets.
+    // An uncommitted record: both followers stopped, the leader appends it (acks=1) and
+    // dies. It is not visible (above the high watermark), and the next leader does not
+    // have it.
     let (raw, _) = raw_from(leader_addr, 0);
+    for &f in &followers {
+        nodes[f].signal("-STOP");
+    }
+    // Their fetches in flight end empty (a long poll lasts at most 500 ms); no new ones
+    // come while they are stopped, so no fetch answer carries the next record.
+    std::thread::sleep(Duration::from_millis(800));
+    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"lost"], 2_500));
+    assert_eq!((error, base), (ErrorCode::NONE, 101));
+    assert_eq!(latest(leader_addr), 101);
+    // Let it reach the old leader's disk, so that its log diverges when it comes back.
+    std::thread::sleep(Duration::from_millis(500));
     nodes[leader as usize]
         .broker
         .as_mut()
         .expect("running")
         .kill9();
     nodes[leader as usize].broker = None;
+    for &f in &followers {
+        nodes[f].signal("-CONT");
+    }
+
+    // A follower takes over with the same records at the same offsets.
     let survivor = nodes[followers[0]].addr();
     let (new_leader, isr) = wait_until("a new leader and a 2-replica ISR", || {
         partition_state(survivor).filter(|(l, isr)| *l != leader && isr.len() == 2)
@@ -346,6 +412,28 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     });
     let tail = Conn::connect(new_addr).read_all(TOPIC, 0, 101);
     assert_eq!(tail, vec![(101, b"after".to_vec())]);
+
+    // The old leader comes back: it finds its log diverging at offset 101 (its "lost"
+    // record, of the old epoch), truncates it, fetches "after", and rejoins the ISR.
+    let old = log_bytes(&nodes[leader as usize].data_dir);
+    assert!(
+        old.windows(4).any(|w| w == b"lost"),
+        "the old leader's log holds the uncommitted record"
+    );
+    nodes[leader as usize].restart();
+    wait_until("the old leader back in the ISR", || {
+        partition_state(new_addr).filter(|(l, isr)| *l == new_leader && isr.len() == 3)
+    });
+    let (error, base) = produce(new_addr, ACKS_ALL, 10_000, batch(&[b"last"], 4_000));
+    assert_eq!((error, base), (ErrorCode::NONE, 102));
+    let (raw, hw) = raw_from(new_addr, 0);
+    assert_eq!(hw, 103);
+    assert_same_log(&nodes, &raw);
+    let old = log_bytes(&nodes[leader as usize].data_dir);
+    assert!(
+        !old.windows(4).any(|w| w == b"lost"),
+        "the divergent record was truncated"
+    );
 
     stop_all(&mut nodes);
 }
@@ -400,8 +488,6 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
     assert_eq!((error, base), (ErrorCode::NONE, 3));
     let (raw, hw) = raw_from(leader_addr, 0);
     assert_eq!(hw, 4);
-    for node in &nodes {
-        assert_eq!(segment_prefix(&node.data_dir, raw.len()), raw);
-    }
+    assert_same_log(&nodes, &raw);
     stop_all(&mut nodes);
 }
