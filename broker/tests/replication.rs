@@ -28,7 +28,7 @@ use sluice_proto::protocol::{
     ACKS_ALL, ACKS_LEADER, ApiKey, ErrorCode, LATEST_TIMESTAMP, MetadataRequest, MetadataResponse,
     ProduceResponse,
 };
-use sluice_proto::{BATCH_HEADER_BYTES, peek_batch_length};
+use sluice_proto::{BATCH_HEADER_BYTES, BatchBuilder, Compression, Limits, peek_batch_length};
 
 /// Shards per broker.
 const SHARDS: usize = 2;
@@ -270,6 +270,15 @@ fn assert_same_log(nodes: &[Node], raw: &[u8]) {
     }
 }
 
+/// A one-record batch of an idempotent producer.
+fn idempotent_batch(pid: i64, epoch: i16, seq: i32, value: &[u8]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT)
+        .producer(pid, epoch, seq)
+        .base_timestamp(2_000);
+    b.push(2_000, None, Some(value), &[]).expect("push");
+    b.build().expect("build").freeze()
+}
+
 fn produce(addr: SocketAddr, acks: i8, timeout_ms: u32, records: Bytes) -> (ErrorCode, u64) {
     let mut req = produce_request(TOPIC, 0, acks, records);
     req.timeout_ms = timeout_ms;
@@ -303,6 +312,12 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
 
     // acks=all: committed on all three before the answer. (The first produce may meet the
     // followers still connecting: it waits for them within its timeout.)
+    // The metadata may name the leader a moment before the leader applied that view: until
+    // then it answers NOT_LEADER_OR_FOLLOWER (retriable), as a client would see.
+    wait_until("the leader to take produce requests", || {
+        let r = Conn::connect(leader_addr).list_offset(TOPIC, 0, LATEST_TIMESTAMP);
+        (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+    });
     let started = Instant::now();
     let mut expected = Vec::new();
     for i in 0..20u64 {
@@ -342,7 +357,9 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     // Reads stop at the high watermark: with a follower stopped, an acks=1 record is on the
     // leader but not committed.
     nodes[followers[1]].signal("-STOP");
-    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"pending"], 2_000));
+    // An idempotent producer's batch: the followers keep its producer state too.
+    let pending = idempotent_batch(4242, 0, 0, b"pending");
+    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, pending.clone());
     assert_eq!((error, base), (ErrorCode::NONE, 100));
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(latest(leader_addr), 100, "latest is the high watermark");
@@ -399,6 +416,10 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let mut all = expected.clone();
     all.push((100, b"pending".to_vec()));
     assert_eq!(Conn::connect(new_addr).read_all(TOPIC, 0, 0), all);
+    // The producer retries its batch at the new leader: recognised, not written twice.
+    let (error, base) = produce(new_addr, ACKS_LEADER, 5_000, pending);
+    assert_eq!((error, base), (ErrorCode::NONE, 100));
+    assert_eq!(latest(new_addr), 101);
 
     // Two in-sync replicas, min.insync.replicas=3: acks=all is refused, nothing appended.
     let (error, _) = produce(new_addr, ACKS_ALL, 5_000, batch(&[b"refused"], 3_000));
@@ -449,6 +470,10 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
         partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
     });
     let leader_addr = nodes[leader as usize].addr();
+    wait_until("the leader to take produce requests", || {
+        let r = Conn::connect(leader_addr).list_offset(TOPIC, 0, LATEST_TIMESTAMP);
+        (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+    });
     let lagging = (0..3u32).find(|&i| i != leader).expect("a follower");
     let (error, _) = produce(leader_addr, ACKS_ALL, 30_000, batch(&[b"first"], 1));
     assert_eq!(error, ErrorCode::NONE);
