@@ -26,6 +26,10 @@ enum TopicCommand {
         /// Number of partitions.
         #[arg(long)]
         partitions: u32,
+        /// Copies of each partition (cluster mode) [default: min(3, registered brokers);
+        /// 1 on a broker running alone].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+        replication_factor: Option<u16>,
         /// A topic config, `key=value` (repeatable), e.g. `retention.ms=86400000`.
         #[arg(long = "config", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -57,9 +61,12 @@ async fn topic(args: TopicArgs) -> Result<(), ClientError> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } => {
-            client.create_topic(&name, partitions, &configs).await?;
+            client
+                .create_topic_replicated(&name, partitions, replication_factor, &configs)
+                .await?;
             println!("created topic '{name}' with {partitions} partitions");
         }
         TopicCommand::List => {
