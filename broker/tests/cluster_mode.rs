@@ -354,13 +354,50 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     assert_eq!(deleted.code, 0, "delete: {}", deleted.stderr);
     for &i in &alive {
         wait_until(&format!("payments removed on node {i}"), || {
-            partition_dirs(&nodes[i].data_dir, "payments")
-                .is_empty()
-                .then_some(())
+            (!nodes[i].data_dir.join("topics/payments").exists()).then_some(())
         });
     }
     let m = metadata(survivor);
     assert!(m.topics.iter().all(|t| t.name != "payments"));
+
+    // A record in `orders`, then the topic deleted and at once created again under the same
+    // name: every replica of the new topic starts empty, never with the old log.
+    let m = metadata(survivor);
+    let p0 = &m
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders")
+        .partitions[0];
+    let leader = nodes[p0.leader as usize].addr();
+    let produced = Conn::connect(leader).produce("orders", 0, 1, common::wire::batch(&[b"old"], 1));
+    assert_eq!(produced.error, ErrorCode::NONE, "{produced:?}");
+    let d = describe(leader, "orders");
+    assert_eq!(d["partitions"][0]["end_offset"], 1, "{d}");
+    let deleted = run_sluice(
+        &[
+            "topic",
+            "delete",
+            "orders",
+            "--brokers",
+            &survivor.to_string(),
+        ],
+        None,
+    );
+    assert_eq!(deleted.code, 0, "delete: {}", deleted.stderr);
+    let created = create(survivor, "orders", 3, Some(2));
+    assert_eq!(created.code, 0, "create again: {}", created.stderr);
+    for &i in &alive {
+        let addr = nodes[i].addr();
+        let d = wait_until(&format!("the new orders on node {i}"), || {
+            let d = describe(addr, "orders");
+            let parts = d["partitions"].as_array().cloned().unwrap_or_default();
+            (parts.len() == 3 && parts.iter().all(|p| p["error"] == "NONE")).then_some(d)
+        });
+        for p in d["partitions"].as_array().expect("partitions") {
+            assert_eq!(p["end_offset"], 0, "node {i}: {d}");
+        }
+    }
 
     // The survivors stop cleanly.
     for &i in &alive {

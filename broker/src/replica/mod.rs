@@ -70,14 +70,17 @@ pub(crate) struct Settings {
 
 /// The replication settings, in cluster mode.
 pub(crate) fn settings(shard: &Shard) -> Option<Settings> {
-    let _ = shard;
-    None
+    let config = &shard.cluster.config;
+    config.cluster.as_ref().map(|c| Settings {
+        cert_dir: c.cert_dir.clone(),
+        lag_time_max: Duration::from_millis(config.replica_lag_time_max_ms),
+    })
 }
 
 /// Whether the broker runs in cluster mode (partitions then start without a role and wait
 /// for the cluster view).
 pub(crate) fn cluster_mode(shard: &Shard) -> bool {
-    shard.view.borrow().is_some() || settings(shard).is_some()
+    shard.cluster.config.cluster.is_some()
 }
 
 /// A follower's progress, as the leader saw it in its last fetch.

@@ -454,6 +454,20 @@ impl ControllerDriver {
         Ref::map(self.inner.controller.borrow(), |c| c.state())
     }
 
+    /// The commands applied here with a raft index above `after`, in order, as far as this
+    /// node still remembers them (the last [`CONTROLLER_APPLIED_HISTORY_MAX`]; a snapshot
+    /// installed from the leader brings state without commands). The broker uses it to see
+    /// what happened between two views it built, e.g. a topic deleted and created again.
+    pub fn applied_after(&self, after: u64) -> Vec<Applied> {
+        self.inner
+            .history
+            .borrow()
+            .iter()
+            .filter(|a| a.index > after)
+            .cloned()
+            .collect()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> DriverStats {
         self.inner.stats.get()
