@@ -136,7 +136,6 @@ fn cli(brokers: &str, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 #[test]
-#[ignore = "needs cluster mode in `sluice serve` (h/cluster) and replication (h/replica)"]
 fn local_cluster_script_starts_kills_restarts_and_stops_three_nodes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let script = Script {

@@ -33,6 +33,8 @@ use rand::{Rng, SeedableRng};
 use sluice_client::Client;
 use sluice_replication::NodeId;
 use sluice_replication::cert::{self, DevCa, node_cert_file, node_dns_name, node_key_file};
+use sluice_replication::controller::driver::FORWARD_FORMAT_VERSION;
+use sluice_replication::replica::REPLICA_WIRE_VERSION;
 use sluice_replication::tls::{PEER_ALPN, PeerTls, ring_provider};
 use sluice_replication::transport::{
     CloseCode, ErrorBody, Frame, FrameKind, PEER_FRAME_BYTES_MAX, PeerEndpoint, TransportError,
@@ -245,14 +247,26 @@ async fn garbage_bodies_are_refused(cluster_certs: &Path, addr: SocketAddr, node
         FrameKind::ControllerForwardResponse,
     ];
     for (i, kind) in kinds.into_iter().enumerate() {
-        for (j, body) in [
+        let seed = 1000 * (i as u64 + 1);
+        let mut bodies = vec![
             Bytes::new(),
-            random_bytes(1000 + i as u64, 3),
-            random_bytes(2000 + i as u64, 700),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+            random_bytes(seed, 3),
+            random_bytes(seed + 1, 700),
+        ];
+        // Past the format version byte: garbage the body decoders themselves must refuse.
+        let version = match kind {
+            FrameKind::ReplicaFetchRequest => Some(REPLICA_WIRE_VERSION),
+            FrameKind::ControllerForward => Some(FORWARD_FORMAT_VERSION),
+            _ => None,
+        };
+        if let Some(version) = version {
+            for (k, len) in [1usize, 2, 9, 64, 4096].into_iter().enumerate() {
+                let mut body = vec![version];
+                body.extend_from_slice(&random_bytes(seed + 10 + k as u64, len));
+                bodies.push(Bytes::from(body));
+            }
+        }
+        for (j, body) in bodies.into_iter().enumerate() {
             match conn.request(kind, body).await {
                 Err(TransportError::Remote { code, message, .. }) => {
                     eprintln!("{addr}: {kind:?} garbage body {j}: error {code}: {message}");
@@ -296,7 +310,6 @@ fn snapshot(cluster: &Cluster) -> Snapshot {
 }
 
 #[test]
-#[ignore = "needs cluster mode in `sluice serve` (h/cluster) and replication (h/replica)"]
 fn bad_peer_input_is_refused_and_the_running_broker_keeps_serving() {
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterOptions::new(3));
