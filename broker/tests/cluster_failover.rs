@@ -32,6 +32,8 @@ const KILL_EVERY: Duration = Duration::from_secs(5);
 const DOWN_FOR: Duration = Duration::from_secs(1);
 /// Longest wait for a new leader after a kill (election timeout plus the view's broadcast).
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a restarted replica to be back in a partition's ISR.
+const ISR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records sent per producer tick, and the tick: about 1000 records/s.
 const RECORDS_PER_TICK: usize = 10;
 const TICK: Duration = Duration::from_millis(10);
@@ -56,6 +58,8 @@ struct ProducerOutcome {
     acked: Vec<Acked>,
     /// Values whose delivery failed (an unknown outcome: each may be in the log, once).
     failed: Vec<(String, String)>,
+    /// Values `Producer::send` refused outright (never sent).
+    refused: Vec<(String, String)>,
     sent: u64,
     /// Acknowledgements that arrived after the last kill (the cluster still takes writes).
     acked_after_last_kill: usize,
@@ -96,6 +100,7 @@ fn produce_until(
             },
         );
         let mut pending = Vec::new();
+        let mut refused = Vec::new();
         let mut n: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..RECORDS_PER_TICK {
@@ -109,7 +114,9 @@ fn produce_until(
                         let result = delivery.await;
                         (value, result, Instant::now())
                     })),
-                    Err(e) => panic!("send {value} refused: {e}"),
+                    // Refused before it was sent (not an unknown outcome): noted, checked at
+                    // the end, after the safety checks.
+                    Err(e) => refused.push((value, e.to_string())),
                 }
             }
             tokio::time::sleep(TICK).await;
@@ -117,6 +124,7 @@ fn produce_until(
         let mut outcome = ProducerOutcome {
             acked: Vec::new(),
             failed: Vec::new(),
+            refused,
             sent: n,
             acked_after_last_kill: 0,
         };
@@ -143,8 +151,39 @@ fn produce_until(
     })
 }
 
+/// Waits until partition `p`'s ISR (as `sluice topic describe` shows it) holds all three
+/// replicas; panics with the last description after `timeout`.
+fn wait_for_full_isr(cluster: &mut Cluster, p: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match cluster.describe(TOPIC) {
+            Ok(parts) => {
+                if let Some(d) = parts.iter().find(|d| d.partition == p) {
+                    let mut isr = d.isr.clone();
+                    isr.sort_unstable();
+                    if d.leader >= 0 && isr == [0, 1, 2] {
+                        return;
+                    }
+                }
+                last = format!("{parts:?}");
+            }
+            Err(e) => last = e,
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!(
+                "{TOPIC}-{p}: the ISR did not hold all three replicas within {timeout:?}: {last}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
-#[ignore = "needs cluster mode in `sluice serve` (h/cluster) and replication (h/replica)"]
+#[ignore = "fails on h/replica 229296b + h/cluster 23efd70: a restarted replica that led the \
+            partition at an older epoch from its stale view loops on `log diverges` (truncate \
+            to 0, same last epoch) and never rejoins the ISR"]
 fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterOptions::new(3));
@@ -168,6 +207,9 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     while loop_start.elapsed() < run_for {
         let round_start = Instant::now();
         let p = round % PARTITIONS;
+        // Kill only a leader whose followers are all in sync (else no replica may take over:
+        // unclean election is off): a restarted replica must rejoin within ISR_TIMEOUT.
+        wait_for_full_isr(&mut cluster, p, ISR_TIMEOUT);
         let (victim, epoch) = cluster.wait_for_leader(TOPIC, p, FAILOVER_TIMEOUT);
         cluster.kill(victim as usize);
         *last_kill.lock().expect("last kill") = Some(Instant::now());
@@ -216,27 +258,31 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     stop.store(true, Ordering::Relaxed);
     let outcome = producer.join().expect("producer thread");
     eprintln!(
-        "{} kills in {:?}; {} records sent, {} acknowledged, {} failed ({} acknowledged after \
-         the last kill)",
+        "{} kills in {:?}; {} records sent, {} acknowledged, {} failed, {} refused by send ({} \
+         acknowledged after the last kill)",
         kills.len(),
         loop_start.elapsed(),
         outcome.sent,
         outcome.acked.len(),
         outcome.failed.len(),
+        outcome.refused.len(),
         outcome.acked_after_last_kill
     );
     for (value, error) in outcome.failed.iter().take(5) {
         eprintln!("  failed: {value}: {error}");
+    }
+    for (value, error) in outcome.refused.iter().take(5) {
+        eprintln!("  refused: {value}: {error}");
     }
     assert!(
         kills.len() as u32 >= PARTITIONS,
         "every partition's leader was killed at least once"
     );
     assert!(
-        outcome.acked.len() as u64 >= outcome.sent / 2,
-        "most records were acknowledged: {} of {}",
+        outcome.acked.len() >= outcome.failed.len(),
+        "most records sent were acknowledged: {} acknowledged, {} failed",
         outcome.acked.len(),
-        outcome.sent
+        outcome.failed.len()
     );
     assert!(
         outcome.acked_after_last_kill > 0,
@@ -244,22 +290,9 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     );
 
     // Every replica back in sync.
-    let replicas: Vec<i32> = (0..3).collect();
-    common::cluster::wait_until(
-        "every partition's ISR holds all three replicas again",
-        Duration::from_secs(60),
-        || {
-            let parts = cluster.describe(TOPIC).ok()?;
-            parts
-                .iter()
-                .all(|d| {
-                    let mut isr = d.isr.clone();
-                    isr.sort_unstable();
-                    d.leader >= 0 && isr == replicas
-                })
-                .then_some(())
-        },
-    );
+    for p in 0..PARTITIONS {
+        wait_for_full_isr(&mut cluster, p, Duration::from_secs(60));
+    }
 
     // Read back through the leaders.
     let brokers = cluster.brokers();
@@ -303,6 +336,14 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
         let (end, records) = &reads[&p];
         let ends = cluster.compare_replicas(TOPIC, p, *end, records);
         eprintln!("{TOPIC}-{p}: high watermark {end}, replica log ends {ends:?}");
+    }
+    // Availability: the producer's `send` must not refuse a record because of a failover
+    // (Kafka's producer waits for the metadata instead).
+    if let Some((value, error)) = outcome.refused.first() {
+        panic!(
+            "Producer::send refused {} records during the failovers, the first {value}: {error}",
+            outcome.refused.len()
+        );
     }
     eprintln!("took {:?}", started.elapsed());
 }

@@ -38,7 +38,6 @@ fn values(phase: &str) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs cluster mode in `sluice serve` (h/cluster) and replication (h/replica)"]
 fn a_paused_leader_is_fenced_and_follows_after_it_resumes() {
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterOptions::new(3));

@@ -56,7 +56,6 @@ fn write_to_minority(cluster: &Cluster, node: usize, value: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs cluster mode in `sluice serve` (h/cluster) and replication (h/replica)"]
 fn an_isolated_leader_acknowledges_nothing_and_the_cluster_converges_after_the_heal() {
     let started = Instant::now();
     let net = Net::new(NODES + 1).unwrap_or_else(|e| panic!("network namespace harness: {e}"));
