@@ -155,9 +155,8 @@ fn produce_until(
 /// replicas; panics with the last description after `timeout`.
 fn wait_for_full_isr(cluster: &mut Cluster, p: u32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let mut last = String::new();
     loop {
-        match cluster.describe(TOPIC) {
+        let last = match cluster.describe(TOPIC) {
             Ok(parts) => {
                 if let Some(d) = parts.iter().find(|d| d.partition == p) {
                     let mut isr = d.isr.clone();
@@ -166,10 +165,10 @@ fn wait_for_full_isr(cluster: &mut Cluster, p: u32, timeout: Duration) {
                         return;
                     }
                 }
-                last = format!("{parts:?}");
+                format!("{parts:?}")
             }
-            Err(e) => last = e,
-        }
+            Err(e) => e,
+        };
         if Instant::now() > deadline {
             cluster.dump_logs();
             panic!(
