@@ -12,18 +12,19 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{Either, select};
 use sluice_proto::protocol::ErrorCode;
-use sluice_proto::{Offset, peek_batch_length};
+use sluice_proto::{BatchHeader, Limits, Offset, peek_batch_length};
 use sluice_replication::NodeId;
 use sluice_replication::replica::{
     FetchPartition, FetchRequest, FetchResponse, FetchedPartition, REPLICA_FETCH_BYTES_MAX,
     REPLICA_FETCH_PARTITIONS_MAX,
 };
 use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, TransportError};
-use sluice_storage::LogError;
+use sluice_storage::{LogError, system_clock_ms};
 
 use super::{REPLICA_BACKOFF_MAX, REPLICA_BACKOFF_MIN, REPLICA_FETCH_WAIT_MS, Role};
 use crate::shard::Shard;
 use crate::shard::partition::Partition;
+use crate::shard::producer_state::ProducerStates;
 
 /// The leader shard a fetcher fetches from.
 pub(super) struct Target {
@@ -187,6 +188,21 @@ fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchReque
     }
 }
 
+/// After a truncation: the idempotent producers' state is read again from what is left.
+async fn rebuild_producers(p: &Partition) -> Result<bool, ()> {
+    match ProducerStates::rebuild(&p.log).await {
+        Ok(states) => {
+            *p.producers.borrow_mut() = states;
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::error!(topic = %p.topic, partition = p.index, error = %e,
+                "cannot rebuild the producer state after a truncation");
+            Err(())
+        }
+    }
+}
+
 /// Whether `p` still follows `leader` in `epoch`.
 fn follows(p: &Partition, leader: NodeId, epoch: u32) -> bool {
     matches!(&*p.replica.role.borrow(),
@@ -213,7 +229,7 @@ async fn apply(
             .truncate_fully_and_start_at(Offset(got.log_start))
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => rebuild_producers(p).await,
             Err(e) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot start over");
                 Err(())
@@ -232,10 +248,10 @@ async fn apply(
             leader_end_offset = d.end_offset, log_end = end, truncate_to = to,
             "log diverges from the leader's; truncating");
         return match p.log.truncate_to(Offset(to)).await {
-            Ok(_) => Ok(true),
+            Ok(_) => rebuild_producers(p).await,
             Err(LogError::OffsetOutOfRange { .. }) => {
                 match p.log.truncate_fully_and_start_at(Offset(to)).await {
-                    Ok(()) => Ok(true),
+                    Ok(()) => rebuild_producers(p).await,
                     Err(e) => {
                         tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot truncate");
                         Err(())
@@ -265,8 +281,25 @@ async fn apply(
         if !follows(p, leader, asked.leader_epoch) {
             break;
         }
+        let header = match BatchHeader::parse(&batch, &Limits::DEFAULT) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, leader, error = %e,
+                    "bad batch header in a replica fetch answer");
+                return Err(());
+            }
+        };
         match p.log.append_replica(BytesMut::from(&batch[..])).await {
-            Ok(appended) => last = Some(appended.durable),
+            Ok(appended) => {
+                // Idempotent producers' state follows the log, so that this replica
+                // deduplicates retries as the leader did if it takes over.
+                p.producers.borrow_mut().record(
+                    &header,
+                    appended.base_offset.get(),
+                    system_clock_ms(),
+                );
+                last = Some(appended.durable);
+            }
             Err(e) => {
                 tracing::warn!(topic = %p.topic, partition = p.index, leader, error = %e,
                     "replica append refused; fetching again");
