@@ -180,9 +180,6 @@ fn wait_for_full_isr(cluster: &mut Cluster, p: u32, timeout: Duration) {
 }
 
 #[test]
-#[ignore = "fails on h/replica 229296b + h/cluster 23efd70: a restarted replica that led the \
-            partition at an older epoch from its stale view loops on `log diverges` (truncate \
-            to 0, same last epoch) and never rejoins the ISR"]
 fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterOptions::new(3));
