@@ -142,12 +142,16 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     // A topic with replication factor 3, created through node 0, seen from node 1.
     let created = create(c.nodes[0].client_addr(), "orders", 3, Some(3));
     assert_eq!(created.code, 0, "create: {}", created.stderr);
-    let m = Conn::connect(c.nodes[1].client_addr()).call::<_, MetadataResponse>(
-        sluice_proto::protocol::ApiKey::Metadata,
-        &sluice_proto::protocol::MetadataRequest {
-            topics: Some(vec!["orders".into(), "missing".into()]),
-        },
-    );
+    // (Node 0 answered once it had the topic; node 1 installs it a moment later.)
+    let m = wait_until("orders in node 1's metadata", || {
+        let m = Conn::connect(c.nodes[1].client_addr()).call::<_, MetadataResponse>(
+            sluice_proto::protocol::ApiKey::Metadata,
+            &sluice_proto::protocol::MetadataRequest {
+                topics: Some(vec!["orders".into(), "missing".into()]),
+            },
+        );
+        (m.topics[0].error == ErrorCode::NONE).then_some(m)
+    });
     assert_eq!(m.topics[1].error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
     let orders = &m.topics[0];
     assert_eq!(orders.error, ErrorCode::NONE, "{orders:?}");
@@ -167,7 +171,21 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     }
     assert_eq!(leaders.len(), 3, "leaders spread over the brokers");
     // `topic describe --json` through node 2 shows the same leaders.
-    let d = describe(c.nodes[2].client_addr(), "orders");
+    let d = wait_until("orders described by node 2", || {
+        let run = run_sluice(
+            &[
+                "topic",
+                "describe",
+                "orders",
+                "--json",
+                "--brokers",
+                &c.nodes[2].client_addr().to_string(),
+            ],
+            None,
+        );
+        (run.code == 0).then(|| serde_json::from_str::<serde_json::Value>(&run.stdout))
+    })
+    .expect("describe JSON");
     for (p, meta) in d["partitions"]
         .as_array()
         .expect("partitions")
@@ -179,12 +197,9 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     }
     // Every node holds a replica of every partition.
     for node in &c.nodes {
-        assert_eq!(
-            partition_dirs(&node.data_dir, "orders"),
-            BTreeSet::from([0, 1, 2]),
-            "node {}",
-            node.id
-        );
+        wait_until(&format!("the orders logs on node {}", node.id), || {
+            (partition_dirs(&node.data_dir, "orders") == BTreeSet::from([0, 1, 2])).then_some(())
+        });
     }
 
     // SIGKILL the active controller's node.
@@ -225,12 +240,12 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     // Replication factor 2 works, through either survivor, and the other sees it.
     let created = create(survivor, "payments", 2, Some(2));
     assert_eq!(created.code, 0, "create after the kill: {}", created.stderr);
-    let m = metadata(other);
-    let payments = m
-        .topics
-        .iter()
-        .find(|t| t.name == "payments")
-        .expect("payments listed");
+    let payments = wait_until("payments in the other survivor's metadata", || {
+        metadata(other)
+            .topics
+            .into_iter()
+            .find(|t| t.name == "payments")
+    });
     for p in &payments.partitions {
         assert_eq!(p.error, ErrorCode::NONE, "{p:?}");
         assert_eq!(p.replicas.len(), 2);
@@ -315,7 +330,16 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         None,
     );
     assert_eq!(grown.code, 0, "add-partitions: {}", grown.stderr);
-    let m = metadata(survivor);
+    let m = wait_until(
+        "5 orders partitions in the other survivor's metadata",
+        || {
+            let m = metadata(survivor);
+            m.topics
+                .iter()
+                .any(|t| t.name == "orders" && t.partitions.len() == 5)
+                .then_some(m)
+        },
+    );
     let orders = m
         .topics
         .iter()
