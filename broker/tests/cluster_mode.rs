@@ -181,6 +181,9 @@ fn partition_dirs(data_dir: &Path, topic: &str) -> BTreeSet<u32> {
 #[test]
 fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill() {
     let root = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("SLUICE_KEEP_TEST_DIR").is_some() {
+        eprintln!("test dir: {}", root.path().display());
+    }
     let certs = root.path().join("certs");
     let made = run_sluice(
         &[
@@ -401,9 +404,87 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         }
     }
 
-    // The survivors stop cleanly.
+    // More partitions through the controller: placed on the live brokers with the topic's
+    // replication factor, their logs opened where they are assigned.
+    let grown = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &other.to_string(),
+        ],
+        None,
+    );
+    assert_eq!(grown.code, 0, "add-partitions: {}", grown.stderr);
+    let m = metadata(survivor);
+    let orders = m
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders");
+    assert_eq!(orders.partitions.len(), 5, "{orders:?}");
+    for p in &orders.partitions {
+        assert_eq!(p.error, ErrorCode::NONE, "{p:?}");
+        assert_eq!(p.replicas.len(), 2, "{p:?}");
+    }
     for &i in &alive {
-        let broker = nodes[i].broker.as_mut().expect("running");
+        wait_until(&format!("5 orders logs on node {i}"), || {
+            (partition_dirs(&nodes[i].data_dir, "orders") == (0..5).collect()).then_some(())
+        });
+    }
+    let fewer = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &survivor.to_string(),
+        ],
+        None,
+    );
+    assert_ne!(fewer.code, 0);
+    assert!(
+        fewer.stderr.contains("INVALID_PARTITIONS"),
+        "{}",
+        fewer.stderr
+    );
+
+    // The killed node restarts from its data directory: it registers again (a new
+    // incarnation), catches up, is unfenced and listed by the others, and drops its logs of
+    // the old `orders` (deleted while it was down; the new one has no replica on it).
+    let log = nodes[dead as usize].log.clone();
+    std::fs::rename(&log, log.with_extension("log.1")).expect("keep the first log");
+    nodes[dead as usize] = spawn_node(root.path(), dead, &cluster, &certs);
+    for node in &nodes {
+        wait_until(
+            &format!("node {} lists the restarted node", node.id),
+            || (broker_ids(&metadata(node.addr())) == BTreeSet::from([0, 1, 2])).then_some(()),
+        );
+    }
+    wait_until("the old orders logs removed on the restarted node", || {
+        (!nodes[dead as usize].data_dir.join("topics/orders").exists()).then_some(())
+    });
+    let m = metadata(nodes[dead as usize].addr());
+    let orders = m
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders");
+    assert!(
+        orders
+            .partitions
+            .iter()
+            .all(|p| p.replicas.len() == 2 && !p.replicas.contains(&(dead as i32))),
+        "{orders:?}"
+    );
+
+    // Every node stops cleanly.
+    for node in &mut nodes {
+        let i = node.id;
+        let broker = node.broker.as_mut().expect("running");
         assert!(
             broker.terminate(Duration::from_secs(30)),
             "node {i} did not stop cleanly"

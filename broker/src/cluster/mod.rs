@@ -349,6 +349,11 @@ async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
                     for key in &stale {
                         opened.remove(key);
                     }
+                    for topic in &recreated {
+                        // Empty unless the new topic has replicas here (opened below).
+                        let _ =
+                            std::fs::remove_dir(topic_dir(&shard.cluster.config.data_dir, topic));
+                    }
                 }
             }
         }

@@ -188,6 +188,8 @@ mod forward {
             partition_epoch: u32,
             new_isr: Vec<NodeId>,
         },
+        /// [`ControllerDriver::create_partitions`](super::ControllerDriver::create_partitions).
+        CreatePartitions { topic: String, total: u32 },
     }
 
     /// The active controller's answer to a [`ForwardRequest`] (frame kind 7).
@@ -551,6 +553,20 @@ impl ControllerDriver {
         }
     }
 
+    /// Grows a topic to `total` partitions through the active controller, like
+    /// [`create_topic`](Self::create_topic) (new partitions are placed like a new topic's, with
+    /// the replication factor of partition 0); returns its raft index.
+    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<u64, DriverError> {
+        let request = ForwardRequest::CreatePartitions {
+            topic: topic.to_string(),
+            total,
+        };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends this broker's heartbeat to the active controller (forwarded if needed); the
     /// reply comes at once (registering or unfencing follows by proposal).
     pub async fn broker_heartbeat(
@@ -808,6 +824,10 @@ impl Inner {
                     new_isr,
                 };
                 let index = self.drive(|c| c.propose(&command))?;
+                self.wait_applied(index).await
+            }
+            ForwardRequest::CreatePartitions { topic, total } => {
+                let index = self.drive(|c| c.create_partitions(&topic, total))?;
                 self.wait_applied(index).await
             }
             ForwardRequest::BrokerHeartbeat {
@@ -1099,6 +1119,10 @@ mod tests {
                 configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
             },
             ForwardRequest::DeleteTopic { name: "x".into() },
+            ForwardRequest::CreatePartitions {
+                topic: "x".into(),
+                total: 12,
+            },
             ForwardRequest::BrokerHeartbeat {
                 registration: BrokerRegistration {
                     id: 2,
