@@ -179,6 +179,8 @@ mod forward {
             registration: BrokerRegistration,
             want_unfence: bool,
         },
+        /// [`ControllerDriver::create_partitions`](super::ControllerDriver::create_partitions).
+        CreatePartitions { topic: String, total: u32 },
         /// [`ControllerDriver::alter_partition`](super::ControllerDriver::alter_partition).
         AlterPartition {
             topic: String,
@@ -188,8 +190,6 @@ mod forward {
             partition_epoch: u32,
             new_isr: Vec<NodeId>,
         },
-        /// [`ControllerDriver::create_partitions`](super::ControllerDriver::create_partitions).
-        CreatePartitions { topic: String, total: u32 },
     }
 
     /// The active controller's answer to a [`ForwardRequest`] (frame kind 7).
@@ -526,6 +526,20 @@ impl ControllerDriver {
         }
     }
 
+    /// Grows a topic to `total` partitions through the active controller, like
+    /// [`create_topic`](Self::create_topic) (new partitions are placed like a new topic's, with
+    /// the replication factor of partition 0); returns its raft index.
+    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<u64, DriverError> {
+        let request = ForwardRequest::CreatePartitions {
+            topic: topic.to_string(),
+            total,
+        };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A partition leader's ISR change (Kafka's AlterPartition) through the active
     /// controller (forwarded if needed), like [`create_topic`](Self::create_topic): returns
     /// the raft index once the change applied. `leader_epoch` and `partition_epoch` are those
@@ -546,20 +560,6 @@ impl ControllerDriver {
             leader_epoch,
             partition_epoch,
             new_isr,
-        };
-        match self.inner.handle(request).await? {
-            ForwardResponse::Applied { index } => Ok(index),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Grows a topic to `total` partitions through the active controller, like
-    /// [`create_topic`](Self::create_topic) (new partitions are placed like a new topic's, with
-    /// the replication factor of partition 0); returns its raft index.
-    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<u64, DriverError> {
-        let request = ForwardRequest::CreatePartitions {
-            topic: topic.to_string(),
-            total,
         };
         match self.inner.handle(request).await? {
             ForwardResponse::Applied { index } => Ok(index),
@@ -807,6 +807,10 @@ impl Inner {
                 let index = self.drive(|c| c.delete_topic(&name))?;
                 self.wait_applied(index).await
             }
+            ForwardRequest::CreatePartitions { topic, total } => {
+                let index = self.drive(|c| c.create_partitions(&topic, total))?;
+                self.wait_applied(index).await
+            }
             ForwardRequest::AlterPartition {
                 topic,
                 partition,
@@ -824,10 +828,6 @@ impl Inner {
                     new_isr,
                 };
                 let index = self.drive(|c| c.propose(&command))?;
-                self.wait_applied(index).await
-            }
-            ForwardRequest::CreatePartitions { topic, total } => {
-                let index = self.drive(|c| c.create_partitions(&topic, total))?;
                 self.wait_applied(index).await
             }
             ForwardRequest::BrokerHeartbeat {
