@@ -31,9 +31,9 @@ use sluice_client::{
 use sluice_proto::protocol::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode, FRAME_PREFIX_BYTES,
-    FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult, MetadataResponse, Reader,
-    RecordSet, RequestHeader, ResponseHeader, TopicDescription, TopicResult, Wire, decode_body,
-    encode_response,
+    FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult, InitProducerIdResponse,
+    MetadataResponse, Reader, RecordSet, RequestHeader, ResponseHeader, TopicDescription,
+    TopicResult, Wire, decode_body, encode_response,
 };
 use sluice_proto::{Limits, split_batches};
 
@@ -335,6 +335,15 @@ fn answer(api: ApiKey, id: u32, body: Reader, code: ErrorCode) -> Vec<u8> {
                 },
             )
         }
+        ApiKey::InitProducerId => encode(
+            id,
+            &InitProducerIdResponse {
+                error: code,
+                message,
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+        ),
         other => panic!("no injected answer for {other:?}"),
     }
 }
@@ -773,4 +782,95 @@ async fn consumer_keeps_its_position_through_leader_epoch_errors() {
         proxy.seen(ApiKey::Metadata).len() >= 2,
         "and refreshed metadata"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bump_falls_back_to_a_new_producer_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), 1);
+    let proxy = Proxy::start(&broker, 1);
+    let mut config = client_config(&proxy.list(), "refused-bump");
+    config.request_timeout = Duration::from_millis(400);
+    let client = Client::connect(config).await.expect("connect");
+    client.create_topic("fresh", 1, &[]).await.expect("create");
+    let delivery_timeout = Duration::from_millis(1000);
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes: 512,
+            retry_backoff: Duration::from_millis(50),
+            delivery_timeout,
+            ..ProducerConfig::default()
+        },
+    );
+    let send = |n: usize| {
+        let producer = producer.clone();
+        async move {
+            let value = format!("{n:05}");
+            let record = ProducerRecord::new("fresh", Bytes::from(value.clone())).partition(0);
+            (value, producer.send(record).await.expect("send"))
+        }
+    };
+    let mut before = Vec::new();
+    for n in 0..100 {
+        before.push(send(n).await);
+    }
+    producer.flush().await.expect("flush");
+    // Nothing written for a while: a gap. The bump is then first answered
+    // REQUEST_TIMED_OUT (retried), then INVALID_PRODUCER_EPOCH (as when the answer to an
+    // earlier bump was lost): the producer takes a new id.
+    proxy.push(
+        ApiKey::InitProducerId,
+        Fault::Answer(ErrorCode::REQUEST_TIMED_OUT),
+        1,
+    );
+    proxy.push(
+        ApiKey::InitProducerId,
+        Fault::Answer(ErrorCode::INVALID_PRODUCER_EPOCH),
+        1,
+    );
+    proxy.faults().produce = Some(0);
+    let mut lost = Vec::new();
+    for n in 100..120 {
+        lost.push(send(n).await);
+    }
+    tokio::time::sleep(delivery_timeout * 2).await;
+    proxy.faults().produce = None;
+    let mut after = Vec::new();
+    for n in 120..220 {
+        after.push(send(n).await);
+    }
+    producer.flush().await.expect("flush");
+    let mut acked = Vec::new();
+    for (value, d) in before.into_iter().chain(after) {
+        let meta = d.await.unwrap_or_else(|e| panic!("{value}: {e}"));
+        acked.push((meta.offset as u64, value));
+    }
+    for (value, d) in lost {
+        assert!(
+            d.await.is_err(),
+            "{value} was never written, it cannot be acknowledged"
+        );
+    }
+    let log = stored(&broker, "fresh", 0);
+    let values: Vec<(u64, String)> = log.iter().map(|(o, v, _, _)| (*o, v.clone())).collect();
+    assert_eq!(
+        values, acked,
+        "every acknowledged record once, nothing else"
+    );
+    let (first, last) = (&log[0], &log[log.len() - 1]);
+    eprintln!(
+        "refused bump: producer {}/{} then {}/{}; InitProducerId requests {}",
+        first.2,
+        first.3,
+        last.2,
+        last.3,
+        proxy.seen(ApiKey::InitProducerId).len()
+    );
+    assert_ne!(first.2, last.2, "a new producer id after the refused bump");
+    assert_eq!(last.3, 0, "a new id starts at epoch 0");
+    // The first init, the timed-out bump, the refused bump, the new id.
+    assert_eq!(proxy.seen(ApiKey::InitProducerId).len(), 4);
 }
