@@ -13,7 +13,7 @@ use sluice_proto::protocol::{PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_BYTES_MAX};
 use crate::topic_config::{self, TopicConfigs};
 
 /// Version of the `topics.json` layout.
-const METADATA_VERSION: u32 = 1;
+pub(crate) const METADATA_VERSION: u32 = 1;
 
 /// One topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

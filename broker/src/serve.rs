@@ -67,12 +67,19 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut metadata = match Metadata::load(&config.data_dir) {
-        Ok(meta) => meta,
-        Err(e) => return fail(e),
+    // Cluster mode: topics come from the controller (shard 0 installs them once its view is
+    // built); `topics.json` is neither read nor written.
+    let mut metadata = match &config.cluster {
+        Some(_) => Metadata::default(),
+        None => match Metadata::load(&config.data_dir) {
+            Ok(meta) => meta,
+            Err(e) => return fail(e),
+        },
     };
     // The internal topic of committed offsets, created at the first start.
-    if crate::group::ensure_offsets_topic(&mut metadata, config.offsets_topic_partitions) {
+    if config.cluster.is_none()
+        && crate::group::ensure_offsets_topic(&mut metadata, config.offsets_topic_partitions)
+    {
         if let Err(e) = metadata.persist(&config.data_dir) {
             return fail(e);
         }
@@ -82,7 +89,10 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             crate::group::OFFSETS_TOPIC
         );
     }
-    remove_orphans(&config.data_dir, &metadata);
+    if config.cluster.is_none() {
+        // Cluster mode removes them at its first view.
+        remove_orphans(&config.data_dir, &metadata);
+    }
     let (shared, own, shared_addr, shard_addresses) = match bind_all(&config) {
         Ok(bound) => bound,
         Err(e) => return fail(e),
@@ -146,6 +156,8 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         io_driver = ?config.io_driver,
         data_dir = %config.data_dir.display(),
         topics = metadata.topics.len(),
+        node_id = config.node_id,
+        cluster = config.cluster.is_some(),
         "broker started"
     );
     if let Some(listener) = metrics_listener {
@@ -227,7 +239,9 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
         shard_port_base,
         metrics_listen,
         log_format,
-        allow_epoll_fallback
+        allow_epoll_fallback,
+        cluster,
+        replica_lag_time_max_ms
     );
     let mut applied = Vec::new();
     macro_rules! dynamic {

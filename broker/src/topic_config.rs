@@ -37,6 +37,8 @@ fn default_value(name: &str) -> String {
         names::MIN_CLEANABLE_DIRTY_RATIO => "0.5".into(),
         names::MIN_COMPACTION_LAG_MS => "0".into(),
         names::FLUSH_MESSAGES | names::FLUSH_MS => "-1".into(),
+        names::MIN_INSYNC_REPLICAS => "1".into(),
+        names::UNCLEAN_LEADER_ELECTION_ENABLE => "false".into(),
         _ => String::new(),
     }
 }
@@ -61,7 +63,32 @@ pub(crate) fn validate(entries: &[ConfigEntry]) -> Result<TopicConfigs, String> 
         }
     }
     log_config(&configs)?;
+    min_insync_replicas(&configs)?;
+    if let Some(v) = configs.get(names::UNCLEAN_LEADER_ELECTION_ENABLE)
+        && v != "true"
+        && v != "false"
+    {
+        return Err(format!(
+            "{}={v:?} must be true or false",
+            names::UNCLEAN_LEADER_ELECTION_ENABLE
+        ));
+    }
     Ok(configs)
+}
+
+/// Most `min.insync.replicas` (the largest replication factor).
+pub(crate) const MIN_INSYNC_REPLICAS_MAX: u64 = 16;
+
+/// A topic's `min.insync.replicas` (default 1): 1 to [`MIN_INSYNC_REPLICAS_MAX`].
+pub(crate) fn min_insync_replicas(configs: &TopicConfigs) -> Result<u64, String> {
+    let n = required_u64(configs, names::MIN_INSYNC_REPLICAS)?;
+    if !(1..=MIN_INSYNC_REPLICAS_MAX).contains(&n) {
+        return Err(format!(
+            "{}={n} must be between 1 and {MIN_INSYNC_REPLICAS_MAX}",
+            names::MIN_INSYNC_REPLICAS
+        ));
+    }
+    Ok(n)
 }
 
 /// Every config with its effective value, by name.

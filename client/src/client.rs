@@ -163,13 +163,34 @@ impl Client {
         &self.inner.config
     }
 
-    /// Creates a topic with `partitions` partitions and the given configs.
+    /// Creates a topic with `partitions` partitions and the given configs, with the
+    /// broker's default replication factor.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         configs: &[(String, String)],
     ) -> Result<(), ClientError> {
+        self.create_topic_replicated(name, partitions, None, configs)
+            .await
+    }
+
+    /// Creates a topic with `partitions` partitions, `replication_factor` copies of each
+    /// (`None`: the broker's default, min(3, registered brokers) in a cluster) and the given
+    /// configs.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u16>,
+        configs: &[(String, String)],
+    ) -> Result<(), ClientError> {
+        let replication_factor = match replication_factor {
+            None => -1,
+            Some(rf) => i16::try_from(rf).map_err(|_| {
+                ClientError::InvalidConfig(format!("replication factor {rf} is above {}", i16::MAX))
+            })?,
+        };
         let request = CreateTopicsRequest {
             topics: vec![NewTopic {
                 name: name.to_owned(),
@@ -181,6 +202,7 @@ impl Client {
                         value: v.clone(),
                     })
                     .collect(),
+                replication_factor,
             }],
             validate_only: false,
         };

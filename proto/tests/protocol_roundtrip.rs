@@ -148,14 +148,14 @@ fn config_entry() -> impl Strategy<Value = ConfigEntry> {
 }
 
 fn create_topics_request() -> impl Strategy<Value = CreateTopicsRequest> {
-    let topic =
-        (string(), any::<u32>(), few(config_entry())).prop_map(|(name, partitions, configs)| {
-            NewTopic {
-                name,
-                partitions,
-                configs,
-            }
-        });
+    let topic = (string(), any::<u32>(), few(config_entry()), any::<i16>()).prop_map(
+        |(name, partitions, configs, replication_factor)| NewTopic {
+            name,
+            partitions,
+            configs,
+            replication_factor,
+        },
+    );
     (few(topic), any::<bool>()).prop_map(|(topics, validate_only)| CreateTopicsRequest {
         topics,
         validate_only,

@@ -83,6 +83,7 @@ fn registration(id: NodeId, incarnation: u64) -> BrokerRegistration {
         client_host: "127.0.0.1".into(),
         client_port: 9092,
         shards: 1,
+        shard_ports: Vec::new(),
         peer_host: "127.0.0.1".into(),
         peer_port: 19092,
     }

@@ -298,6 +298,7 @@ fn registration(id: NodeId, incarnation: u64) -> BrokerRegistration {
         client_host: "127.0.0.1".into(),
         client_port: 9092 + id as u16 * 10,
         shards: 2,
+        shard_ports: Vec::new(),
         peer_host: "127.0.0.1".into(),
         peer_port: 19092 + id as u16 * 10,
     }

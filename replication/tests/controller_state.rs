@@ -18,6 +18,7 @@ fn registration(id: NodeId) -> BrokerRegistration {
         client_host: "10.0.0.1".into(),
         client_port: 9092,
         shards: 4,
+        shard_ports: Vec::new(),
         peer_host: "10.0.0.1".into(),
         peer_port: 19092,
     }

@@ -26,6 +26,10 @@ enum TopicCommand {
         /// Number of partitions.
         #[arg(long)]
         partitions: u32,
+        /// Copies of each partition (cluster mode) [default: min(3, registered brokers);
+        /// 1 on a broker running alone].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+        replication_factor: Option<u16>,
         /// A topic config, `key=value` (repeatable), e.g. `retention.ms=86400000`.
         #[arg(long = "config", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -57,9 +61,12 @@ async fn topic(args: TopicArgs) -> Result<(), ClientError> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } => {
-            client.create_topic(&name, partitions, &configs).await?;
+            client
+                .create_topic_replicated(&name, partitions, replication_factor, &configs)
+                .await?;
             println!("created topic '{name}' with {partitions} partitions");
         }
         TopicCommand::List => {
@@ -86,7 +93,8 @@ async fn topic(args: TopicArgs) -> Result<(), ClientError> {
 }
 
 /// `{"name":..,"configs":{k:v..},"partitions":[{"partition","leader","replicas","isr",
-/// "start_offset","end_offset"}]}`.
+/// "start_offset","end_offset","error"}]}` (`error` `NONE`, or why the offsets are missing:
+/// in a cluster, `NOT_LEADER_OR_FOLLOWER` when the broker asked holds no replica).
 fn describe_json(d: &TopicDescription) -> Value {
     let configs: Map<String, Value> = d
         .configs
@@ -105,6 +113,7 @@ fn describe_json(d: &TopicDescription) -> Value {
                 "isr": p.isr,
                 "start_offset": p.start_offset,
                 "end_offset": p.end_offset,
+                "error": p.error.name(),
             })
         })
         .collect();
@@ -123,6 +132,10 @@ fn describe_text(d: &TopicDescription) -> String {
             "  {}\tleader {} (shard {})\treplicas {:?}\tisr {:?}\toffsets {}..{}\n",
             p.partition, p.leader, p.leader_shard, p.replicas, p.isr, p.start_offset, p.end_offset
         ));
+        if p.error != sluice_proto::protocol::ErrorCode::NONE {
+            out.pop();
+            out.push_str(&format!("\t({})\n", p.error.name()));
+        }
     }
     out
 }

@@ -12,7 +12,11 @@ use sluice_proto::protocol::{
     api_version_ranges,
 };
 
+use sluice_proto::protocol::ShardAddress;
+use sluice_replication::controller::state::{BrokerRegistration, PartitionState};
+
 use super::{Groups, Merged, OWNER_SHUTTING_DOWN};
+use crate::cluster::ClusterView;
 use crate::shard::Shard;
 use crate::shard::msg::{OffsetsResult, ShardMsg, reply_channel};
 use crate::topic_config;
@@ -33,7 +37,108 @@ fn node(shard: &Shard) -> i32 {
     shard.cluster.config.node_id as i32
 }
 
+/// A broker as Metadata lists it, from its registration.
+fn broker_metadata(reg: &BrokerRegistration) -> BrokerMetadata {
+    BrokerMetadata {
+        node_id: reg.id,
+        host: reg.client_host.clone(),
+        port: reg.client_port,
+        shards: reg
+            .shard_ports
+            .iter()
+            .enumerate()
+            .map(|(s, port)| ShardAddress {
+                shard: s as u16,
+                host: reg.client_host.clone(),
+                port: *port,
+            })
+            .collect(),
+    }
+}
+
+/// One partition as the cluster view places it: leader (-1 and LEADER_NOT_AVAILABLE when
+/// there is none), the leader's owning shard, epoch, replicas, ISR.
+fn partition_in_view(
+    view: &ClusterView,
+    topic: &str,
+    p: u32,
+    state: &PartitionState,
+) -> PartitionMetadata {
+    let leader = state.leader;
+    PartitionMetadata {
+        partition: p,
+        error: if leader.is_some() {
+            ErrorCode::NONE
+        } else {
+            ErrorCode::LEADER_NOT_AVAILABLE
+        },
+        leader: leader.map_or(-1, |l| l as i32),
+        leader_shard: leader
+            .and_then(|l| view.owner_shard(l, topic, p))
+            .map_or(0, |s| s as u16),
+        leader_epoch: state.leader_epoch,
+        replicas: state.replicas.iter().map(|r| *r as i32).collect(),
+        isr: state.isr.iter().map(|r| *r as i32).collect(),
+    }
+}
+
+/// Metadata in cluster mode, from the installed view: live brokers, and per partition its
+/// leader, the leader's owning shard, epoch, replicas and ISR. Before the first view (the
+/// controller quorum has not answered yet) no broker is listed and every named topic is
+/// LEADER_NOT_AVAILABLE (retriable).
+fn cluster_metadata(shard: &Shard, request: MetadataRequest) -> MetadataResponse {
+    let Some(view) = shard.view.borrow().clone() else {
+        return MetadataResponse {
+            brokers: Vec::new(),
+            topics: request
+                .topics
+                .unwrap_or_default()
+                .into_iter()
+                .map(|name| TopicMetadata {
+                    message: "the cluster metadata is not loaded yet".into(),
+                    name,
+                    error: ErrorCode::LEADER_NOT_AVAILABLE,
+                    partitions: Vec::new(),
+                })
+                .collect(),
+        };
+    };
+    let names: Vec<String> = match request.topics {
+        Some(names) => names,
+        None => view.state.topics.keys().cloned().collect(),
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match view.state.topics.get(&name) {
+            None => TopicMetadata {
+                message: format!("unknown topic {name}"),
+                name,
+                error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                partitions: Vec::new(),
+            },
+            Some(t) => TopicMetadata {
+                partitions: t
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(p, state)| partition_in_view(&view, &name, p as u32, state))
+                    .collect(),
+                name,
+                error: ErrorCode::NONE,
+                message: String::new(),
+            },
+        })
+        .collect();
+    MetadataResponse {
+        brokers: view.live_brokers().map(broker_metadata).collect(),
+        topics,
+    }
+}
+
 pub(super) fn metadata(shard: &Shard, request: MetadataRequest) -> MetadataResponse {
+    if shard.cluster.config.cluster.is_some() {
+        return cluster_metadata(shard, request);
+    }
     let snapshot = shard.snapshot();
     let config = &shard.cluster.config;
     let broker = BrokerMetadata {
@@ -98,6 +203,8 @@ pub(super) async fn describe_topics(
     request: DescribeTopicsRequest,
 ) -> DescribeTopicsResponse {
     let snapshot = shard.snapshot();
+    // Cluster mode: placement from the installed view; offsets only of local replicas.
+    let view = shard.view.borrow().clone();
     let names: Vec<String> = match request.names {
         Some(names) => names,
         None => snapshot.topics.keys().cloned().collect(),
@@ -106,9 +213,16 @@ pub(super) async fn describe_topics(
         .iter()
         .map(|n| snapshot.topics.get(n).map(|m| m.partitions))
         .collect();
+    let local = |name: &str, p: u32| {
+        view.as_ref().is_none_or(|v| {
+            v.state
+                .partition(name, p)
+                .is_some_and(|s| s.replicas.contains(&v.me))
+        })
+    };
     let mut groups = Groups::new();
     for (t, (name, partitions)) in names.iter().zip(&known).enumerate() {
-        for p in 0..partitions.unwrap_or(0) {
+        for p in (0..partitions.unwrap_or(0)).filter(|p| local(name, *p)) {
             groups.push(shard.owner(name, p), (t, p as usize), (name.clone(), p));
         }
     }
@@ -121,7 +235,16 @@ pub(super) async fn describe_topics(
     let merged =
         Merged::<OffsetsResult>::gather(known.iter().map(|k| k.unwrap_or(0) as usize), pending)
             .await;
-    let offsets = merged.finish(|_, _| Err((ErrorCode::SHUTTING_DOWN, OWNER_SHUTTING_DOWN.into())));
+    let offsets = merged.finish(|t, p| {
+        if local(&names[t], p as u32) {
+            Err((ErrorCode::SHUTTING_DOWN, OWNER_SHUTTING_DOWN.into()))
+        } else {
+            Err((
+                ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                "no replica on this broker".into(),
+            ))
+        }
+    });
     let topics = names
         .into_iter()
         .zip(offsets)
@@ -142,6 +265,23 @@ pub(super) async fn describe_topics(
                             Ok(o) => (ErrorCode::NONE, o),
                             Err((e, _)) => (e, (0, 0)),
                         };
+                        if let Some(view) = &view {
+                            let placed = view
+                                .state
+                                .partition(&name, p as u32)
+                                .map(|s| partition_in_view(view, &name, p as u32, s));
+                            let placed = placed.unwrap_or_default();
+                            return PartitionDescription {
+                                partition: p as u32,
+                                error: if error.is_ok() { placed.error } else { error },
+                                leader: placed.leader,
+                                leader_shard: placed.leader_shard,
+                                replicas: placed.replicas,
+                                isr: placed.isr,
+                                start_offset: start,
+                                end_offset: end,
+                            };
+                        }
                         PartitionDescription {
                             partition: p as u32,
                             error,

@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_replication::controller::{ControllerDriver, DriverError};
 
 use sluice_proto::protocol::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
@@ -36,6 +39,31 @@ fn by_owner(shard: &Shard, topic: &str, partitions: u32) -> BTreeMap<ShardId, Ve
     owners
 }
 
+/// Largest replication factor a topic may have (the controller's limit).
+const REPLICATION_FACTOR_MAX: i16 = 16;
+/// The default replication factor is min(this, registered brokers).
+const REPLICATION_FACTOR_DEFAULT_MAX: usize = 3;
+
+/// Checks a topic's replication factor and `min.insync.replicas` against each other: `rf`
+/// is the replication factor the topic gets.
+fn check_replication(
+    rf: usize,
+    configs: &topic_config::TopicConfigs,
+) -> Result<(), (ErrorCode, String)> {
+    let min_insync =
+        topic_config::min_insync_replicas(configs).map_err(|m| (ErrorCode::INVALID_CONFIG, m))?;
+    if min_insync > rf as u64 {
+        return Err((
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "min.insync.replicas={min_insync} is above the replication factor {rf}: \
+                 acks=all produce could never succeed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates topics.
 pub(crate) async fn create_topics(
     shard: &Rc<Shard>,
@@ -43,6 +71,10 @@ pub(crate) async fn create_topics(
 ) -> CreateTopicsResponse {
     let turn = shard.admin.ticket();
     turn.turn().await;
+    let driver = shard.controller.borrow().clone();
+    if let Some(driver) = driver {
+        return create_topics_in_cluster(&driver, request).await;
+    }
     let mut next = (*shard.snapshot()).clone();
     let mut results = Vec::with_capacity(request.topics.len());
     let mut created = Vec::new();
@@ -56,6 +88,16 @@ pub(crate) async fn create_topics(
             })
             .and_then(|()| {
                 topic_config::validate(&topic.configs).map_err(|m| (ErrorCode::INVALID_CONFIG, m))
+            })
+            .and_then(|configs| match topic.replication_factor {
+                -1 | 1 => check_replication(1, &configs).map(|()| configs),
+                rf => Err((
+                    ErrorCode::INVALID_REPLICATION_FACTOR,
+                    format!(
+                        "replication factor {rf}: a broker running alone keeps one copy \
+                         (start it with --cluster for more)"
+                    ),
+                )),
             })
             .and_then(|configs| {
                 if next.topics.contains_key(name) {
@@ -146,6 +188,144 @@ pub(crate) async fn create_topics(
     CreateTopicsResponse { topics: results }
 }
 
+/// Cluster mode: validates each topic like a broker running alone, then has the active
+/// controller create it (forwarded if this node is not it), and answers once this node
+/// installed the view that has it.
+async fn create_topics_in_cluster(
+    driver: &Rc<ControllerDriver>,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.as_str();
+        let (registered, live) = {
+            let state = driver.state();
+            (state.brokers.len(), state.live_brokers().len())
+        };
+        let checked = validate_topic_name(name)
+            .map_err(|m| (ErrorCode::INVALID_TOPIC, m))
+            .and_then(|()| {
+                validate_partitions(topic.partitions)
+                    .map_err(|m| (ErrorCode::INVALID_PARTITIONS, m))
+            })
+            .and_then(|()| {
+                topic_config::validate(&topic.configs).map_err(|m| (ErrorCode::INVALID_CONFIG, m))
+            })
+            .and_then(|configs| {
+                let rf = match topic.replication_factor {
+                    -1 => registered.clamp(1, REPLICATION_FACTOR_DEFAULT_MAX),
+                    rf if (1..=REPLICATION_FACTOR_MAX).contains(&rf) => rf as usize,
+                    rf => {
+                        return Err((
+                            ErrorCode::INVALID_REPLICATION_FACTOR,
+                            format!(
+                                "replication factor {rf} must be between 1 and \
+                                 {REPLICATION_FACTOR_MAX} (or -1 for the default)"
+                            ),
+                        ));
+                    }
+                };
+                check_replication(rf, &configs)?;
+                Ok((rf, configs))
+            });
+        let (rf, configs) = match checked {
+            Ok(ok) => ok,
+            Err((code, message)) => {
+                tracing::info!(topic = %name, error = %message, "topic creation refused");
+                results.push(result(name, code, message));
+                continue;
+            }
+        };
+        if request.validate_only {
+            results.push(if rf > live {
+                result(
+                    name,
+                    ErrorCode::INVALID_REPLICATION_FACTOR,
+                    format!("replication factor {rf} is above the {live} live brokers"),
+                )
+            } else {
+                result(name, ErrorCode::NONE, "")
+            });
+            continue;
+        }
+        let outcome = match driver
+            .create_topic(name, topic.partitions, rf as u32, configs)
+            .await
+        {
+            Ok(index) => await_view(name, index).await,
+            Err(e) => Err(driver_error(&e)),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(topic = %name, partitions = topic.partitions, replication_factor = rf, "topic created");
+                results.push(result(name, ErrorCode::NONE, ""));
+            }
+            Err((code, message)) => {
+                tracing::warn!(topic = %name, code = code.name(), error = %message, "topic not created");
+                results.push(result(name, code, message));
+            }
+        }
+    }
+    CreateTopicsResponse { topics: results }
+}
+
+/// Kafka's code and a message for a driver error.
+fn driver_error(e: &DriverError) -> (ErrorCode, String) {
+    (ErrorCode(e.kafka_code()), e.to_string())
+}
+
+/// Waits until this node installed the view at `index` (a change the controller applied).
+async fn await_view(name: &str, index: u64) -> Result<(), (ErrorCode, String)> {
+    let deadline = Instant::now() + crate::cluster::VIEW_INSTALL_TIMEOUT;
+    if crate::cluster::wait_installed(index, deadline).await {
+        Ok(())
+    } else {
+        Err((
+            ErrorCode::REQUEST_TIMED_OUT,
+            format!(
+                "the controller applied the change to {name} (index {index}) but this broker \
+                 has not installed it within {:?}",
+                crate::cluster::VIEW_INSTALL_TIMEOUT
+            ),
+        ))
+    }
+}
+
+/// Cluster mode: has the active controller delete each topic; answers once this node
+/// installed the view without it (its local replicas are then being removed).
+async fn delete_topics_in_cluster(
+    driver: &Rc<ControllerDriver>,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut results = Vec::with_capacity(request.names.len());
+    for name in &request.names {
+        if name == crate::group::OFFSETS_TOPIC {
+            tracing::warn!(topic = %name, "delete of the internal offsets topic refused");
+            results.push(result(
+                name,
+                ErrorCode::INVALID_TOPIC,
+                format!("{name} is internal: it holds the committed offsets of every group"),
+            ));
+            continue;
+        }
+        let outcome = match driver.delete_topic(name).await {
+            Ok(index) => await_view(name, index).await,
+            Err(e) => Err(driver_error(&e)),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(topic = %name, "topic deleted");
+                results.push(result(name, ErrorCode::NONE, ""));
+            }
+            Err((code, message)) => {
+                tracing::warn!(topic = %name, code = code.name(), error = %message, "topic not deleted");
+                results.push(result(name, code, message));
+            }
+        }
+    }
+    DeleteTopicsResponse { topics: results }
+}
+
 /// Deletes topics.
 pub(crate) async fn delete_topics(
     shard: &Rc<Shard>,
@@ -153,6 +333,10 @@ pub(crate) async fn delete_topics(
 ) -> DeleteTopicsResponse {
     let turn = shard.admin.ticket();
     turn.turn().await;
+    let driver = shard.controller.borrow().clone();
+    if let Some(driver) = driver {
+        return delete_topics_in_cluster(&driver, request).await;
+    }
     let mut next = (*shard.snapshot()).clone();
     let mut results = Vec::with_capacity(request.names.len());
     let mut deleted = Vec::new();

@@ -48,8 +48,6 @@ pub(crate) struct Shard {
     /// The latest cluster view (cluster mode only; `None` when the broker runs alone).
     pub(crate) view: RefCell<Option<Arc<crate::cluster::ClusterView>>>,
     /// This node's controller quorum member (cluster mode, shard 0 only).
-    #[allow(dead_code)] // Set by the cluster-mode wiring (in progress).
-    #[allow(dead_code)] // Set by the cluster-mode wiring (in progress).
     pub(crate) controller: RefCell<Option<Rc<sluice_replication::controller::ControllerDriver>>>,
     /// Partitions this shard owns, by topic and index.
     pub(crate) partitions: RefCell<HashMap<(String, u32), Rc<Partition>>>,
@@ -80,6 +78,8 @@ pub(crate) struct Shard {
     pub(crate) producer_ids: RefCell<Option<producer_ids::ProducerIds>>,
     /// The consumer groups this shard coordinates.
     pub(crate) groups: RefCell<crate::group::Coordinator>,
+    /// Replication: endpoint, fetchers, ISR checks (cluster mode).
+    pub(crate) replication: crate::replica::ShardReplication,
 }
 
 impl Shard {

@@ -166,12 +166,27 @@ pub(crate) enum ShardMsg {
     },
     /// From shard 0 in cluster mode: the new cluster view. The shard installs it, then
     /// applies the partition roles and group coordinators it implies, then replies.
-    #[allow(dead_code)] // Sent by the cluster-mode wiring (in progress).
     ClusterView {
         /// The view.
         view: Arc<crate::cluster::ClusterView>,
         /// Sent once applied.
         reply: Reply<()>,
+    },
+    /// To shard 0 in cluster mode, from a partition leader: change the ISR through the
+    /// controller (Kafka's AlterPartition).
+    AlterPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// The leader epoch the leader holds.
+        leader_epoch: u32,
+        /// The partition epoch the leader holds.
+        partition_epoch: u32,
+        /// The ISR it wants.
+        new_isr: Vec<sluice_replication::NodeId>,
+        /// `Err` says why the controller did not apply it.
+        reply: Reply<Result<(), String>>,
     },
     /// From the metrics endpoint: this shard's counters.
     Metrics {

@@ -121,6 +121,7 @@ async fn shard_main(start: ShardStart) -> bool {
         groups: RefCell::new(crate::group::Coordinator::default()),
         view: RefCell::new(None),
         controller: RefCell::new(None),
+        replication: crate::replica::ShardReplication::default(),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -140,6 +141,13 @@ async fn shard_main(start: ShardStart) -> bool {
         return false;
     }
     crate::group::start(&shard);
+    if id == 0
+        && let Err(e) = crate::cluster::start(&shard).await
+    {
+        let _ = ready.send(Err(e));
+        close_all(&shard).await;
+        return false;
+    }
     for listener in [shared_listener, own_listener] {
         let listener = match compio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -284,6 +292,7 @@ pub(crate) async fn open_partitions(
             admission: Admission::default(),
             max_batch_bytes: config.max_batch_bytes,
             producers: RefCell::new(producers),
+            replica: crate::replica::ReplicaState::new(crate::replica::cluster_mode(shard)),
         };
         shard
             .partitions
@@ -366,6 +375,7 @@ async fn close_all(shard: &Rc<Shard>) -> bool {
 async fn drain(shard: Rc<Shard>) {
     shard.draining.set(true);
     shard.drain_signal.borrow_mut().take();
+    crate::replica::drain(&shard);
     shard.acceptors.borrow_mut().clear();
     let readers: Vec<_> = shard.readers.borrow_mut().drain().map(|(_, r)| r).collect();
     drop(readers);
@@ -379,6 +389,9 @@ async fn drain(shard: Rc<Shard>) {
             connections = shard.connections.get(),
             "connections still busy after the drain deadline"
         );
+    }
+    if shard.id == 0 {
+        crate::cluster::stop(&shard).await;
     }
 }
 
@@ -479,6 +492,25 @@ impl Shard {
                 crate::replica::apply_view(&self, &view).await;
                 crate::group::on_view(&self, &view).await;
                 let _ = reply.try_send(());
+            })),
+            ShardMsg::AlterPartition {
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+                reply,
+            } => spawn(Box::pin(async move {
+                let result = crate::replica::alter_partition(
+                    &self,
+                    &topic,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    new_isr,
+                )
+                .await;
+                let _ = reply.try_send(result);
             })),
             ShardMsg::Drain { reply } => spawn(Box::pin(async move {
                 drain(self).await;

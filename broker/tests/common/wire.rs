@@ -116,6 +116,7 @@ impl Conn {
                         value: (*v).into(),
                     })
                     .collect(),
+                replication_factor: -1,
             }],
             validate_only: false,
         };

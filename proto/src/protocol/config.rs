@@ -26,6 +26,13 @@ pub const FLUSH_MESSAGES: &str = "flush.messages";
 /// fdatasync at least this often (ms); unset (with `flush.messages` unset): every batch.
 pub const FLUSH_MS: &str = "flush.ms";
 
+/// Cluster mode: fewest in-sync replicas (the leader included) an acks=all produce needs;
+/// fewer: NOT_ENOUGH_REPLICAS. Default 1 (Kafka's).
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// Cluster mode: `true` lets an out-of-sync replica lead when no in-sync one is alive
+/// (acknowledged records may be lost). Default `false`.
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+
 /// Every topic config this build knows.
 pub const TOPIC_CONFIGS: &[&str] = &[
     RETENTION_MS,
@@ -39,4 +46,6 @@ pub const TOPIC_CONFIGS: &[&str] = &[
     MIN_COMPACTION_LAG_MS,
     FLUSH_MESSAGES,
     FLUSH_MS,
+    MIN_INSYNC_REPLICAS,
+    UNCLEAN_LEADER_ELECTION_ENABLE,
 ];

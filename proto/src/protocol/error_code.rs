@@ -90,6 +90,10 @@ codes! {
     TOPIC_ALREADY_EXISTS = 36, retriable: false;
     /// The partition count is not valid.
     INVALID_PARTITIONS = 37, retriable: false;
+    /// The replication factor is out of range or above the number of live brokers.
+    INVALID_REPLICATION_FACTOR = 38, retriable: false;
+    /// A replica assignment is not valid.
+    INVALID_REPLICA_ASSIGNMENT = 39, retriable: false;
     /// A topic config is unknown or its value invalid.
     INVALID_CONFIG = 40, retriable: false;
     /// This node is not the active controller; find it again.

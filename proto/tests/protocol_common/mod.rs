@@ -295,6 +295,7 @@ pub(crate) mod samples {
                     name: config::RETENTION_MS.into(),
                     value: "86400000".into(),
                 }],
+                replication_factor: 3,
             }],
             validate_only: false,
         }

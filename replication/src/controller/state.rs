@@ -61,15 +61,22 @@ pub struct BrokerRegistration {
     pub incarnation: u64,
     /// Host clients connect to.
     pub client_host: String,
-    /// First client port (shard `s` listens on `client_port + s` when shard-aware).
+    /// The shared client port (any shard accepts on it).
     pub client_port: u16,
     /// Number of shards of this broker.
     pub shards: u16,
+    /// Each shard's own client port (`shard_ports[s]` is shard `s`'s), for shard-aware
+    /// clients; at most [`REGISTRATION_SHARDS_MAX`] entries.
+    pub shard_ports: Vec<u16>,
     /// Host peers connect to (QUIC).
     pub peer_host: String,
-    /// Shard 0's peer port (shard `s` on `peer_port + s`).
+    /// The controller's peer port (QUIC, shard 0); shard `s` replicates on
+    /// `peer_port + 1 + s`.
     pub peer_port: u16,
 }
+
+/// Most shard ports a [`BrokerRegistration`] lists (the broker's shard limit).
+pub const REGISTRATION_SHARDS_MAX: usize = 1024;
 
 /// One partition's replicas, leader, ISR and epochs.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -549,6 +556,16 @@ impl ClusterState {
             return Err(Rejection::InvalidRequest(format!(
                 "broker {} has no shards",
                 reg.id
+            )));
+        }
+        if reg.shard_ports.len() > REGISTRATION_SHARDS_MAX
+            || (!reg.shard_ports.is_empty() && reg.shard_ports.len() != usize::from(reg.shards))
+        {
+            return Err(Rejection::InvalidRequest(format!(
+                "broker {} lists {} shard ports for {} shards",
+                reg.id,
+                reg.shard_ports.len(),
+                reg.shards
             )));
         }
         match self.brokers.get(&reg.id) {

@@ -22,6 +22,9 @@ message! {
         pub partitions: u32,
         /// Configs that differ from the defaults.
         pub configs: Vec<ConfigEntry>,
+        /// Copies of each partition (cluster mode); `-1`: the broker's default (min(3,
+        /// registered brokers) in a cluster, 1 alone).
+        pub replication_factor: i16,
     }
 }
 
