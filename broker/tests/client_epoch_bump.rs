@@ -407,13 +407,13 @@ async fn idempotent_producer_bumps_its_epoch_after_delivery_timeouts() {
     let broker = Broker::start(dir.path(), 2);
     let proxy = Proxy::start(&broker, 1);
     let mut config = client_config(&proxy.list(), "bumping-producer");
-    config.request_timeout = Duration::from_millis(400);
+    config.request_timeout = Duration::from_millis(1000);
     let client = Client::connect(config).await.expect("connect");
     client
         .create_topic("bump", PARTITIONS, &[])
         .await
         .expect("create");
-    let delivery_timeout = Duration::from_millis(1200);
+    let delivery_timeout = Duration::from_millis(3000);
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
@@ -790,10 +790,10 @@ async fn a_refused_bump_falls_back_to_a_new_producer_id() {
     let broker = Broker::start(dir.path(), 1);
     let proxy = Proxy::start(&broker, 1);
     let mut config = client_config(&proxy.list(), "refused-bump");
-    config.request_timeout = Duration::from_millis(400);
+    config.request_timeout = Duration::from_millis(1000);
     let client = Client::connect(config).await.expect("connect");
     client.create_topic("fresh", 1, &[]).await.expect("create");
-    let delivery_timeout = Duration::from_millis(1000);
+    let delivery_timeout = Duration::from_millis(2500);
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
