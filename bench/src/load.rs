@@ -204,6 +204,10 @@ pub(crate) struct LoadArgs {
     /// Topic configs when creating it (`k=v`, repeatable).
     #[arg(long = "config")]
     configs: Vec<String>,
+    /// Copies of each partition when the bench creates the topic [default: the broker's,
+    /// min(3, brokers) in a cluster].
+    #[arg(long)]
+    replication_factor: Option<u16>,
     /// Concurrent producers (each its own `Producer`, sharing the connections).
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -695,6 +699,7 @@ async fn ensure_topic(
     client: &Client,
     topic: &str,
     partitions: u32,
+    replication_factor: Option<u16>,
     configs: &[String],
 ) -> Result<u32, String> {
     if let Ok(count) = client.partition_count(topic).await {
@@ -709,7 +714,7 @@ async fn ensure_topic(
         })
         .collect::<Result<Vec<_>, String>>()?;
     client
-        .create_topic(topic, partitions, &configs)
+        .create_topic_replicated(topic, partitions, replication_factor, &configs)
         .await
         .map_err(|e| format!("create topic {topic}: {e}"))?;
     client
@@ -763,7 +768,14 @@ async fn workload(
     let mut targets = Vec::new();
     let mut partitions = 0;
     for (t, topic) in topics.iter().enumerate() {
-        let count = ensure_topic(&client, topic, args.partitions, &args.configs).await?;
+        let count = ensure_topic(
+            &client,
+            topic,
+            args.partitions,
+            args.replication_factor,
+            &args.configs,
+        )
+        .await?;
         partitions = partitions.max(count);
         targets.extend((0..count).map(|p| (t, p)));
     }
