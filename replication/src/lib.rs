@@ -9,6 +9,7 @@
 
 pub mod cert;
 pub mod controller;
+pub mod replica;
 pub mod tls;
 pub mod transport;
 

@@ -93,7 +93,8 @@ async fn topic(args: TopicArgs) -> Result<(), ClientError> {
 }
 
 /// `{"name":..,"configs":{k:v..},"partitions":[{"partition","leader","replicas","isr",
-/// "start_offset","end_offset"}]}`.
+/// "start_offset","end_offset","error"}]}` (`error` `NONE`, or why the offsets are missing:
+/// in a cluster, `NOT_LEADER_OR_FOLLOWER` when the broker asked holds no replica).
 fn describe_json(d: &TopicDescription) -> Value {
     let configs: Map<String, Value> = d
         .configs
@@ -112,6 +113,7 @@ fn describe_json(d: &TopicDescription) -> Value {
                 "isr": p.isr,
                 "start_offset": p.start_offset,
                 "end_offset": p.end_offset,
+                "error": p.error.name(),
             })
         })
         .collect();
@@ -130,6 +132,10 @@ fn describe_text(d: &TopicDescription) -> String {
             "  {}\tleader {} (shard {})\treplicas {:?}\tisr {:?}\toffsets {}..{}\n",
             p.partition, p.leader, p.leader_shard, p.replicas, p.isr, p.start_offset, p.end_offset
         ));
+        if p.error != sluice_proto::protocol::ErrorCode::NONE {
+            out.pop();
+            out.push_str(&format!("\t({})\n", p.error.name()));
+        }
     }
     out
 }

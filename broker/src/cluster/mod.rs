@@ -34,11 +34,13 @@ use compio::runtime::JoinHandle;
 use sluice_replication::NodeId;
 use sluice_replication::controller::driver::{ControllerDriver, DriverError};
 use sluice_replication::controller::state::BrokerRegistration;
-use sluice_replication::controller::{BrokerHeartbeat, ClusterState, Controller, ControllerConfig};
+use sluice_replication::controller::{
+    BrokerHeartbeat, ClusterState, Command, Controller, ControllerConfig,
+};
 use sluice_replication::tls::PeerTls;
 use sluice_replication::transport::PeerEndpoint;
 
-use crate::metadata::{Metadata, TopicMeta, partition_dir, topic_dir};
+use crate::metadata::{Metadata, TopicMeta, topic_dir};
 use crate::placement::{ShardId, shard_for};
 use crate::shard::Shard;
 use crate::shard::msg::{ShardMsg, reply_channel};
@@ -246,7 +248,17 @@ async fn heartbeat_loop(driver: Rc<ControllerDriver>, registration: BrokerRegist
     let mut controller_index: Option<u64> = None;
     let mut state: Option<(bool, bool)> = None;
     let mut last_failure_log: Option<Instant> = None;
+    let mut leader = None;
     loop {
+        if driver.leader() != leader {
+            leader = driver.leader();
+            tracing::info!(
+                node = registration.id,
+                leader = ?leader,
+                term = driver.term(),
+                "active controller changed"
+            );
+        }
         let want_unfence =
             controller_index.is_some_and(|i| installed_index().is_some_and(|mine| mine >= i));
         let heartbeat = BrokerHeartbeat {
@@ -309,8 +321,36 @@ async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
             // Cloned: the borrow must not be held across an await.
             state: driver.state().clone(),
         });
-        if installed.is_none() {
-            remove_unassigned_dirs(&shard.cluster.config.data_dir, &view);
+        match installed {
+            None => remove_unassigned_dirs(&shard.cluster.config.data_dir, &view),
+            Some(previous) => {
+                // A topic deleted since the previous view that exists again under the same
+                // name: its old logs go first (a plain delete is handled after the
+                // broadcast, like any partition no longer assigned here).
+                let recreated: BTreeSet<String> = driver
+                    .applied_after(previous)
+                    .into_iter()
+                    .filter(|a| a.index <= index && a.result.is_ok())
+                    .filter_map(|a| match a.command {
+                        Command::DeleteTopic { name } if view.state.topics.contains_key(&name) => {
+                            Some(name)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let stale: Vec<(String, u32)> = opened
+                    .iter()
+                    .filter(|(t, _)| recreated.contains(t))
+                    .cloned()
+                    .collect();
+                if !stale.is_empty() {
+                    tracing::info!(topics = ?recreated, "topic deleted and created again; removing the old logs first");
+                    remove_logs(&shard, &stale).await;
+                    for key in &stale {
+                        opened.remove(key);
+                    }
+                }
+            }
         }
         install(&shard, &view, &mut opened).await;
         installed = Some(index);
@@ -464,8 +504,26 @@ async fn install(shard: &Rc<Shard>, view: &Arc<ClusterView>, opened: &mut BTreeS
     if gone.is_empty() {
         return;
     }
-    let mut to_remove: BTreeMap<(ShardId, String), Vec<u32>> = BTreeMap::new();
+    remove_logs(shard, &gone).await;
+    let data_dir = &shard.cluster.config.data_dir;
     for (topic, p) in &gone {
+        opened.remove(&(topic.clone(), *p));
+        if !view.state.topics.contains_key(topic) {
+            // Empty once its partitions are gone; a leftover is removed at the next start.
+            let _ = std::fs::remove_dir(topic_dir(data_dir, topic));
+        }
+    }
+    tracing::info!(
+        partitions = gone.len(),
+        "removed replica logs no longer assigned here"
+    );
+}
+
+/// Has the owning shards close and delete these partitions' logs, and waits for them.
+async fn remove_logs(shard: &Rc<Shard>, partitions: &[(String, u32)]) {
+    let shards = shard.cluster.config.shards;
+    let mut to_remove: BTreeMap<(ShardId, String), Vec<u32>> = BTreeMap::new();
+    for (topic, p) in partitions {
         to_remove
             .entry((shard_for(topic, *p, shards), topic.clone()))
             .or_default()
@@ -489,19 +547,6 @@ async fn install(shard: &Rc<Shard>, view: &Arc<ClusterView>, opened: &mut BTreeS
     for rx in pending {
         let _ = rx.recv_async().await;
     }
-    let data_dir = &shard.cluster.config.data_dir;
-    for (topic, p) in &gone {
-        opened.remove(&(topic.clone(), *p));
-        debug_assert!(!partition_dir(data_dir, topic, *p).exists());
-        if !view.state.topics.contains_key(topic) {
-            // Empty once its partitions are gone; a leftover is removed at the next start.
-            let _ = std::fs::remove_dir(topic_dir(data_dir, topic));
-        }
-    }
-    tracing::info!(
-        partitions = gone.len(),
-        "removed replica logs no longer assigned here"
-    );
 }
 
 #[cfg(test)]

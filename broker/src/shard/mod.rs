@@ -78,6 +78,8 @@ pub(crate) struct Shard {
     pub(crate) producer_ids: RefCell<Option<producer_ids::ProducerIds>>,
     /// The consumer groups this shard coordinates.
     pub(crate) groups: RefCell<crate::group::Coordinator>,
+    /// Replication: endpoint, fetchers, ISR checks (cluster mode).
+    pub(crate) replication: crate::replica::ShardReplication,
 }
 
 impl Shard {

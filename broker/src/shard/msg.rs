@@ -172,6 +172,22 @@ pub(crate) enum ShardMsg {
         /// Sent once applied.
         reply: Reply<()>,
     },
+    /// To shard 0 in cluster mode, from a partition leader: change the ISR through the
+    /// controller (Kafka's AlterPartition).
+    AlterPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: u32,
+        /// The leader epoch the leader holds.
+        leader_epoch: u32,
+        /// The partition epoch the leader holds.
+        partition_epoch: u32,
+        /// The ISR it wants.
+        new_isr: Vec<sluice_replication::NodeId>,
+        /// `Err` says why the controller did not apply it.
+        reply: Reply<Result<(), String>>,
+    },
     /// From the metrics endpoint: this shard's counters.
     Metrics {
         /// The snapshot, built on the shard.

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::future::{Either, select, select_all};
 use sluice_proto::protocol::{
     ACKS_ALL, ACKS_NONE, EARLIEST_TIMESTAMP, ErrorCode, FetchPartitionResult, LATEST_TIMESTAMP,
@@ -33,6 +34,8 @@ pub(crate) struct Partition {
     /// Idempotent producers' sequences and epochs; checked and updated only while holding
     /// an admission ticket.
     pub(crate) producers: RefCell<ProducerStates>,
+    /// Role (leader, follower) and replication state in cluster mode.
+    pub(crate) replica: crate::replica::ReplicaState,
 }
 
 /// A per-partition failure: code and message.
@@ -218,6 +221,7 @@ async fn produce_one(
             ),
         ));
     }
+    crate::replica::check_leader(&p)?;
     let batches = split_record_set(records, p.max_batch_bytes)?;
     let timed_out = || {
         (
@@ -239,11 +243,17 @@ async fn produce_one(
         .map_err(|_| timed_out())?;
     // From here to `drop(ticket)` no other append of this partition runs, so the producer
     // checks and the appends they allow cannot interleave with another request's.
+    // Leadership may have moved while this request waited its turn.
+    crate::replica::check_leader(&p)?;
+    if acks == ACKS_ALL {
+        crate::replica::check_enough_replicas(&p)?;
+    }
     check_producers(&p, &headers)?;
     // Appends are not cut by the timeout: a set is appended whole or not at all, barring a
     // failure of the log.
     let mut base = None;
     let mut last = None;
+    let mut end = Offset(0);
     for (batch, header) in batches.into_iter().zip(&headers) {
         // Checked again against the state the set's earlier batches left.
         let verdict = p.producers.borrow().check(header);
@@ -261,7 +271,8 @@ async fn produce_one(
                     "duplicate batch: answering its original offset"
                 );
                 base.get_or_insert(Offset(base_offset));
-                last = Some(p.log.durable_at(Offset(last_offset + 1)));
+                end = Offset(last_offset + 1);
+                last = Some(p.log.durable_at(end));
             }
             Verdict::Append => {
                 let bytes = batch.len();
@@ -282,6 +293,7 @@ async fn produce_one(
                     system_clock_ms(),
                 );
                 base.get_or_insert(appended.base_offset);
+                end = Offset(appended.last_offset.get() + 1);
                 last = Some(appended.durable);
             }
         }
@@ -289,6 +301,15 @@ async fn produce_one(
     drop(ticket);
     let base = base.expect("a record set has at least one batch");
     let log_start = p.log.offsets().log_start.get();
+    if p.replica.is_cluster() {
+        // Committed = below the high watermark, which the in-sync replicas move.
+        if acks == ACKS_ALL {
+            crate::replica::wait_committed(&p, end, deadline).await?;
+        } else if let Some(durable) = last {
+            crate::replica::after_append(&p, durable, p.replica.me.get());
+        }
+        return Ok((base.get(), log_start));
+    }
     let (topic, index) = (p.topic.clone(), p.index);
     // The durability wait holds no claim on the partition, so deleting it or shutting down
     // never waits for a slow acknowledgement.
@@ -391,8 +412,12 @@ async fn fetch_one(
     max_bytes: usize,
     used: &mut usize,
 ) -> FetchPartitionResult {
+    if let Err((error, message)) = crate::replica::check_leader(p) {
+        return empty_fetch(part.partition, error, message, 0, 0);
+    }
     let offsets = p.log.offsets();
-    let hw = offsets.durable_end.get();
+    // Consumers read below the high watermark (the durable end when the broker runs alone).
+    let hw = crate::replica::visible_end(p);
     let start = offsets.log_start.get();
     if part.offset < start || part.offset > hw {
         return empty_fetch(
@@ -456,7 +481,20 @@ pub(crate) async fn watch(
         .iter()
         .filter_map(|w| {
             let p = lookup(&w.topic, w.partition)?;
-            Some(p.log.durable_at(Offset(w.high_watermark.saturating_add(1))))
+            let seen = w.high_watermark;
+            // Neither future holds the partition: deleting it never waits for a long poll.
+            Some(if p.replica.is_cluster() {
+                Either::Left(Box::pin(crate::replica::visible_past(
+                    Rc::downgrade(&p),
+                    seen,
+                )))
+            } else {
+                Either::Right(
+                    p.log
+                        .durable_at(Offset(seen.saturating_add(1)))
+                        .map(|_| ()),
+                )
+            })
         })
         .collect();
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -483,24 +521,27 @@ pub(crate) async fn list_offsets(
     for (topic, partition, timestamp) in parts {
         let result = match lookup(&topic, partition) {
             None => Err(unknown(&topic, partition)),
-            Some(p) => {
-                let offsets = p.log.offsets();
-                let hw = offsets.durable_end.get();
-                match timestamp {
-                    EARLIEST_TIMESTAMP => Ok((offsets.log_start.get(), -1)),
-                    LATEST_TIMESTAMP => Ok((hw, -1)),
-                    ts if ts < 0 => Err((
-                        ErrorCode::INVALID_REQUEST,
-                        format!("timestamp {ts} is neither a time nor -1/-2"),
-                    )),
-                    ts => match p.log.offset_for_timestamp(ts).await {
-                        // Not yet committed data is not visible: past the watermark, answer it.
-                        Ok(Some(offset)) if offset.get() < hw => Ok((offset.get(), ts)),
-                        Ok(_) => Ok((hw, -1)),
-                        Err(e) => Err(log_error(&topic, partition, &e)),
-                    },
+            Some(p) => match crate::replica::check_leader(&p) {
+                Err(failure) => Err(failure),
+                Ok(()) => {
+                    let offsets = p.log.offsets();
+                    let hw = crate::replica::visible_end(&p);
+                    match timestamp {
+                        EARLIEST_TIMESTAMP => Ok((offsets.log_start.get(), -1)),
+                        LATEST_TIMESTAMP => Ok((hw, -1)),
+                        ts if ts < 0 => Err((
+                            ErrorCode::INVALID_REQUEST,
+                            format!("timestamp {ts} is neither a time nor -1/-2"),
+                        )),
+                        ts => match p.log.offset_for_timestamp(ts).await {
+                            // Not yet committed data is not visible: past the watermark, answer it.
+                            Ok(Some(offset)) if offset.get() < hw => Ok((offset.get(), ts)),
+                            Ok(_) => Ok((hw, -1)),
+                            Err(e) => Err(log_error(&topic, partition, &e)),
+                        },
+                    }
                 }
-            }
+            },
         };
         out.push(match result {
             Ok((offset, timestamp)) => ListOffsetsPartitionResult {
@@ -533,7 +574,7 @@ pub(crate) fn offsets(
             None => Err(unknown(topic, *partition)),
             Some(p) => {
                 let o = p.log.offsets();
-                Ok((o.log_start.get(), o.durable_end.get()))
+                Ok((o.log_start.get(), crate::replica::visible_end(&p)))
             }
         })
         .collect()

@@ -121,6 +121,7 @@ async fn shard_main(start: ShardStart) -> bool {
         groups: RefCell::new(crate::group::Coordinator::default()),
         view: RefCell::new(None),
         controller: RefCell::new(None),
+        replication: crate::replica::ShardReplication::default(),
     });
     // Open the partitions this shard owns.
     for (topic, meta) in &metadata.topics {
@@ -291,6 +292,7 @@ pub(crate) async fn open_partitions(
             admission: Admission::default(),
             max_batch_bytes: config.max_batch_bytes,
             producers: RefCell::new(producers),
+            replica: crate::replica::ReplicaState::new(crate::replica::cluster_mode(shard)),
         };
         shard
             .partitions
@@ -373,6 +375,7 @@ async fn close_all(shard: &Rc<Shard>) -> bool {
 async fn drain(shard: Rc<Shard>) {
     shard.draining.set(true);
     shard.drain_signal.borrow_mut().take();
+    crate::replica::drain(&shard);
     shard.acceptors.borrow_mut().clear();
     let readers: Vec<_> = shard.readers.borrow_mut().drain().map(|(_, r)| r).collect();
     drop(readers);
@@ -489,6 +492,25 @@ impl Shard {
                 crate::replica::apply_view(&self, &view).await;
                 crate::group::on_view(&self, &view).await;
                 let _ = reply.try_send(());
+            })),
+            ShardMsg::AlterPartition {
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+                reply,
+            } => spawn(Box::pin(async move {
+                let result = crate::replica::alter_partition(
+                    &self,
+                    &topic,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    new_isr,
+                )
+                .await;
+                let _ = reply.try_send(result);
             })),
             ShardMsg::Drain { reply } => spawn(Box::pin(async move {
                 drain(self).await;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rkyv::rancor::BoxedError;
 
-use super::state::{BrokerRegistration, ClusterState, Rejection, decode_archive};
+use super::state::{BrokerRegistration, ClusterState, Command, Rejection, decode_archive};
 use super::{
     Applied, BrokerHeartbeat, CONTROLLER_TICK_MS, Controller, ControllerError, HeartbeatReply,
     NodeId, Output,
@@ -160,7 +160,7 @@ pub use forward::{ForwardRequest, ForwardResponse};
 // reaches generated items. The fields are those of the driver calls of the same name.
 #[allow(missing_docs)]
 mod forward {
-    use super::{BTreeMap, BrokerRegistration};
+    use super::{BTreeMap, BrokerRegistration, NodeId};
 
     /// A request a non-leader forwards to the active controller (frame kind 6).
     #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -178,6 +178,15 @@ mod forward {
         BrokerHeartbeat {
             registration: BrokerRegistration,
             want_unfence: bool,
+        },
+        /// [`ControllerDriver::alter_partition`](super::ControllerDriver::alter_partition).
+        AlterPartition {
+            topic: String,
+            partition: u32,
+            leader: NodeId,
+            leader_epoch: u32,
+            partition_epoch: u32,
+            new_isr: Vec<NodeId>,
         },
     }
 
@@ -445,6 +454,20 @@ impl ControllerDriver {
         Ref::map(self.inner.controller.borrow(), |c| c.state())
     }
 
+    /// The commands applied here with a raft index above `after`, in order, as far as this
+    /// node still remembers them (the last [`CONTROLLER_APPLIED_HISTORY_MAX`]; a snapshot
+    /// installed from the leader brings state without commands). The broker uses it to see
+    /// what happened between two views it built, e.g. a topic deleted and created again.
+    pub fn applied_after(&self, after: u64) -> Vec<Applied> {
+        self.inner
+            .history
+            .borrow()
+            .iter()
+            .filter(|a| a.index > after)
+            .cloned()
+            .collect()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> DriverStats {
         self.inner.stats.get()
@@ -494,6 +517,33 @@ impl ControllerDriver {
     pub async fn delete_topic(&self, name: &str) -> Result<u64, DriverError> {
         let request = ForwardRequest::DeleteTopic {
             name: name.to_string(),
+        };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A partition leader's ISR change (Kafka's AlterPartition) through the active
+    /// controller (forwarded if needed), like [`create_topic`](Self::create_topic): returns
+    /// the raft index once the change applied. `leader_epoch` and `partition_epoch` are those
+    /// the leader holds; a stale one is rejected ([`Rejection::FencedLeaderEpoch`],
+    /// [`Rejection::InvalidUpdateVersion`]), so a fenced leader never changes the ISR.
+    pub async fn alter_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        new_isr: Vec<NodeId>,
+    ) -> Result<u64, DriverError> {
+        let request = ForwardRequest::AlterPartition {
+            topic: topic.to_string(),
+            partition,
+            leader: self.inner.me,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
         };
         match self.inner.handle(request).await? {
             ForwardResponse::Applied { index } => Ok(index),
@@ -739,6 +789,25 @@ impl Inner {
             }
             ForwardRequest::DeleteTopic { name } => {
                 let index = self.drive(|c| c.delete_topic(&name))?;
+                self.wait_applied(index).await
+            }
+            ForwardRequest::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+            } => {
+                let command = Command::AlterPartition {
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    new_isr,
+                };
+                let index = self.drive(|c| c.propose(&command))?;
                 self.wait_applied(index).await
             }
             ForwardRequest::BrokerHeartbeat {

@@ -1,0 +1,291 @@
+//! The follower side: one fetcher task per (leader node, leader shard) fetches every
+//! partition this shard follows from there, appends the leader's batches as they are
+//! (`append_replica`), truncates a divergent suffix, and follows the leader's high
+//! watermark.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{Either, select};
+use sluice_proto::protocol::ErrorCode;
+use sluice_proto::{Offset, peek_batch_length};
+use sluice_replication::NodeId;
+use sluice_replication::replica::{
+    FetchPartition, FetchRequest, FetchResponse, FetchedPartition, REPLICA_FETCH_BYTES_MAX,
+    REPLICA_FETCH_PARTITIONS_MAX,
+};
+use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, TransportError};
+use sluice_storage::LogError;
+
+use super::{REPLICA_BACKOFF_MAX, REPLICA_BACKOFF_MIN, REPLICA_FETCH_WAIT_MS, Role};
+use crate::shard::Shard;
+use crate::shard::partition::Partition;
+
+/// The leader shard a fetcher fetches from.
+pub(super) struct Target {
+    /// Leader node.
+    pub(super) leader: NodeId,
+    /// Its shard's replication endpoint.
+    pub(super) addr: SocketAddr,
+}
+
+/// Partitions to fetch, with the leader epoch of each.
+type Parts = Rc<RefCell<BTreeMap<(String, u32), u32>>>;
+
+/// Waits `d`, or less if the fetcher is stopped. Returns whether it was stopped.
+async fn sleep_or_stop(d: Duration, stop: &flume::Receiver<()>) -> bool {
+    let sleep = Box::pin(compio::time::sleep(d));
+    let stopped = Box::pin(stop.recv_async());
+    matches!(select(sleep, stopped).await, Either::Right(_))
+}
+
+/// The fetcher task; ends when `stop`'s sender is dropped.
+pub(super) async fn run(
+    shard: Rc<Shard>,
+    endpoint: Rc<PeerEndpoint>,
+    target: Target,
+    parts: Parts,
+    stop: flume::Receiver<()>,
+) {
+    let Target { leader, addr } = target;
+    let mut conn: Option<PeerConnection> = None;
+    let mut backoff = REPLICA_BACKOFF_MIN;
+    let mut rotate = 0usize;
+    let fail = |backoff: &mut Duration| {
+        let d = *backoff;
+        *backoff = (*backoff * 2).min(REPLICA_BACKOFF_MAX);
+        d
+    };
+    loop {
+        if stop.is_disconnected() || shard.replication.stopped.get() {
+            break;
+        }
+        let c = match conn.clone() {
+            Some(c) => c,
+            None => {
+                let connecting = Box::pin(endpoint.connect(addr, leader));
+                match select(connecting, Box::pin(stop.recv_async())).await {
+                    Either::Left((Ok(c), _)) => {
+                        tracing::info!(shard = shard.id, leader, %addr, "connected to leader");
+                        conn = Some(c.clone());
+                        c
+                    }
+                    Either::Left((Err(e), _)) => {
+                        tracing::warn!(shard = shard.id, leader, %addr, error = %e,
+                            "cannot connect to leader; retrying");
+                        if sleep_or_stop(fail(&mut backoff), &stop).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    Either::Right(_) => break,
+                }
+            }
+        };
+        let request = build_request(&shard, &parts, &mut rotate);
+        if request.partitions.is_empty() {
+            if sleep_or_stop(REPLICA_BACKOFF_MAX, &stop).await {
+                break;
+            }
+            continue;
+        }
+        let sent = Box::pin(c.request(FrameKind::ReplicaFetchRequest, request.encode()));
+        let frame = match select(sent, Box::pin(stop.recv_async())).await {
+            Either::Left((Ok(f), _)) => f,
+            Either::Left((Err(e), _)) => {
+                if !matches!(e, TransportError::Remote { .. }) {
+                    conn = None;
+                    c.close();
+                }
+                tracing::warn!(shard = shard.id, leader, %addr, error = %e, "replica fetch failed");
+                if sleep_or_stop(fail(&mut backoff), &stop).await {
+                    break;
+                }
+                continue;
+            }
+            Either::Right(_) => break,
+        };
+        let response = match decode(frame.kind, frame.body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(shard = shard.id, leader, %addr, error = %e, "bad replica fetch answer");
+                conn = None;
+                c.close();
+                if sleep_or_stop(fail(&mut backoff), &stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut progress = false;
+        let mut errors = false;
+        for (asked, got) in request.partitions.iter().zip(&response.partitions) {
+            if asked.topic != got.topic || asked.partition != got.partition {
+                errors = true;
+                continue;
+            }
+            let Some(p) = shard.partition(&got.topic, got.partition) else {
+                continue;
+            };
+            match apply(&p, leader, asked, got).await {
+                Ok(moved) => progress |= moved,
+                Err(()) => errors = true,
+            }
+        }
+        if errors && !progress {
+            if sleep_or_stop(fail(&mut backoff), &stop).await {
+                break;
+            }
+        } else {
+            backoff = REPLICA_BACKOFF_MIN;
+        }
+    }
+    if let Some(c) = conn {
+        c.close();
+    }
+    tracing::info!(shard = shard.id, leader, %addr, "replica fetcher stopped");
+}
+
+fn decode(kind: FrameKind, body: Bytes) -> Result<FetchResponse, String> {
+    if kind != FrameKind::ReplicaFetchResponse {
+        return Err(format!("answer of kind {kind:?}"));
+    }
+    FetchResponse::decode(body).map_err(|e| e.to_string())
+}
+
+/// The request for every followed partition this shard still follows from `leader` (at
+/// most [`REPLICA_FETCH_PARTITIONS_MAX`], rotating through them when there are more).
+fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchRequest {
+    let parts = parts.borrow();
+    let total = parts.len();
+    let max = REPLICA_FETCH_PARTITIONS_MAX as usize;
+    let skip = if total > max { *rotate % total } else { 0 };
+    *rotate = rotate.wrapping_add(max);
+    let mut partitions = Vec::with_capacity(total.min(max));
+    for ((topic, index), epoch) in parts.iter().cycle().skip(skip).take(total.min(max)) {
+        let Some(p) = shard.partition(topic, *index) else {
+            continue;
+        };
+        let offsets = p.log.offsets();
+        partitions.push(FetchPartition {
+            topic: topic.clone(),
+            partition: *index,
+            leader_epoch: *epoch,
+            fetch_offset: offsets.log_end.get(),
+            durable_end: offsets.durable_end.get(),
+            last_fetched_epoch: p.log.latest_epoch(),
+        });
+    }
+    FetchRequest {
+        max_wait_ms: REPLICA_FETCH_WAIT_MS,
+        max_bytes: REPLICA_FETCH_BYTES_MAX,
+        partitions,
+    }
+}
+
+/// Whether `p` still follows `leader` in `epoch`.
+fn follows(p: &Partition, leader: NodeId, epoch: u32) -> bool {
+    matches!(&*p.replica.role.borrow(),
+        Role::Follower { leader: l, leader_epoch } if *l == leader && *leader_epoch == epoch)
+}
+
+/// Applies one partition's answer. `Ok(true)`: the log moved (appended or truncated).
+async fn apply(
+    p: &Rc<Partition>,
+    leader: NodeId,
+    asked: &FetchPartition,
+    got: &FetchedPartition,
+) -> Result<bool, ()> {
+    if !follows(p, leader, asked.leader_epoch) {
+        return Ok(false);
+    }
+    let code = ErrorCode(got.error);
+    if code == ErrorCode::OFFSET_OUT_OF_RANGE && asked.fetch_offset < got.log_start {
+        tracing::info!(topic = %p.topic, partition = p.index, leader,
+            fetch_offset = asked.fetch_offset, leader_log_start = got.log_start,
+            "behind the leader's log start; starting over there");
+        return match p
+            .log
+            .truncate_fully_and_start_at(Offset(got.log_start))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot start over");
+                Err(())
+            }
+        };
+    }
+    if !code.is_ok() {
+        tracing::debug!(topic = %p.topic, partition = p.index, leader, error = %code,
+            message = %got.message, "replica fetch refused");
+        return Err(());
+    }
+    if let Some(d) = got.diverging {
+        let end = p.log.offsets().log_end.get();
+        let to = d.end_offset.min(end);
+        tracing::warn!(topic = %p.topic, partition = p.index, leader, epoch = d.epoch,
+            leader_end_offset = d.end_offset, log_end = end, truncate_to = to,
+            "log diverges from the leader's; truncating");
+        return match p.log.truncate_to(Offset(to)).await {
+            Ok(_) => Ok(true),
+            Err(LogError::OffsetOutOfRange { .. }) => {
+                match p.log.truncate_fully_and_start_at(Offset(to)).await {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot truncate");
+                        Err(())
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot truncate");
+                Err(())
+            }
+        };
+    }
+    let mut records = got.records.clone();
+    let mut last = None;
+    while !records.is_empty() {
+        let Some(len) = peek_batch_length(&records).map(|l| l as usize) else {
+            tracing::warn!(topic = %p.topic, partition = p.index, leader,
+                "replica fetch answer ends inside a batch header");
+            return Err(());
+        };
+        if len > records.len() || len == 0 {
+            tracing::warn!(topic = %p.topic, partition = p.index, leader, len,
+                "replica fetch answer ends inside a batch");
+            return Err(());
+        }
+        let batch = records.split_to(len);
+        if !follows(p, leader, asked.leader_epoch) {
+            break;
+        }
+        match p.log.append_replica(BytesMut::from(&batch[..])).await {
+            Ok(appended) => last = Some(appended.durable),
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, leader, error = %e,
+                    "replica append refused; fetching again");
+                return Err(());
+            }
+        }
+    }
+    // The next fetch reports the durable end the leader's high watermark counts: wait for
+    // it, so an acks=all producer does not wait for one more long poll.
+    let appended = last.is_some();
+    if let Some(durable) = last
+        && let Err(e) = durable.await
+    {
+        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "replica batches not durable");
+        return Err(());
+    }
+    let before = p.log.high_watermark();
+    if p.log.set_high_watermark(Offset(got.high_watermark)) != before {
+        p.replica.notify();
+    }
+    Ok(appended)
+}
