@@ -253,8 +253,10 @@ pub(crate) fn create_offsets_topic(shard: &Rc<Shard>, view: &ClusterView) -> Str
         match rx.recv_async().await {
             Ok(response) => {
                 for t in response.topics {
-                    if t.error == ErrorCode::NONE || t.error == ErrorCode::TOPIC_ALREADY_EXISTS {
-                        tracing::info!(topic = %t.name, code = t.error.name(), "offsets topic created");
+                    if t.error == ErrorCode::NONE {
+                        tracing::info!(topic = %t.name, "offsets topic created");
+                    } else if t.error == ErrorCode::TOPIC_ALREADY_EXISTS {
+                        tracing::debug!(topic = %t.name, "offsets topic created by another request");
                     } else {
                         tracing::warn!(topic = %t.name, code = t.error.name(), error = %t.message,
                             "offsets topic not created (asked again at the next FindCoordinator)");
