@@ -698,6 +698,7 @@ fn decode_value(value: &[u8]) -> Option<Committed> {
 async fn write_offsets(
     shard: &Rc<Shard>,
     group: &str,
+    load: Option<u64>,
     records: &[(String, u32, Option<Committed>)],
 ) -> Result<(), (ErrorCode, String)> {
     let partitions = offsets_partitions(&shard.snapshot());
@@ -709,21 +710,6 @@ async fn write_offsets(
         ));
     };
     let cluster = shard.cluster.config.cluster.is_some();
-    if cluster {
-        // The log must be the leader's at the epoch this shard took the partition up with
-        // (`replica::apply_view` made it so); anything else is a coordinator that moved.
-        let epoch = shard.groups.borrow().led.get(&index).map(|l| l.epoch);
-        if epoch.is_none() || p.log.leader_epoch() != epoch {
-            return Err((
-                ErrorCode::NOT_COORDINATOR,
-                format!(
-                    "this node's {OFFSETS_TOPIC}/{index} is not the leader's (log epoch {:?}, \
-                     coordinator epoch {epoch:?})",
-                    p.log.leader_epoch()
-                ),
-            ));
-        }
-    }
     let now = system_clock_ms();
     let mut batches = Vec::new();
     let mut builder = BatchBuilder::new(Compression::None, Limits::DEFAULT);
@@ -760,7 +746,29 @@ async fn write_offsets(
         })?);
     }
     let deadline = Instant::now() + Duration::from_millis(OFFSET_COMMIT_TIMEOUT_MS);
-    let written = append_committed(p, batches, deadline).await;
+    // Checked in the partition's admission turn: a load of the partition reads up to the log
+    // end in its own turn, so these records are either before that end or not written.
+    let still_coordinating = || -> Result<(), (ErrorCode, String)> {
+        if !cluster {
+            return Ok(());
+        }
+        // The log must be the leader's at the epoch this shard took the partition up with
+        // (`replica::apply_view` made it so), and the load the request was admitted under
+        // must still be the current one; anything else is a coordinator that moved.
+        let epoch = shard.groups.borrow().led.get(&index).map(|l| l.epoch);
+        if epoch.is_none() || p.log.leader_epoch() != epoch || !still_loaded(shard, group, load) {
+            return Err((
+                ErrorCode::NOT_COORDINATOR,
+                format!(
+                    "this node no longer coordinates group {group} ({OFFSETS_TOPIC}/{index}: log \
+                     epoch {:?}, coordinator epoch {epoch:?})",
+                    p.log.leader_epoch()
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let written = append_committed(&p, batches, deadline, still_coordinating).await;
     match written {
         Err(e) if cluster => {
             let mapped = commit_error(e.0);
@@ -786,14 +794,17 @@ fn commit_error(code: ErrorCode) -> ErrorCode {
     }
 }
 
-/// Appends `batches` to `p` in order, then waits until they are committed.
+/// In its admission turn, checks `allowed` then appends `batches` to `p` in order; then waits
+/// until they are committed.
 async fn append_committed(
-    p: Rc<Partition>,
+    p: &Partition,
     batches: Vec<BytesMut>,
     deadline: Instant,
+    allowed: impl Fn() -> Result<(), (ErrorCode, String)>,
 ) -> Result<(), (ErrorCode, String)> {
     let ticket = p.admission.ticket();
     ticket.turn().await;
+    allowed()?;
     let mut end = None;
     for batch in batches {
         let appended = p
@@ -807,7 +818,7 @@ async fn append_committed(
     }
     drop(ticket);
     match end {
-        Some(end) => crate::replica::wait_committed(&p, end, deadline).await,
+        Some(end) => crate::replica::wait_committed(p, end, deadline).await,
         None => Ok(()),
     }
 }
@@ -927,7 +938,7 @@ async fn commit(
         })
         .collect();
     if !records.is_empty() {
-        match write_offsets(shard, &req.group, &records).await {
+        match write_offsets(shard, &req.group, load, &records).await {
             Ok(()) if !still_loaded(shard, &req.group, load) => {
                 tracing::info!(group = %req.group, "offsets committed while the coordinator moved: the next coordinator reads them");
             }
@@ -1086,7 +1097,7 @@ async fn delete(shard: &Rc<Shard>, id: &str, load: Option<u64>) -> DeleteGroupRe
         }
     };
     if !keys.is_empty()
-        && let Err((error, message)) = write_offsets(shard, id, &keys).await
+        && let Err((error, message)) = write_offsets(shard, id, load, &keys).await
     {
         return result(error, message);
     }
@@ -1321,7 +1332,13 @@ fn give_up(shard: ShardId, c: &mut Coordinator, index: u32, reason: &str) {
 /// followers converge to), then serves them.
 async fn take_up(shard: Rc<Shard>, p: Rc<Partition>, load: u64) {
     let started = Instant::now();
-    let end = p.log.offsets().log_end;
+    // The log end in the partition's admission turn: a commit admitted under an earlier load
+    // appends before it (and is read here) or finds its load gone and writes nothing.
+    let end = {
+        let ticket = p.admission.ticket();
+        ticket.turn().await;
+        p.log.offsets().log_end
+    };
     let outcome = read_offsets(&shard, &p, end).await;
     let index = p.index;
     drop(p);
