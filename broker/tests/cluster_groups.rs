@@ -32,7 +32,7 @@ use sluice_client::{
 };
 use sluice_proto::protocol::{
     ApiKey, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, MetadataRequest, MetadataResponse,
+    HeartbeatResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest, OffsetFetchResponse,
 };
 
 /// Shards per broker.
@@ -337,7 +337,30 @@ async fn a_group_keeps_its_committed_offsets_when_the_coordinator_node_is_killed
             "node {i}: {}",
             r.message
         );
+        let r: OffsetFetchResponse = Conn::connect(addr).call(
+            ApiKey::OffsetFetch,
+            &OffsetFetchRequest {
+                group: GROUP.into(),
+                topics: Vec::new(),
+            },
+        );
+        assert_eq!(
+            r.error,
+            ErrorCode::NOT_COORDINATOR,
+            "node {i}: {}",
+            r.message
+        );
     }
+    // The coordinator itself answers: a new group has no offsets.
+    let r: OffsetFetchResponse = Conn::connect(addrs[old]).call(
+        ApiKey::OffsetFetch,
+        &OffsetFetchRequest {
+            group: GROUP.into(),
+            topics: Vec::new(),
+        },
+    );
+    assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
+    assert!(r.topics.is_empty(), "{:?}", r.topics);
 
     let admin = Client::connect(ClientConfig::new(&brokers))
         .await

@@ -1299,6 +1299,18 @@ pub(crate) async fn on_view(shard: &Rc<Shard>, view: &Arc<ClusterView>) {
     }
 }
 
+/// Cancels the loads of offsets partitions in progress (the shard is closing its logs).
+pub(crate) fn cancel_loads(shard: &Shard) {
+    let tasks: Vec<JoinHandle<()>> = shard
+        .groups
+        .borrow_mut()
+        .led
+        .values_mut()
+        .filter_map(|l| l.task.take())
+        .collect();
+    drop(tasks);
+}
+
 /// Drops the groups of offsets partition `index` and stops coordinating it (a load in
 /// progress is cancelled). Members waiting for a join or sync answer get `NOT_COORDINATOR`.
 fn give_up(shard: ShardId, c: &mut Coordinator, index: u32, reason: &str) {
