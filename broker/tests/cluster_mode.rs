@@ -372,8 +372,10 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     let leader = nodes[p0.leader as usize].addr();
     let produced = Conn::connect(leader).produce("orders", 0, 1, common::wire::batch(&[b"old"], 1));
     assert_eq!(produced.error, ErrorCode::NONE, "{produced:?}");
-    let d = describe(leader, "orders");
-    assert_eq!(d["partitions"][0]["end_offset"], 1, "{d}");
+    // Replicated (the end shown is the high watermark once replication runs).
+    wait_until("the record in orders", || {
+        (describe(leader, "orders")["partitions"][0]["end_offset"] == 1).then_some(())
+    });
     let deleted = run_sluice(
         &[
             "topic",

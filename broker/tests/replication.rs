@@ -28,6 +28,7 @@ use sluice_proto::protocol::{
     ACKS_ALL, ACKS_LEADER, ApiKey, ErrorCode, LATEST_TIMESTAMP, MetadataRequest, MetadataResponse,
     ProduceResponse,
 };
+use sluice_proto::{BATCH_HEADER_BYTES, BatchBuilder, Compression, Limits, peek_batch_length};
 
 /// Shards per broker.
 const SHARDS: usize = 2;
@@ -56,9 +57,18 @@ fn free_peer_port() -> u16 {
 struct Node {
     data_dir: PathBuf,
     broker: Option<Broker>,
+    /// How it was started: root, id, cluster, certs, extra arguments.
+    spawn: (PathBuf, u32, String, PathBuf, Vec<String>),
 }
 
 impl Node {
+    /// Starts the node again (same data dir, ports and certificates).
+    fn restart(&mut self) {
+        let (root, id, cluster, certs, extra) = self.spawn.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        *self = spawn_node(&root, id, &cluster, &certs, &extra);
+    }
+
     fn addr(&self) -> SocketAddr {
         self.broker.as_ref().expect("running").addr
     }
@@ -74,7 +84,7 @@ impl Node {
     }
 }
 
-fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
+fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path, extra: &[&str]) -> Node {
     let data_dir = root.join(format!("node-{id}"));
     let log = root.join(format!("node-{id}.log"));
     let child = Command::new(sluice_bin())
@@ -86,10 +96,17 @@ fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
         .args(["--node-id", &id.to_string(), "--cluster", cluster])
         .arg("--cert-dir")
         .arg(certs)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(File::create(&log).expect("log file"))
+        .stderr(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("log file"),
+        )
         .spawn()
         .expect("spawn sluice serve");
     let broker = Broker::await_listening(
@@ -102,6 +119,13 @@ fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
     Node {
         data_dir,
         broker: Some(broker),
+        spawn: (
+            root.to_path_buf(),
+            id,
+            cluster.to_string(),
+            certs.to_path_buf(),
+            extra.iter().map(|e| e.to_string()).collect(),
+        ),
     }
 }
 
@@ -118,20 +142,69 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// Leader and ISR of partition 0 of the topic, as `addr` answers.
 fn partition_state(addr: SocketAddr) -> Option<(u32, Vec<u32>)> {
-    let m: MetadataResponse = Conn::connect(addr).call(
-        ApiKey::Metadata,
-        &MetadataRequest {
-            topics: Some(vec![TOPIC.into()]),
-        },
-    );
+    let m = topic_metadata(addr);
     let t = m.topics.first()?;
-    let p = t.partitions.first()?;
+    let p = t.partitions.iter().find(|p| p.partition == 0)?;
     (t.error.is_ok() && p.error.is_ok() && p.leader >= 0).then(|| {
         (
             p.leader as u32,
             p.isr.iter().map(|r| *r as u32).collect::<Vec<_>>(),
         )
     })
+}
+
+fn topic_metadata(addr: SocketAddr) -> MetadataResponse {
+    Conn::connect(addr).call(
+        ApiKey::Metadata,
+        &MetadataRequest {
+            topics: Some(vec![TOPIC.into()]),
+        },
+    )
+}
+
+/// Certificates and three running nodes.
+fn start_cluster(root: &Path, extra: &[&str]) -> Vec<Node> {
+    let certs = root.join("certs");
+    let made = run_sluice(
+        &[
+            "cert",
+            "dev",
+            "--dir",
+            certs.to_str().expect("utf-8"),
+            "--nodes",
+            "0,1,2",
+        ],
+        None,
+    );
+    assert_eq!(made.code, 0, "cert dev: {}", made.stderr);
+    let ports: Vec<u16> = (0..3).map(|_| free_peer_port()).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Node> = (0..3)
+        .map(|id| spawn_node(root, id, &cluster, &certs, extra))
+        .collect();
+    for node in &nodes {
+        wait_until("3 live brokers", || {
+            let m = Conn::connect(node.addr()).metadata();
+            (m.brokers.len() == 3).then_some(())
+        });
+    }
+    nodes
+}
+
+fn stop_all(nodes: &mut [Node]) {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if let Some(b) = node.broker.as_mut() {
+            assert!(
+                b.terminate(Duration::from_secs(30)),
+                "node {i} did not stop cleanly"
+            );
+        }
+    }
 }
 
 /// The raw batch bytes of partition 0 from `offset` up to the high watermark, as the
@@ -154,15 +227,56 @@ fn raw_from(addr: SocketAddr, offset: u64) -> (Vec<u8>, u64) {
     }
 }
 
-/// The first `len` bytes of partition 0's first segment file in `data_dir`.
-fn segment_prefix(data_dir: &Path, len: usize) -> Vec<u8> {
-    let path = data_dir
-        .join("topics")
-        .join(TOPIC)
-        .join("0")
-        .join(format!("{:020}.log", 0));
-    let bytes = std::fs::read(&path).unwrap_or_default();
-    bytes[..len.min(bytes.len())].to_vec()
+/// The batches of partition 0 in `data_dir`, read from its segment files (in offset
+/// order, each up to its zero-filled tail), back to back.
+fn log_bytes(data_dir: &Path) -> Vec<u8> {
+    let dir = data_dir.join("topics").join(TOPIC).join("0");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let mut out = Vec::new();
+    for path in segments {
+        let bytes = std::fs::read(&path).expect("read segment");
+        let mut at = 0;
+        while let Some(len) = peek_batch_length(&bytes[at..]) {
+            let len = len as usize;
+            if len < BATCH_HEADER_BYTES || at + len > bytes.len() {
+                break;
+            }
+            out.extend_from_slice(&bytes[at..at + len]);
+            at += len;
+        }
+    }
+    out
+}
+
+/// Asserts that every node's log holds `raw` (the leader's batches) as its first bytes.
+fn assert_same_log(nodes: &[Node], raw: &[u8]) {
+    for node in nodes {
+        let bytes = log_bytes(&node.data_dir);
+        let prefix = &bytes[..raw.len().min(bytes.len())];
+        assert!(
+            prefix == raw,
+            "{}: {} log bytes, first difference at byte {:?} of the leader's {}",
+            node.data_dir.display(),
+            bytes.len(),
+            prefix.iter().zip(raw).position(|(a, b)| a != b),
+            raw.len()
+        );
+    }
+}
+
+/// A one-record batch of an idempotent producer.
+fn idempotent_batch(pid: i64, epoch: i16, seq: i32, value: &[u8]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT)
+        .producer(pid, epoch, seq)
+        .base_timestamp(2_000);
+    b.push(2_000, None, Some(value), &[]).expect("push");
+    b.build().expect("build").freeze()
 }
 
 fn produce(addr: SocketAddr, acks: i8, timeout_ms: u32, records: Bytes) -> (ErrorCode, u64) {
@@ -182,37 +296,11 @@ fn latest(addr: SocketAddr) -> u64 {
 #[test]
 fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
-    let certs = root.path().join("certs");
-    let made = run_sluice(
-        &[
-            "cert",
-            "dev",
-            "--dir",
-            certs.to_str().expect("utf-8"),
-            "--nodes",
-            "0,1,2",
-        ],
-        None,
-    );
-    assert_eq!(made.code, 0, "cert dev: {}", made.stderr);
-    let ports: Vec<u16> = (0..3).map(|_| free_peer_port()).collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|id| spawn_node(root.path(), id, &cluster, &certs))
-        .collect();
-    for node in &nodes {
-        wait_until("3 live brokers", || {
-            let m = Conn::connect(node.addr()).metadata();
-            (m.brokers.len() == 3).then_some(())
-        });
-    }
+    let mut nodes = start_cluster(root.path(), &[]);
     let created =
-        Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[("min.insync.replicas", "3")]);
+        // Partition 0 carries the records; the others stay empty (a replica that led an
+        // empty partition must rejoin after a restart too).
+        Conn::connect(nodes[0].addr()).create_topic(TOPIC, 4, &[("min.insync.replicas", "3")]);
     assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
     let (leader, isr) = wait_until("a leader with 3 in-sync replicas", || {
         partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
@@ -226,6 +314,12 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
 
     // acks=all: committed on all three before the answer. (The first produce may meet the
     // followers still connecting: it waits for them within its timeout.)
+    // The metadata may name the leader a moment before the leader applied that view: until
+    // then it answers NOT_LEADER_OR_FOLLOWER (retriable), as a client would see.
+    wait_until("the leader to take produce requests", || {
+        let r = Conn::connect(leader_addr).list_offset(TOPIC, 0, LATEST_TIMESTAMP);
+        (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+    });
     let started = Instant::now();
     let mut expected = Vec::new();
     for i in 0..20u64 {
@@ -251,14 +345,7 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     // the followers when the producer got its answer).
     let (raw, hw) = raw_from(leader_addr, 0);
     assert_eq!(hw, 100);
-    for node in &nodes {
-        assert_eq!(
-            segment_prefix(&node.data_dir, raw.len()),
-            raw,
-            "{}",
-            node.data_dir.display()
-        );
-    }
+    assert_same_log(&nodes, &raw);
 
     // Followers refuse clients.
     let follower_addr = nodes[followers[0]].addr();
@@ -272,7 +359,9 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     // Reads stop at the high watermark: with a follower stopped, an acks=1 record is on the
     // leader but not committed.
     nodes[followers[1]].signal("-STOP");
-    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"pending"], 2_000));
+    // An idempotent producer's batch: the followers keep its producer state too.
+    let pending = idempotent_batch(4242, 0, 0, b"pending");
+    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, pending.clone());
     assert_eq!((error, base), (ErrorCode::NONE, 100));
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(latest(leader_addr), 100, "latest is the high watermark");
@@ -287,14 +376,32 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     assert_eq!(values(r.records), vec![(100, b"pending".to_vec())]);
     assert_eq!(latest(leader_addr), 101);
 
-    // SIGKILL the leader: a follower takes over with the same records at the same offsets.
+    // An uncommitted record: both followers stopped, the leader appends it (acks=1) and
+    // dies. It is not visible (above the high watermark), and the next leader does not
+    // have it.
     let (raw, _) = raw_from(leader_addr, 0);
+    for &f in &followers {
+        nodes[f].signal("-STOP");
+    }
+    // Their fetches in flight end empty (a long poll lasts at most 500 ms); no new ones
+    // come while they are stopped, so no fetch answer carries the next record.
+    std::thread::sleep(Duration::from_millis(800));
+    let (error, base) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"lost"], 2_500));
+    assert_eq!((error, base), (ErrorCode::NONE, 101));
+    assert_eq!(latest(leader_addr), 101);
+    // Let it reach the old leader's disk, so that its log diverges when it comes back.
+    std::thread::sleep(Duration::from_millis(500));
     nodes[leader as usize]
         .broker
         .as_mut()
         .expect("running")
         .kill9();
     nodes[leader as usize].broker = None;
+    for &f in &followers {
+        nodes[f].signal("-CONT");
+    }
+
+    // A follower takes over with the same records at the same offsets.
     let survivor = nodes[followers[0]].addr();
     let (new_leader, isr) = wait_until("a new leader and a 2-replica ISR", || {
         partition_state(survivor).filter(|(l, isr)| *l != leader && isr.len() == 2)
@@ -311,6 +418,10 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let mut all = expected.clone();
     all.push((100, b"pending".to_vec()));
     assert_eq!(Conn::connect(new_addr).read_all(TOPIC, 0, 0), all);
+    // The producer retries its batch at the new leader: recognised, not written twice.
+    let (error, base) = produce(new_addr, ACKS_LEADER, 5_000, pending);
+    assert_eq!((error, base), (ErrorCode::NONE, 100));
+    assert_eq!(latest(new_addr), 101);
 
     // Two in-sync replicas, min.insync.replicas=3: acks=all is refused, nothing appended.
     let (error, _) = produce(new_addr, ACKS_ALL, 5_000, batch(&[b"refused"], 3_000));
@@ -325,12 +436,87 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let tail = Conn::connect(new_addr).read_all(TOPIC, 0, 101);
     assert_eq!(tail, vec![(101, b"after".to_vec())]);
 
-    for i in 0..3 {
-        if let Some(b) = nodes[i].broker.as_mut() {
-            assert!(
-                b.terminate(Duration::from_secs(30)),
-                "node {i} did not stop cleanly"
-            );
-        }
-    }
+    // The old leader comes back: it finds its log diverging at offset 101 (its "lost"
+    // record, of the old epoch), truncates it, fetches "after", and rejoins the ISR.
+    let old = log_bytes(&nodes[leader as usize].data_dir);
+    assert!(
+        old.windows(4).any(|w| w == b"lost"),
+        "the old leader's log holds the uncommitted record"
+    );
+    nodes[leader as usize].restart();
+    wait_until("the old leader back in the ISR of every partition", || {
+        let m = topic_metadata(new_addr);
+        let full = m.topics[0].partitions.iter().all(|p| p.isr.len() == 3);
+        (full && partition_state(new_addr).is_some_and(|(l, _)| l == new_leader)).then_some(())
+    });
+    let (error, base) = produce(new_addr, ACKS_ALL, 10_000, batch(&[b"last"], 4_000));
+    assert_eq!((error, base), (ErrorCode::NONE, 102));
+    let (raw, hw) = raw_from(new_addr, 0);
+    assert_eq!(hw, 103);
+    assert_same_log(&nodes, &raw);
+    let old = log_bytes(&nodes[leader as usize].data_dir);
+    assert!(
+        !old.windows(4).any(|w| w == b"lost"),
+        "the divergent record was truncated"
+    );
+
+    stop_all(&mut nodes);
+}
+
+#[test]
+fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Well below the 9 s broker session: the ISR shrinks while the broker is still live.
+    let mut nodes = start_cluster(root.path(), &["--replica-lag-time-max-ms", "1500"]);
+    let created = Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[]);
+    assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
+    let (leader, _) = wait_until("a leader with 3 in-sync replicas", || {
+        partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
+    });
+    let leader_addr = nodes[leader as usize].addr();
+    wait_until("the leader to take produce requests", || {
+        let r = Conn::connect(leader_addr).list_offset(TOPIC, 0, LATEST_TIMESTAMP);
+        (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+    });
+    let lagging = (0..3u32).find(|&i| i != leader).expect("a follower");
+    let (error, _) = produce(leader_addr, ACKS_ALL, 30_000, batch(&[b"first"], 1));
+    assert_eq!(error, ErrorCode::NONE);
+
+    // The stopped follower falls behind the leader's end and leaves the ISR (through the
+    // controller) while its broker is still registered and unfenced.
+    nodes[lagging as usize].signal("-STOP");
+    let stopped = Instant::now();
+    let (error, _) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"second"], 2));
+    assert_eq!(error, ErrorCode::NONE);
+    let m = wait_until("the ISR without the stopped follower", || {
+        let m = topic_metadata(leader_addr);
+        let isr = &m.topics[0].partitions[0].isr;
+        (isr.len() == 2 && !isr.contains(&(lagging as i32))).then_some(m)
+    });
+    let shrunk_after = stopped.elapsed();
+    assert!(
+        m.brokers.iter().any(|b| b.node_id == lagging),
+        "the follower's broker was fenced instead: {m:?}"
+    );
+    assert!(
+        shrunk_after >= Duration::from_millis(1500),
+        "shrunk after {shrunk_after:?}, before replica.lag.time.max.ms"
+    );
+    eprintln!("ISR shrank {shrunk_after:?} after the follower stopped");
+    // The two remaining in-sync replicas commit without it.
+    let (error, base) = produce(leader_addr, ACKS_ALL, 5_000, batch(&[b"third"], 3));
+    assert_eq!((error, base), (ErrorCode::NONE, 2));
+    assert_eq!(latest(leader_addr), 3);
+
+    // Resumed, it catches up and the leader adds it back.
+    nodes[lagging as usize].signal("-CONT");
+    wait_until("the follower back in the ISR", || {
+        partition_state(leader_addr).filter(|(_, isr)| isr.contains(&lagging))
+    });
+    let (error, base) = produce(leader_addr, ACKS_ALL, 5_000, batch(&[b"fourth"], 4));
+    assert_eq!((error, base), (ErrorCode::NONE, 3));
+    let (raw, hw) = raw_from(leader_addr, 0);
+    assert_eq!(hw, 4);
+    assert_same_log(&nodes, &raw);
+    stop_all(&mut nodes);
 }

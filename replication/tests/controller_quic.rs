@@ -448,6 +448,52 @@ fn a_quorum_elects_forwards_fails_over_fences_and_catches_up() {
     }
     assert!(cluster.live().iter().all(|n| n.view().applied >= index));
     assert!(cluster.node(leader).view().stats.forwards_served >= 1);
+
+    // A partition leader on a node that is not the active controller shrinks its ISR
+    // (AlterPartition, forwarded), is refused with a stale partition epoch or when it is
+    // not the leader, then expands the ISR back.
+    let (p, part) = orders
+        .partitions
+        .iter()
+        .enumerate()
+        .find(|(_, part)| part.leader != Some(leader))
+        .expect("a partition led by a follower of the quorum");
+    let p = p as u32;
+    let part_leader = part.leader.expect("leader");
+    let dropped = *part
+        .isr
+        .iter()
+        .find(|r| **r != part_leader)
+        .expect("another ISR member");
+    let alter = |node: NodeId, epochs: (u32, u32), isr: Vec<NodeId>| {
+        cluster.node(node).run(move |d| {
+            async move {
+                d.alter_partition("orders", p, epochs.0, epochs.1, isr)
+                    .await
+                    .map_err(|e| e.kafka_code())
+            }
+            .boxed_local()
+        })
+    };
+    let shrunk: Vec<NodeId> = part.isr.iter().copied().filter(|r| *r != dropped).collect();
+    let epochs = (part.leader_epoch, part.partition_epoch);
+    alter(part_leader, epochs, shrunk.clone()).expect("ISR shrink applied");
+    let state =
+        cluster.wait_converged("the shrunk ISR", Duration::from_secs(10), &[0, 1, 2], |s| {
+            s.topics["orders"].partitions[p as usize].isr == shrunk
+        });
+    let now = &state.topics["orders"].partitions[p as usize];
+    assert_eq!(now.partition_epoch, part.partition_epoch + 1);
+    assert_eq!(now.leader_epoch, part.leader_epoch);
+    // The old partition epoch: INVALID_UPDATE_VERSION (108).
+    assert_eq!(alter(part_leader, epochs, part.isr.clone()), Err(108));
+    // Not the leader: FENCED_LEADER_EPOCH (74).
+    let new_epochs = (now.leader_epoch, now.partition_epoch);
+    assert_eq!(alter(dropped, new_epochs, part.isr.clone()), Err(74));
+    alter(part_leader, new_epochs, part.isr.clone()).expect("ISR expand applied");
+    cluster.wait_converged("the ISR back", Duration::from_secs(10), &[0, 1, 2], |s| {
+        s.topics["orders"].partitions[p as usize].isr == part.isr
+    });
     let led_by_old: Vec<usize> = (0..6)
         .filter(|p| orders.partitions[*p].leader == Some(leader))
         .collect();

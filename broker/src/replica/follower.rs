@@ -12,18 +12,19 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{Either, select};
 use sluice_proto::protocol::ErrorCode;
-use sluice_proto::{Offset, peek_batch_length};
+use sluice_proto::{BatchHeader, Limits, Offset, peek_batch_length};
 use sluice_replication::NodeId;
 use sluice_replication::replica::{
     FetchPartition, FetchRequest, FetchResponse, FetchedPartition, REPLICA_FETCH_BYTES_MAX,
     REPLICA_FETCH_PARTITIONS_MAX,
 };
 use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, TransportError};
-use sluice_storage::LogError;
+use sluice_storage::{LogError, system_clock_ms};
 
 use super::{REPLICA_BACKOFF_MAX, REPLICA_BACKOFF_MIN, REPLICA_FETCH_WAIT_MS, Role};
 use crate::shard::Shard;
 use crate::shard::partition::Partition;
+use crate::shard::producer_state::ProducerStates;
 
 /// The leader shard a fetcher fetches from.
 pub(super) struct Target {
@@ -177,7 +178,7 @@ fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchReque
             leader_epoch: *epoch,
             fetch_offset: offsets.log_end.get(),
             durable_end: offsets.durable_end.get(),
-            last_fetched_epoch: p.log.latest_epoch(),
+            last_fetched_epoch: last_batch_epoch(&p, offsets.log_end),
         });
     }
     FetchRequest {
@@ -185,6 +186,32 @@ fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchReque
         max_bytes: REPLICA_FETCH_BYTES_MAX,
         partitions,
     }
+}
+
+/// After a truncation: the idempotent producers' state is read again from what is left.
+async fn rebuild_producers(p: &Partition) -> Result<bool, ()> {
+    match ProducerStates::rebuild(&p.log).await {
+        Ok(states) => {
+            *p.producers.borrow_mut() = states;
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::error!(topic = %p.topic, partition = p.index, error = %e,
+                "cannot rebuild the producer state after a truncation");
+            Err(())
+        }
+    }
+}
+
+/// The epoch of the last batch in the log (Kafka's lastFetchedEpoch): the latest cache entry
+/// that starts below the log end (an epoch this node led without appending holds no batch).
+fn last_batch_epoch(p: &Partition, log_end: Offset) -> Option<u32> {
+    p.log
+        .epoch_entries()
+        .iter()
+        .rev()
+        .find(|e| e.start_offset < log_end)
+        .map(|e| e.epoch)
 }
 
 /// Whether `p` still follows `leader` in `epoch`.
@@ -213,7 +240,7 @@ async fn apply(
             .truncate_fully_and_start_at(Offset(got.log_start))
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => rebuild_producers(p).await,
             Err(e) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot start over");
                 Err(())
@@ -226,16 +253,31 @@ async fn apply(
         return Err(());
     }
     if let Some(d) = got.diverging {
-        let end = p.log.offsets().log_end.get();
-        let to = d.end_offset.min(end);
+        let offsets = p.log.offsets();
+        let end = offsets.log_end.get();
+        // Kafka's rule: the leader's end of the epoch, capped by where this log's own copy of
+        // that epoch ends (the largest epoch here not newer than it; none: nothing is kept).
+        let own = p
+            .log
+            .end_offset_for_epoch(d.epoch)
+            .map_or(offsets.log_start.get(), |(_, own_end)| own_end.get());
+        let to = d.end_offset.min(end).min(own);
+        if to >= end {
+            // Nothing to cut, yet the leader says the logs diverge: fetching again at once
+            // would loop; back off until the leader or the view changes.
+            tracing::warn!(topic = %p.topic, partition = p.index, leader, epoch = d.epoch,
+                leader_end_offset = d.end_offset, log_end = end,
+                "the leader reports a divergence this log cannot cut; retrying later");
+            return Err(());
+        }
         tracing::warn!(topic = %p.topic, partition = p.index, leader, epoch = d.epoch,
             leader_end_offset = d.end_offset, log_end = end, truncate_to = to,
             "log diverges from the leader's; truncating");
         return match p.log.truncate_to(Offset(to)).await {
-            Ok(_) => Ok(true),
+            Ok(_) => rebuild_producers(p).await,
             Err(LogError::OffsetOutOfRange { .. }) => {
                 match p.log.truncate_fully_and_start_at(Offset(to)).await {
-                    Ok(()) => Ok(true),
+                    Ok(()) => rebuild_producers(p).await,
                     Err(e) => {
                         tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot truncate");
                         Err(())
@@ -265,8 +307,25 @@ async fn apply(
         if !follows(p, leader, asked.leader_epoch) {
             break;
         }
+        let header = match BatchHeader::parse(&batch, &Limits::DEFAULT) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, leader, error = %e,
+                    "bad batch header in a replica fetch answer");
+                return Err(());
+            }
+        };
         match p.log.append_replica(BytesMut::from(&batch[..])).await {
-            Ok(appended) => last = Some(appended.durable),
+            Ok(appended) => {
+                // Idempotent producers' state follows the log, so that this replica
+                // deduplicates retries as the leader did if it takes over.
+                p.producers.borrow_mut().record(
+                    &header,
+                    appended.base_offset.get(),
+                    system_clock_ms(),
+                );
+                last = Some(appended.durable);
+            }
             Err(e) => {
                 tracing::warn!(topic = %p.topic, partition = p.index, leader, error = %e,
                     "replica append refused; fetching again");

@@ -20,6 +20,7 @@ use sluice_replication::transport::{
 };
 
 use super::{FollowerProgress, Role, alter_isr, update_high_watermark};
+use crate::budget::Permit;
 use crate::shard::Shard;
 use crate::shard::partition::{Partition, log_error};
 
@@ -87,7 +88,8 @@ async fn serve_request(shard: Rc<Shard>, frame: Frame, responder: Responder) {
             return;
         }
     };
-    let response = fetch(&shard, follower, &request).await;
+    // The permit holds the answer's bytes in the shard's fetch budget until it is sent.
+    let (response, _permit) = fetch(&shard, follower, &request).await;
     if let Err(e) = responder
         .respond(FrameKind::ReplicaFetchResponse, response.encode())
         .await
@@ -97,17 +99,22 @@ async fn serve_request(shard: Rc<Shard>, frame: Frame, responder: Responder) {
 }
 
 /// Answers a fetch: one pass over the partitions, and when none has data, a long poll up to
-/// `max_wait_ms` and one more pass.
-async fn fetch(shard: &Rc<Shard>, follower: NodeId, request: &FetchRequest) -> FetchResponse {
+/// `max_wait_ms` and one more pass. Each pass reads under a permit of the shard's fetch
+/// budget (released while the request waits, so idle followers hold none); the last one is
+/// returned with the answer and held until it is sent.
+async fn fetch(
+    shard: &Rc<Shard>,
+    follower: NodeId,
+    request: &FetchRequest,
+) -> (FetchResponse, Permit) {
     let room = REPLICA_RESPONSE_BYTES_MAX.saturating_sub(response_overhead_max(
         request.partitions.iter().map(|p| p.topic.len()),
     ));
     let budget = (request.max_bytes as usize).min(room);
-    // The shard's fetch memory budget holds the records until the answer is sent.
-    let (_permit, _) = shard.fetch_budget.acquire(budget).await;
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
     let mut waited = false;
     loop {
+        let (permit, _) = shard.fetch_budget.acquire(budget).await;
         let mut waits: Vec<LocalBoxFuture<'static, ()>> = Vec::new();
         let mut used = 0usize;
         let mut out = Vec::with_capacity(request.partitions.len());
@@ -122,8 +129,9 @@ async fn fetch(shard: &Rc<Shard>, follower: NodeId, request: &FetchRequest) -> F
         }
         let now = Instant::now();
         if any || waited || waits.is_empty() || now >= deadline || shard.replication.stopped.get() {
-            return FetchResponse { partitions: out };
+            return (FetchResponse { partitions: out }, permit);
         }
+        drop(permit);
         waited = true;
         let _ = compio::time::timeout(deadline - now, select_all(waits)).await;
     }
@@ -220,9 +228,17 @@ async fn fetch_one(
                 end_offset: end.get(),
             }),
             Some(_) => None,
+            // The leader knows no epoch that old: everything the follower holds from where
+            // the leader's earliest epoch starts diverges.
             None => Some(Diverging {
                 epoch: e,
-                end_offset: offsets.log_start.get(),
+                end_offset: p
+                    .log
+                    .epoch_entries()
+                    .first()
+                    .map_or(offsets.log_end, |first| first.start_offset)
+                    .get()
+                    .max(offsets.log_start.get()),
             }),
         },
         None => None,

@@ -426,13 +426,14 @@ fn replica_addr(state: &ClusterState, broker: NodeId, shard: usize) -> Option<So
 /// every registered broker connect.
 async fn ensure_endpoint(shard: &Rc<Shard>, view: &ClusterView) {
     let repl = &shard.replication;
-    let Some(reg) = view.state.brokers.get(&view.me).map(|b| &b.registration) else {
+    let config = &shard.cluster.config;
+    let Some(me) = config.cluster.as_ref().and_then(|c| c.me(config.node_id)) else {
         return;
     };
-    let Some(port) = u16::try_from(usize::from(reg.peer_port) + 1 + shard.id).ok() else {
+    let Some(port) = u16::try_from(usize::from(me.port) + 1 + shard.id).ok() else {
         tracing::error!(
             shard = shard.id,
-            peer_port = reg.peer_port,
+            peer_port = me.port,
             "replication port out of range"
         );
         return;
@@ -467,7 +468,8 @@ async fn ensure_endpoint(shard: &Rc<Shard>, view: &ClusterView) {
         old.close();
     }
     repl.tasks.borrow_mut().clear();
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    // On the `--listen` IP, like the controller's endpoint.
+    let addr = SocketAddr::new(config.listen.ip(), port);
     match PeerEndpoint::bind(addr, &tls, &nodes).await {
         Ok(ep) => {
             tracing::info!(shard = shard.id, %addr, "replication endpoint listening");

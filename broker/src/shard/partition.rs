@@ -489,11 +489,7 @@ pub(crate) async fn watch(
                     seen,
                 )))
             } else {
-                Either::Right(
-                    p.log
-                        .durable_at(Offset(seen.saturating_add(1)))
-                        .map(|_| ()),
-                )
+                Either::Right(p.log.durable_at(Offset(seen.saturating_add(1))).map(|_| ()))
             })
         })
         .collect();
