@@ -233,11 +233,19 @@ async fn produce_round(brokers: &str, round: u64) {
         .await
         .expect("producer client");
     let producer = Producer::new(client, ProducerConfig::default());
+    let mut deliveries = Vec::new();
     for i in 0..PER_PARTITION {
         for p in 0..PARTITIONS {
             let record = ProducerRecord::new(TOPIC, format!("r{round}-{p}-{i}")).partition(p);
-            producer.send(record).await.expect("send");
+            deliveries.push((p, i, producer.send(record).await.expect("send")));
         }
+    }
+    for (p, i, delivery) in deliveries {
+        let acked = delivery.await;
+        assert!(
+            acked.is_ok(),
+            "round {round}: record {i} of partition {p}: {acked:?}"
+        );
     }
     producer.close().await.expect("close producer");
 }
