@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cli;
+pub mod cluster;
 pub mod netns;
 pub mod wire;
 
