@@ -2,7 +2,9 @@
 //! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups). Any shard accepts
 //! them: FindCoordinator is answered here; a request for one group goes to the group's
 //! coordinator shard (`ShardMsg::Group`); ListGroups asks every shard; DescribeGroups and
-//! DeleteGroups ask each group's coordinator.
+//! DeleteGroups ask each group's coordinator. In cluster mode FindCoordinator answers the
+//! node leading the group's `__consumer_offsets` partition, and the coordinator shard
+//! refuses groups this node does not coordinate (`NOT_COORDINATOR`).
 
 use std::rc::Rc;
 
@@ -171,6 +173,9 @@ fn find_coordinator(
             ..Default::default()
         };
     }
+    if shard.cluster.config.cluster.is_some() {
+        return find_in_cluster(shard, &request.group);
+    }
     let coordinator = group::coordinator_of(shard, &request.group);
     let address = &shard.cluster.shard_addresses[coordinator];
     FindCoordinatorResponse {
@@ -180,6 +185,43 @@ fn find_coordinator(
         shard: coordinator as u16,
         host: address.host.clone(),
         port: address.port,
+    }
+}
+
+/// Cluster mode: the node (and shard) leading the group's `__consumer_offsets` partition, or
+/// `COORDINATOR_NOT_AVAILABLE` (no view yet, no leader, or the offsets topic is being
+/// created: the first FindCoordinator asks the controller for it).
+fn find_in_cluster(shard: &Rc<Shard>, group: &str) -> FindCoordinatorResponse {
+    let not_available = |message: String| {
+        tracing::debug!(group, "no coordinator: {message}");
+        FindCoordinatorResponse {
+            error: ErrorCode::COORDINATOR_NOT_AVAILABLE,
+            message,
+            ..Default::default()
+        }
+    };
+    let view = shard.view.borrow().clone();
+    let Some(view) = view else {
+        return not_available("this broker has not joined the cluster yet".into());
+    };
+    match group::coordinator_in(&view, group) {
+        Ok(Some(c)) => FindCoordinatorResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            node_id: c.node,
+            shard: c.shard as u16,
+            host: c.host,
+            port: c.port,
+        },
+        Ok(None) => not_available(group::create_offsets_topic(shard, &view)),
+        Err((error, message)) => {
+            tracing::debug!(group, "no coordinator: {message}");
+            FindCoordinatorResponse {
+                error,
+                message,
+                ..Default::default()
+            }
+        }
     }
 }
 

@@ -355,6 +355,7 @@ pub(crate) async fn remove_partitions(shard: &Rc<Shard>, topic: &str, partitions
 
 async fn close_all(shard: &Rc<Shard>) -> bool {
     shard.background.borrow_mut().clear();
+    crate::group::cancel_loads(shard);
     shard.acceptors.borrow_mut().clear();
     let partitions: Vec<_> = shard
         .partitions
