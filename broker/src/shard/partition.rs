@@ -419,12 +419,16 @@ async fn fetch_one(
     // Consumers read below the high watermark (the durable end when the broker runs alone).
     let hw = crate::replica::visible_end(p);
     let start = offsets.log_start.get();
-    if part.offset < start || part.offset > hw {
+    // Out of range only outside the log itself (Kafka's rule): an offset between the high
+    // watermark and the log end exists here but is not committed yet, as on a new leader
+    // whose high watermark still lags its log end; it gets an empty answer, not a reset.
+    let end = offsets.log_end.get().max(hw);
+    if part.offset < start || part.offset > end {
         return empty_fetch(
             part.partition,
             ErrorCode::OFFSET_OUT_OF_RANGE,
             format!(
-                "offset {} is outside [{start}, {hw}] of {}/{}",
+                "offset {} is outside [{start}, {end}] of {}/{}",
                 part.offset, part.topic, part.partition
             ),
             hw,
@@ -432,7 +436,7 @@ async fn fetch_one(
         );
     }
     let budget = part.max_bytes.min(max_bytes.saturating_sub(*used));
-    if part.offset == hw || (budget == 0 && *used > 0) {
+    if part.offset >= hw || (budget == 0 && *used > 0) {
         return empty_fetch(part.partition, ErrorCode::NONE, String::new(), hw, start);
     }
     match p
