@@ -221,7 +221,7 @@ fn gaps_and_fenced_epochs_are_refused_and_the_partition_keeps_working() {
     let stale_init = init(&mut conn, pid, 0);
     assert_eq!(
         stale_init.error,
-        ErrorCode::PRODUCER_FENCED,
+        ErrorCode::INVALID_PRODUCER_EPOCH,
         "{}",
         stale_init.message
     );

@@ -17,6 +17,16 @@
 //!   flight, and an attempt starts at least [`ClientConfig::retry_backoff`] after the previous
 //!   one ended, however many callers ask: requests made while one is waiting or in flight
 //!   are covered by the next attempt.
+//! - Admin retries: topic admin calls (create, delete, describe, list) are retried within
+//!   [`ClientConfig::admin_timeout`] on a retriable answer (`NOT_CONTROLLER`,
+//!   `REQUEST_TIMED_OUT`, `LEADER_NOT_AVAILABLE`, ...: in the response header or as the
+//!   topic's own result) and on a dead or silent connection, `retry_backoff` apart. After a
+//!   dead connection or `NOT_CONTROLLER` the next attempt goes to another broker (the
+//!   current one, those the metadata names, then the bootstrap list: any live one serves
+//!   it). A retried create or delete is not idempotent on the broker: if the attempt whose
+//!   answer was lost had succeeded, the retry answers `TOPIC_ALREADY_EXISTS` (create) or
+//!   `UNKNOWN_TOPIC_OR_PARTITION` (delete), and that is what the call returns (as Kafka's
+//!   admin client does): the caller cannot tell "I created it" from "it existed".
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -196,7 +206,15 @@ impl Client {
             }],
             validate_only: false,
         };
-        let response: CreateTopicsResponse = self.admin(ApiKey::CreateTopics, &request).await?;
+        let response: CreateTopicsResponse = self
+            .admin_retrying(
+                ApiKey::CreateTopics,
+                &request,
+                |r: &CreateTopicsResponse| {
+                    topic_code(r.topics.iter().map(|t| (&t.name, t.error)), name)
+                },
+            )
+            .await?;
         self.forget_topic(name);
         topic_result(
             response
@@ -212,7 +230,15 @@ impl Client {
         let request = DeleteTopicsRequest {
             names: vec![name.to_owned()],
         };
-        let response: DeleteTopicsResponse = self.admin(ApiKey::DeleteTopics, &request).await?;
+        let response: DeleteTopicsResponse = self
+            .admin_retrying(
+                ApiKey::DeleteTopics,
+                &request,
+                |r: &DeleteTopicsResponse| {
+                    topic_code(r.topics.iter().map(|t| (&t.name, t.error)), name)
+                },
+            )
+            .await?;
         self.forget_topic(name);
         topic_result(
             response
@@ -226,7 +252,9 @@ impl Client {
     /// Every topic with its partition count.
     pub async fn list_topics(&self) -> Result<Vec<TopicListing>, ClientError> {
         let response: ListTopicsResponse = self
-            .admin(ApiKey::ListTopics, &ListTopicsRequest {})
+            .admin_retrying(ApiKey::ListTopics, &ListTopicsRequest {}, |_| {
+                ErrorCode::NONE
+            })
             .await?;
         Ok(response.topics)
     }
@@ -236,7 +264,15 @@ impl Client {
         let request = DescribeTopicsRequest {
             names: Some(vec![name.to_owned()]),
         };
-        let response: DescribeTopicsResponse = self.admin(ApiKey::DescribeTopics, &request).await?;
+        let response: DescribeTopicsResponse = self
+            .admin_retrying(
+                ApiKey::DescribeTopics,
+                &request,
+                |r: &DescribeTopicsResponse| {
+                    topic_code(r.topics.iter().map(|t| (&t.name, t.error)), name)
+                },
+            )
+            .await?;
         let Some(topic) = response.topics.into_iter().find(|t| t.name == name) else {
             return Err(ClientError::UnknownTopic {
                 topic: name.to_owned(),
@@ -340,17 +376,88 @@ impl Client {
         self.admin_at(api, body).await.map(|(_, response)| response)
     }
 
+    /// Sends a topic admin request, retrying (see the module docs) within
+    /// [`ClientConfig::admin_timeout`] while the request fails retriably or `code_of` (the
+    /// request's own result in the response) is retriable. Gives the last answer whose
+    /// result is final (success or not), else the last error, or a timeout naming it.
+    pub(crate) async fn admin_retrying<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        body: &Req,
+        code_of: impl Fn(&Resp) -> ErrorCode,
+    ) -> Result<Resp, ClientError> {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let deadline = started + config.admin_timeout;
+        let mut attempt = 1u32;
+        loop {
+            let timeout = config
+                .request_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let error = match self.admin_within(api, body, timeout).await {
+                Ok((addr, response)) => {
+                    let code = code_of(&response);
+                    if !code.is_retriable() {
+                        return Ok(response);
+                    }
+                    if code == ErrorCode::NOT_CONTROLLER {
+                        self.avoid(&addr);
+                    }
+                    ClientError::Broker {
+                        code,
+                        message: format!("{} answered by {addr}", api.spec().name),
+                    }
+                }
+                Err(e) if e.is_retriable() => {
+                    if let ClientError::Broker {
+                        code: ErrorCode::NOT_CONTROLLER,
+                        ..
+                    } = e
+                    {
+                        self.avoid(&self.current_addr());
+                    }
+                    e
+                }
+                Err(e) => return Err(e),
+            };
+            if Instant::now() + config.retry_backoff >= deadline {
+                tracing::warn!(api = api.spec().name, attempt, %error, "admin call gave up");
+                if attempt == 1 {
+                    return Err(error);
+                }
+                return Err(ClientError::Timeout {
+                    what: format!(
+                        "{} ({attempt} attempts; the last failed: {error})",
+                        api.spec().name
+                    ),
+                    after_ms: millis_u64(started.elapsed()),
+                });
+            }
+            tracing::debug!(api = api.spec().name, attempt, %error, "admin call will retry");
+            attempt += 1;
+            tokio::time::sleep(config.retry_backoff).await;
+        }
+    }
+
     /// Like [`Client::admin`], also naming the broker that answered.
     async fn admin_at<Req: Wire, Resp: Wire>(
         &self,
         api: ApiKey,
         body: &Req,
     ) -> Result<(String, Resp), ClientError> {
-        let (addr, conn) = self.any_broker().await?;
-        match conn
-            .call(api, body, self.inner.config.request_timeout)
+        self.admin_within(api, body, self.inner.config.request_timeout)
             .await
-        {
+    }
+
+    /// Like [`Client::admin_at`], waiting at most `timeout` for the answer.
+    async fn admin_within<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<(String, Resp), ClientError> {
+        let (addr, conn) = self.any_broker().await?;
+        match conn.call(api, body, timeout).await {
             Ok(response) => Ok((addr, response)),
             Err(e) => {
                 if e.is_connection_failure() {
@@ -726,6 +833,17 @@ async fn refresh_loop(weak: Weak<ClientInner>, wake: Arc<Notify>) {
             error: result.err(),
         });
     }
+}
+
+/// The error code for `name` among per-topic admin results (`NONE` if it has none: the
+/// caller reports the missing result).
+fn topic_code<'a>(
+    mut results: impl Iterator<Item = (&'a String, ErrorCode)>,
+    name: &str,
+) -> ErrorCode {
+    results
+        .find(|(n, _)| n.as_str() == name)
+        .map_or(ErrorCode::NONE, |(_, code)| code)
 }
 
 /// The outcome for `name` among per-topic admin results.

@@ -27,12 +27,17 @@ pub struct ClientConfig {
     /// Kafka's `metadata.max.age.ms`: the metadata is refreshed at least this often even
     /// without errors, so leader moves are seen by an idle client too.
     pub metadata_max_age: Duration,
+    /// Kafka's `default.api.timeout.ms`: the longest a topic admin call (create, delete,
+    /// describe, list) takes in all, retries included (each attempt still waits at most
+    /// `request_timeout`).
+    pub admin_timeout: Duration,
 }
 
 impl ClientConfig {
     /// A config for `brokers` given as `"host:port[,host:port]..."`, with defaults: client id
     /// `sluice-client`, 30 s request timeout, 10 s connect timeout, shard aware, 100 ms retry
-    /// backoff, metadata refreshed at least every 300 s (Kafka's defaults).
+    /// backoff, metadata refreshed at least every 300 s, 60 s for an admin call with its
+    /// retries (Kafka's defaults).
     pub fn new(brokers: &str) -> Self {
         ClientConfig {
             brokers: brokers
@@ -47,6 +52,7 @@ impl ClientConfig {
             shard_aware: true,
             retry_backoff: Duration::from_millis(100),
             metadata_max_age: Duration::from_secs(300),
+            admin_timeout: Duration::from_secs(60),
         }
     }
 
@@ -67,9 +73,9 @@ impl ClientConfig {
                 "request_timeout and connect_timeout must be above zero".into(),
             ));
         }
-        if self.metadata_max_age.is_zero() {
+        if self.metadata_max_age.is_zero() || self.admin_timeout.is_zero() {
             return Err(ClientError::InvalidConfig(
-                "metadata_max_age must be above zero".into(),
+                "metadata_max_age and admin_timeout must be above zero".into(),
             ));
         }
         Ok(())

@@ -45,8 +45,9 @@ pub enum ClientError {
         message: String,
     },
     /// The broker saw a gap in the idempotent producer's sequence numbers for a partition
-    /// (a batch that was neither written nor retried, for instance one that failed for good).
-    /// Fatal for the producer: ordering can no longer be guaranteed; create a new producer.
+    /// (a batch before it failed for good, or the broker lost the producer's state). The
+    /// batch was not written. The producer bumps its epoch and goes on (KIP-360): later
+    /// sends work; this batch's records are failed, resend them if they must be written.
     #[error("out-of-order sequence for {topic}/{partition}: {message}")]
     OutOfOrderSequence {
         /// The topic.
@@ -55,6 +56,27 @@ pub enum ClientError {
         partition: u32,
         /// The broker's explanation.
         message: String,
+    },
+    /// The batch was sent under an epoch the idempotent producer then had to abandon (an
+    /// earlier batch timed out or failed after it was sent, so its sequence is unresolved),
+    /// and it had not been acknowledged: it may or may not have been written. It is not
+    /// resent under the new epoch (that could write it twice); resend it if duplicates are
+    /// acceptable. The producer itself goes on with the bumped epoch.
+    #[error(
+        "batch to {topic}/{partition} abandoned by an epoch bump of producer {producer_id} \
+         (epoch {epoch}); it may or may not have been written: {reason}"
+    )]
+    EpochBumped {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The producer id the batch was sent with.
+        producer_id: i64,
+        /// The abandoned epoch the batch was sent with.
+        epoch: i16,
+        /// Why the epoch was bumped, and this batch's last error if it had one.
+        reason: String,
     },
     /// The topic does not exist.
     #[error("unknown topic '{topic}'")]

@@ -73,6 +73,8 @@ async fn silent_request_times_out_and_the_connection_is_replaced() {
     let (addr, accepted) = fake_broker(true).await;
     let mut config = ClientConfig::new(&addr);
     config.request_timeout = Duration::from_millis(300);
+    // One attempt per admin call (admin calls retry within admin_timeout).
+    config.admin_timeout = Duration::from_millis(300);
     let client = Client::connect(config).await.expect("handshake answered");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 

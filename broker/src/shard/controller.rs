@@ -443,7 +443,8 @@ pub(crate) fn init_producer_id(
 ) -> InitProducerIdResponse {
     let mut ids = shard.producer_ids.borrow_mut();
     if ids.is_none() {
-        match ProducerIds::load(&shard.cluster.config.data_dir) {
+        let config = &shard.cluster.config;
+        match ProducerIds::load(&config.data_dir, config.node_id) {
             Ok(loaded) => {
                 tracing::info!(next = loaded.high_mark(), "producer id allocator loaded");
                 *ids = Some(loaded);
@@ -459,5 +460,6 @@ pub(crate) fn init_producer_id(
             }
         }
     }
-    ids.as_mut().expect("loaded above").init(request)
+    let cluster = shard.view.borrow().is_some();
+    ids.as_mut().expect("loaded above").init(request, cluster)
 }

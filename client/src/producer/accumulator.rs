@@ -11,6 +11,15 @@
 //! retry sends exactly the same batch, and a retried batch goes back into its queue in
 //! order. Retries are sent one at a time, each only when nothing else of its partition is
 //! in flight, so after a leader move the new leader gets them in sequence order.
+//!
+//! Epoch bump (KIP-360): when a stamped batch fails for good (delivery timeout, retries
+//! used up, a refusal) its sequence is unresolved: the partition's next batch would meet a
+//! gap, or the batch may be in the log. [`Accumulator::begin_bump`] then stops sending;
+//! stamped batches still queued fail with [`ClientError::EpochBumped`], those in flight
+//! settle (acknowledged, or failed with that error, never retried); once none is left
+//! ([`Accumulator::ready_to_bump`]) the sender asks InitProducerId for epoch + 1 and
+//! [`Accumulator::install_identity`] restarts every partition at sequence 0. Batches never
+//! sent are stamped with the new epoch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
@@ -59,6 +68,8 @@ pub(crate) struct ReadyBatch {
     pub(crate) seq: u64,
     /// Idempotent: the batch's base record sequence, once stamped.
     pub(crate) sequence: Option<i32>,
+    /// Idempotent: the identity the batch was stamped with.
+    pub(crate) stamped_with: Option<ProducerIdentity>,
 }
 
 impl ReadyBatch {
@@ -161,8 +172,10 @@ pub(crate) struct Accumulator {
     closed: bool,
     /// Idempotent: the identity batches are stamped with; nothing is sent until it is known.
     pub(crate) identity: Option<ProducerIdentity>,
-    /// A fatal error (fenced, sequence gap): every queued batch and later send fails with it.
+    /// A fatal error (fenced): every queued batch and later send fails with it.
     pub(crate) fatal: Option<ClientError>,
+    /// Idempotent: why the epoch must be bumped, while a bump is pending (nothing is sent).
+    pub(crate) bump: Option<String>,
 }
 
 impl Accumulator {
@@ -176,7 +189,46 @@ impl Accumulator {
             closed: false,
             identity: None,
             fatal: None,
+            bump: None,
         }
+    }
+
+    /// A stamped batch failed for good: its sequence is unresolved, so the epoch must be
+    /// bumped (see the module docs). Nothing is sent until it is. No-op without an identity,
+    /// after a fatal error, or while a bump is already pending.
+    pub(crate) fn begin_bump(&mut self, reason: String) {
+        if self.identity.is_none() || self.fatal.is_some() || self.bump.is_some() {
+            return;
+        }
+        tracing::warn!(%reason, "idempotent producer will bump its epoch");
+        self.bump = Some(reason);
+    }
+
+    /// Whether a bump is pending and no batch stamped with the old epoch is left.
+    pub(crate) fn ready_to_bump(&self) -> bool {
+        self.bump.is_some() && self.partitions.values().all(|q| q.stamped.is_empty())
+    }
+
+    /// Takes the identity from InitProducerId. After a bump (a previous identity): every
+    /// partition starts again at sequence 0 and sending resumes.
+    pub(crate) fn install_identity(&mut self, identity: ProducerIdentity) {
+        if self.identity.is_some() {
+            for q in self.partitions.values_mut() {
+                q.next_sequence = 0;
+                q.retry_in_flight = None;
+            }
+        }
+        self.identity = Some(identity);
+        self.bump = None;
+    }
+
+    /// The error for a stamped batch abandoned by a pending bump.
+    pub(crate) fn bump_error(
+        &self,
+        batch: &ReadyBatch,
+        cause: Option<&ClientError>,
+    ) -> ClientError {
+        bump_error(self.bump.as_deref(), batch, cause)
     }
 
     /// The partition keyless records of `topic` stick to now.
@@ -309,6 +361,7 @@ impl Accumulator {
                 _memory: open.memory,
                 seq: open.seq,
                 sequence: None,
+                stamped_with: None,
             }),
             Err(e) => {
                 let error = ClientError::Build(e);
@@ -356,7 +409,7 @@ impl Accumulator {
             self.close_open(tp);
         }
         let delivery_timeout_ms = millis_u64(self.config.delivery_timeout);
-        for q in self.partitions.values_mut() {
+        for (tp, q) in self.partitions.iter_mut() {
             if let Some(open) = &q.open {
                 wake_at(&mut out.next_wake, open.created + linger);
             }
@@ -367,9 +420,30 @@ impl Accumulator {
                     out.failed.push(batch.fail(fatal));
                     continue;
                 }
+                if self.bump.is_some() && front.sequence.is_some() {
+                    // Sent under the epoch being abandoned: never resent under the new one.
+                    let batch = q.ready.pop_front().expect("front exists");
+                    q.stamped.remove(&batch.seq);
+                    let error = bump_error(self.bump.as_deref(), &batch, batch.last_error.as_ref());
+                    out.failed.push(batch.fail(&error));
+                    continue;
+                }
                 if now >= front.deadline {
                     let batch = q.ready.pop_front().expect("front exists");
                     q.stamped.remove(&batch.seq);
+                    if batch.sequence.is_some()
+                        && self.identity.is_some()
+                        && self.fatal.is_none()
+                        && self.bump.is_none()
+                    {
+                        let reason = format!(
+                            "delivery of a sent batch of {} records to {tp} timed out after \
+                             {delivery_timeout_ms} ms: its sequence is unresolved",
+                            batch.record_count()
+                        );
+                        tracing::warn!(%reason, "idempotent producer will bump its epoch");
+                        self.bump = Some(reason);
+                    }
                     let error = batch.last_error.clone().unwrap_or(ClientError::Timeout {
                         what: format!(
                             "delivery of {} records to {}",
@@ -381,7 +455,7 @@ impl Accumulator {
                     out.failed.push(batch.fail(&error));
                     continue;
                 }
-                if q.in_flight >= max_in_flight || !can_send {
+                if q.in_flight >= max_in_flight || !can_send || self.bump.is_some() {
                     wake_at(&mut out.next_wake, front.deadline);
                     break;
                 }
@@ -413,6 +487,7 @@ impl Accumulator {
                     stamp_producer(&mut bytes, identity.id, identity.epoch, sequence);
                     batch.bytes = bytes.freeze();
                     batch.sequence = Some(sequence);
+                    batch.stamped_with = Some(identity);
                     q.stamped.insert(batch.seq);
                 }
                 if retry {
@@ -493,6 +568,25 @@ impl Accumulator {
     #[cfg(test)]
     fn linger(&self) -> std::time::Duration {
         self.config.linger
+    }
+}
+
+fn bump_error(
+    reason: Option<&str>,
+    batch: &ReadyBatch,
+    cause: Option<&ClientError>,
+) -> ClientError {
+    let identity = batch.stamped_with;
+    let reason = reason.unwrap_or("the epoch was bumped");
+    ClientError::EpochBumped {
+        topic: batch.tp.topic.clone(),
+        partition: batch.tp.partition,
+        producer_id: identity.map_or(-1, |i| i.id),
+        epoch: identity.map_or(-1, |i| i.epoch),
+        reason: match cause {
+            Some(cause) => format!("{reason} (this batch's last error: {cause})"),
+            None => reason.to_owned(),
+        },
     }
 }
 
@@ -716,5 +810,86 @@ mod tests {
             Some(Err(ClientError::Timeout { .. })) => {}
             other => panic!("expected a timeout, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_bump_abandons_old_epoch_batches_and_restarts_sequences() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(ProducerConfig {
+            max_in_flight_per_partition: 5,
+            ..config(100)
+        });
+        let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let now = Instant::now();
+        acc.identity = Some(ProducerIdentity { id: 4, epoch: 0 });
+        let mut futures = Vec::new();
+        for tp in [&t0, &t0, &t1] {
+            let record = ProducerRecord::new("t", vec![1u8; 200]);
+            let (f, _) = acc
+                .append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .expect("append");
+            futures.push(f);
+        }
+        let sent = acc.drain(now, true).send;
+        assert_eq!(sent.len(), 3);
+        let mut sent = sent.into_iter();
+        let (a, mut b, c) = (
+            sent.next().expect("a"),
+            sent.next().expect("b"),
+            sent.next().expect("c"),
+        );
+        // `a` timed out for good: a bump is due; `b` came back with a retriable error and is
+        // queued; `c` is still in flight.
+        let a_seq = a.seq;
+        let _ = a.fail(&ClientError::Closed);
+        acc.finished(&t0, a_seq);
+        acc.begin_bump("a timed out".into());
+        b.schedule_retry(ClientError::Closed, acc.config(), now)
+            .expect("retry allowed");
+        acc.requeue(b);
+        // A record appended meanwhile waits for the new epoch.
+        let (mut later, _) = acc
+            .append(
+                t0.clone(),
+                &ProducerRecord::new("t", vec![2u8; 200]),
+                1,
+                permit(&sem, 1),
+                now,
+            )
+            .expect("append");
+        let drained = acc.drain(now + Duration::from_secs(1), true);
+        assert!(
+            drained.send.is_empty(),
+            "nothing is sent while a bump is pending"
+        );
+        assert_eq!(drained.failed.len(), 1, "the queued old-epoch retry fails");
+        match futures[1].rx_try() {
+            Some(Err(ClientError::EpochBumped {
+                producer_id: 4,
+                epoch: 0,
+                reason,
+                ..
+            })) => {
+                assert!(reason.contains("a timed out"), "{reason}")
+            }
+            other => panic!("expected EpochBumped, got {other:?}"),
+        }
+        assert!(!acc.ready_to_bump(), "c is still in flight");
+        let c_seq = c.complete(Some(9));
+        acc.finished(&t1, c_seq);
+        assert!(acc.ready_to_bump());
+        acc.install_identity(ProducerIdentity { id: 4, epoch: 1 });
+        let sent = acc.drain(now + Duration::from_secs(2), true).send;
+        assert_eq!(sent.len(), 1);
+        let h = sluice_proto::BatchHeader::parse(&sent[0].bytes, &Limits::DEFAULT).expect("header");
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (4, 1, 0)
+        );
+        let tp = sent[0].tp.clone();
+        let seq = sent.into_iter().next().expect("one").complete(Some(10));
+        acc.finished(&tp, seq);
+        assert!(matches!(later.rx_try(), Some(Ok(_))));
+        assert!(acc.is_idle());
     }
 }

@@ -8,13 +8,21 @@
 //! Idempotence (on by default with acks=all): the sender gets a producer id and epoch
 //! (InitProducerId) before its first send, and stamps each partition's batches with
 //! consecutive sequence numbers; the broker answers a retried batch it already wrote with
-//! the original offset. Policy for the producer errors: a sequence gap behind a batch that
-//! is being retried is resent in order; any other `OUT_OF_ORDER_SEQUENCE_NUMBER` and a
-//! fenced epoch (`PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`) are fatal: the batch and every
-//! later send fail with [`ClientError::OutOfOrderSequence`] / [`ClientError::ProducerFenced`].
-//! A batch that fails for good after it was stamped (delivery timeout, a non-retriable
-//! error) leaves a gap, so the partition's next batch then fails that way too (Kafka 2.5+
-//! bumps the epoch instead; not done here).
+//! the original offset. Policy for the producer errors:
+//! - a sequence gap (`OUT_OF_ORDER_SEQUENCE_NUMBER`) behind a batch that is being retried:
+//!   the batch is resent in order behind it;
+//! - a batch that fails for good after it was sent (delivery timeout, retries used up, a
+//!   refusal, `OUT_OF_ORDER_SEQUENCE_NUMBER` with nothing before it being retried,
+//!   `UNKNOWN_PRODUCER_ID`) leaves its sequence unresolved. As Kafka does since KIP-360,
+//!   the producer bumps its epoch: it stops sending, lets the batches in flight settle,
+//!   fails the ones sent under the old epoch that were not acknowledged with
+//!   [`ClientError::EpochBumped`] (they may be in the log, so they are never resent under
+//!   the new epoch), asks InitProducerId for its id with epoch + 1 (a new id if the broker
+//!   refuses the bump), restarts every partition at sequence 0 and goes on. The failed
+//!   batch gets its own error ([`ClientError::Timeout`], [`ClientError::OutOfOrderSequence`],
+//!   ...). Records sent afterwards are written exactly once;
+//! - a fenced epoch (`PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH` on a produce) is fatal: the
+//!   batch and every later send fail with [`ClientError::ProducerFenced`].
 
 mod accumulator;
 mod config;

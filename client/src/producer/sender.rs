@@ -27,19 +27,32 @@ pub(crate) async fn run(shared: Arc<ProducerShared>) {
     let idempotent = shared.config.is_idempotent();
     let mut next_init = Instant::now();
     loop {
-        let wants_identity = idempotent && {
+        let (wants_identity, current) = if idempotent {
             let acc = shared.lock();
-            acc.identity.is_none() && acc.fatal.is_none() && !acc.is_idle()
+            let wants = (acc.identity.is_none() || acc.ready_to_bump())
+                && acc.fatal.is_none()
+                && !acc.is_idle();
+            (wants, acc.identity)
+        } else {
+            (false, None)
         };
         if wants_identity && Instant::now() >= next_init {
-            match init_identity(&shared).await {
+            match init_identity(&shared, current).await {
                 Ok(identity) => {
-                    tracing::debug!(
-                        producer_id = identity.id,
-                        epoch = identity.epoch,
-                        "idempotent producer ready"
-                    );
-                    shared.lock().identity = Some(identity);
+                    if current.is_some() {
+                        tracing::info!(
+                            producer_id = identity.id,
+                            epoch = identity.epoch,
+                            "idempotent producer epoch bumped; sequences restart at 0"
+                        );
+                    } else {
+                        tracing::debug!(
+                            producer_id = identity.id,
+                            epoch = identity.epoch,
+                            "idempotent producer ready"
+                        );
+                    }
+                    shared.lock().install_identity(identity);
                 }
                 Err(e) if e.is_retriable() => {
                     tracing::debug!(error = %e, "InitProducerId failed; will retry");
@@ -53,16 +66,29 @@ pub(crate) async fn run(shared: Arc<ProducerShared>) {
         }
         let (mut drained, done) = {
             let mut acc = shared.lock();
-            let can_send = !idempotent || acc.identity.is_some() || acc.fatal.is_some();
+            let can_send = !idempotent
+                || (acc.identity.is_some() && acc.bump.is_none())
+                || acc.fatal.is_some();
             let drained = acc.drain(Instant::now(), can_send);
             let done = acc.is_closed() && acc.is_idle();
             (drained, done)
         };
-        if wants_identity && shared.lock().identity.is_none() {
+        let still_waiting = {
+            let acc = shared.lock();
+            acc.identity.is_none() || acc.ready_to_bump()
+        };
+        if wants_identity && still_waiting {
             drained.next_wake = Some(drained.next_wake.map_or(next_init, |w| w.min(next_init)));
         }
         if !drained.failed.is_empty() {
             shared.publish_progress();
+        }
+        if idempotent && !wants_identity && drained.send.is_empty() {
+            // A delivery timeout in `drain` may have made a bump due: go round to start it.
+            let acc = shared.lock();
+            if acc.ready_to_bump() && acc.fatal.is_none() && !acc.is_idle() {
+                continue;
+            }
         }
         if done {
             break;
@@ -87,12 +113,39 @@ pub(crate) async fn run(shared: Arc<ProducerShared>) {
     tracing::debug!("producer sender stopped");
 }
 
-/// Asks the broker for a producer id and epoch.
-async fn init_identity(shared: &ProducerShared) -> Result<ProducerIdentity, ClientError> {
+/// Asks the broker for a producer id and epoch: a fresh one, or with `current` the bump of
+/// its epoch. A bump the broker refuses (the epoch is stale, for instance because the answer
+/// to an earlier bump was lost; the id is unknown; the broker restarted without it) falls
+/// back to a fresh id, which is as safe: no partition has state for it.
+async fn init_identity(
+    shared: &ProducerShared,
+    current: Option<ProducerIdentity>,
+) -> Result<ProducerIdentity, ClientError> {
+    if let Some(current) = current {
+        match init_once(shared, current.id, current.epoch).await {
+            Err(e) if !e.is_retriable() => {
+                tracing::info!(
+                    producer_id = current.id,
+                    epoch = current.epoch,
+                    error = %e,
+                    "epoch bump refused; asking for a new producer id"
+                );
+            }
+            other => return other,
+        }
+    }
+    init_once(shared, NO_PRODUCER_ID, NO_PRODUCER_EPOCH).await
+}
+
+async fn init_once(
+    shared: &ProducerShared,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<ProducerIdentity, ClientError> {
     let request = InitProducerIdRequest {
         transactional_id: None,
-        producer_id: NO_PRODUCER_ID,
-        producer_epoch: NO_PRODUCER_EPOCH,
+        producer_id,
+        producer_epoch,
     };
     let response: InitProducerIdResponse = shared
         .client
@@ -322,6 +375,13 @@ fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: Cl
         // in the usual case; a retry to the old leader just fails the same way again.
         shared.client.request_metadata_refresh();
     }
+    if batch.sequence.is_some() && shared.lock().bump.is_some() {
+        // Sent under the epoch being abandoned: it may be in the log, so it is never resent
+        // under the new one, and the old one is over.
+        let error = shared.lock().bump_error(&batch, Some(&error));
+        fail(shared, batch, &error);
+        return;
+    }
     if let ClientError::OutOfOrderSequence { .. } = error
         && shared.lock().earlier_unfinished(&batch.tp, batch.seq)
     {
@@ -335,10 +395,7 @@ fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: Cl
         }
         return;
     }
-    if matches!(
-        error,
-        ClientError::ProducerFenced { .. } | ClientError::OutOfOrderSequence { .. }
-    ) {
+    if let ClientError::ProducerFenced { .. } = error {
         tracing::warn!(tp = %batch.tp, %error, "idempotent producer stopped by a fatal error");
         shared.lock().fatal.get_or_insert_with(|| error.clone());
         fail(shared, batch, &error);
@@ -360,9 +417,22 @@ fn settle_failure(shared: &Arc<ProducerShared>, mut batch: ReadyBatch, error: Cl
     }
 }
 
+/// Fails a batch for good. A stamped batch leaves its sequence unresolved (a gap, or
+/// records that may be in the log): the epoch is bumped (a no-op if a bump is already
+/// pending or the producer is fenced). This covers delivery timeouts, used-up retries,
+/// `OUT_OF_ORDER_SEQUENCE_NUMBER` without an earlier batch being retried, and
+/// `UNKNOWN_PRODUCER_ID`.
 fn fail(shared: &Arc<ProducerShared>, batch: ReadyBatch, error: &ClientError) {
     tracing::debug!(tp = %batch.tp, records = batch.record_count(), %error, "produce failed");
     let tp = batch.tp.clone();
+    let records = batch.record_count();
+    let stamped = batch.sequence.is_some();
     let seq = batch.fail(error);
-    shared.lock().finished(&tp, seq);
+    let mut acc = shared.lock();
+    acc.finished(&tp, seq);
+    if stamped {
+        acc.begin_bump(format!(
+            "a sent batch of {records} records to {tp} failed for good: {error}"
+        ));
+    }
 }
