@@ -8,15 +8,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use common::cli::run_sluice;
+use common::cluster::{Cluster, ClusterOptions};
 use common::wire::Conn;
-use common::{Broker, sluice_bin};
 use sluice_proto::protocol::{ErrorCode, MetadataResponse};
 
 /// Shards per broker.
@@ -24,79 +22,8 @@ const SHARDS: usize = 2;
 /// Longest wait for the cluster to reach a state (elections, heartbeats, the 9 s session).
 const SETTLE: Duration = Duration::from_secs(40);
 
-/// A UDP port `p` with `p + 1 ..= p + 1 + SHARDS` free as well (the replication endpoints).
-fn free_peer_port() -> u16 {
-    for _ in 0..100 {
-        let first = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = first.local_addr().expect("addr").port();
-        if usize::from(port) + 2 + SHARDS > usize::from(u16::MAX) {
-            continue;
-        }
-        let rest: Result<Vec<UdpSocket>, _> = (1..=1 + SHARDS as u16)
-            .map(|i| UdpSocket::bind(("127.0.0.1", port + i)))
-            .collect();
-        if rest.is_ok() {
-            return port;
-        }
-    }
-    panic!("no free UDP port range");
-}
-
-struct Node {
-    id: u32,
-    data_dir: PathBuf,
-    log: PathBuf,
-    broker: Option<Broker>,
-}
-
-impl Node {
-    fn addr(&self) -> SocketAddr {
-        self.broker.as_ref().expect("running").addr
-    }
-}
-
-fn spawn_node(root: &Path, id: u32, cluster: &str, certs: &Path) -> Node {
-    let data_dir = root.join(format!("node-{id}"));
-    let log = root.join(format!("node-{id}.log"));
-    let child = Command::new(sluice_bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
-        .args(["--shards", &SHARDS.to_string()])
-        .args(["--node-id", &id.to_string(), "--cluster", cluster])
-        .arg("--cert-dir")
-        .arg(certs)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn sluice serve");
-    let broker = Broker::await_listening(
-        child,
-        &data_dir,
-        SHARDS,
-        &format!("node {id}"),
-        Duration::from_secs(60),
-    );
-    Node {
-        id,
-        data_dir,
-        log,
-        broker: Some(broker),
-    }
-}
-
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    common::cluster::wait_until(what, SETTLE, f)
 }
 
 fn metadata(addr: SocketAddr) -> MetadataResponse {
@@ -108,10 +35,10 @@ fn broker_ids(m: &MetadataResponse) -> BTreeSet<u32> {
 }
 
 /// The active controller as the logs last name it (the line with the highest term).
-fn controller_leader(nodes: &[Node]) -> Option<u32> {
+fn controller_leader(c: &Cluster) -> Option<u32> {
     let mut best: Option<(u64, u32)> = None;
-    for node in nodes.iter().filter(|n| n.broker.is_some()) {
-        let text = std::fs::read_to_string(&node.log).expect("read log");
+    for node in &c.nodes {
+        let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
         for line in text
             .lines()
             .filter(|l| l.contains("active controller changed"))
@@ -180,42 +107,19 @@ fn partition_dirs(data_dir: &Path, topic: &str) -> BTreeSet<u32> {
 
 #[test]
 fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill() {
-    let root = tempfile::tempdir().expect("tempdir");
-    if std::env::var_os("SLUICE_KEEP_TEST_DIR").is_some() {
-        eprintln!("test dir: {}", root.path().display());
-    }
-    let certs = root.path().join("certs");
-    let made = run_sluice(
-        &[
-            "cert",
-            "dev",
-            "--dir",
-            certs.to_str().expect("utf-8"),
-            "--nodes",
-            "0,1,2",
-        ],
-        None,
-    );
-    assert_eq!(made.code, 0, "cert dev: {}", made.stderr);
-    let ports: Vec<u16> = (0..3).map(|_| free_peer_port()).collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|id| spawn_node(root.path(), id, &cluster, &certs))
-        .collect();
+    let mut c = Cluster::start(ClusterOptions {
+        shards: SHARDS,
+        ..ClusterOptions::new(3)
+    });
 
     // The quorum forms and every broker registers and is unfenced: each node lists all three,
     // with their client addresses and every shard's.
-    for node in &nodes {
+    for node in &c.nodes {
         let m = wait_until(&format!("3 brokers in node {}'s metadata", node.id), || {
-            let m = metadata(node.addr());
+            let m = metadata(node.client_addr());
             (broker_ids(&m) == BTreeSet::from([0, 1, 2])).then_some(m)
         });
-        for other in &nodes {
+        for other in &c.nodes {
             let b = m
                 .brokers
                 .iter()
@@ -223,7 +127,7 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
                 .expect("listed");
             assert_eq!(
                 (b.host.as_str(), b.port),
-                ("127.0.0.1", other.addr().port())
+                ("127.0.0.1", other.client_addr().port())
             );
             assert_eq!(b.shards.len(), SHARDS, "{b:?}");
             for (s, a) in b.shards.iter().enumerate() {
@@ -236,14 +140,18 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     }
 
     // A topic with replication factor 3, created through node 0, seen from node 1.
-    let created = create(nodes[0].addr(), "orders", 3, Some(3));
+    let created = create(c.nodes[0].client_addr(), "orders", 3, Some(3));
     assert_eq!(created.code, 0, "create: {}", created.stderr);
-    let m = Conn::connect(nodes[1].addr()).call::<_, MetadataResponse>(
-        sluice_proto::protocol::ApiKey::Metadata,
-        &sluice_proto::protocol::MetadataRequest {
-            topics: Some(vec!["orders".into(), "missing".into()]),
-        },
-    );
+    // (Node 0 answered once it had the topic; node 1 installs it a moment later.)
+    let m = wait_until("orders in node 1's metadata", || {
+        let m = Conn::connect(c.nodes[1].client_addr()).call::<_, MetadataResponse>(
+            sluice_proto::protocol::ApiKey::Metadata,
+            &sluice_proto::protocol::MetadataRequest {
+                topics: Some(vec!["orders".into(), "missing".into()]),
+            },
+        );
+        (m.topics[0].error == ErrorCode::NONE).then_some(m)
+    });
     assert_eq!(m.topics[1].error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
     let orders = &m.topics[0];
     assert_eq!(orders.error, ErrorCode::NONE, "{orders:?}");
@@ -263,7 +171,21 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     }
     assert_eq!(leaders.len(), 3, "leaders spread over the brokers");
     // `topic describe --json` through node 2 shows the same leaders.
-    let d = describe(nodes[2].addr(), "orders");
+    let d = wait_until("orders described by node 2", || {
+        let run = run_sluice(
+            &[
+                "topic",
+                "describe",
+                "orders",
+                "--json",
+                "--brokers",
+                &c.nodes[2].client_addr().to_string(),
+            ],
+            None,
+        );
+        (run.code == 0).then(|| serde_json::from_str::<serde_json::Value>(&run.stdout))
+    })
+    .expect("describe JSON");
     for (p, meta) in d["partitions"]
         .as_array()
         .expect("partitions")
@@ -274,28 +196,18 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{d}");
     }
     // Every node holds a replica of every partition.
-    for node in &nodes {
-        assert_eq!(
-            partition_dirs(&node.data_dir, "orders"),
-            BTreeSet::from([0, 1, 2]),
-            "node {}",
-            node.id
-        );
+    for node in &c.nodes {
+        wait_until(&format!("the orders logs on node {}", node.id), || {
+            (partition_dirs(&node.data_dir, "orders") == BTreeSet::from([0, 1, 2])).then_some(())
+        });
     }
 
     // SIGKILL the active controller's node.
-    let dead = wait_until("a controller leader in the logs", || {
-        controller_leader(&nodes)
-    });
-    nodes[dead as usize]
-        .broker
-        .as_mut()
-        .expect("running")
-        .kill9();
-    nodes[dead as usize].broker = None;
+    let dead = wait_until("a controller leader in the logs", || controller_leader(&c));
+    c.kill(dead as usize);
     let alive: Vec<usize> = (0..3).filter(|&i| i != dead as usize).collect();
-    let survivor = nodes[alive[0]].addr();
-    let other = nodes[alive[1]].addr();
+    let survivor = c.nodes[alive[0]].client_addr();
+    let other = c.nodes[alive[1]].client_addr();
     // A new controller fences the dead broker and moves its leaderships to the ISR.
     wait_until("the dead broker fenced and its leaderships moved", || {
         let m = metadata(other);
@@ -311,7 +223,7 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
             });
         ok.then_some(())
     });
-    assert_ne!(controller_leader(&nodes), Some(dead));
+    assert_ne!(controller_leader(&c), Some(dead));
 
     // The default replication factor is min(3, registered brokers): 3, above the 2 alive.
     let refused = create(survivor, "payments", 2, None);
@@ -328,12 +240,12 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     // Replication factor 2 works, through either survivor, and the other sees it.
     let created = create(survivor, "payments", 2, Some(2));
     assert_eq!(created.code, 0, "create after the kill: {}", created.stderr);
-    let m = metadata(other);
-    let payments = m
-        .topics
-        .iter()
-        .find(|t| t.name == "payments")
-        .expect("payments listed");
+    let payments = wait_until("payments in the other survivor's metadata", || {
+        metadata(other)
+            .topics
+            .into_iter()
+            .find(|t| t.name == "payments")
+    });
     for p in &payments.partitions {
         assert_eq!(p.error, ErrorCode::NONE, "{p:?}");
         assert_eq!(p.replicas.len(), 2);
@@ -357,7 +269,7 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     assert_eq!(deleted.code, 0, "delete: {}", deleted.stderr);
     for &i in &alive {
         wait_until(&format!("payments removed on node {i}"), || {
-            (!nodes[i].data_dir.join("topics/payments").exists()).then_some(())
+            (!c.nodes[i].data_dir.join("topics/payments").exists()).then_some(())
         });
     }
     let m = metadata(survivor);
@@ -372,7 +284,7 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         .find(|t| t.name == "orders")
         .expect("orders")
         .partitions[0];
-    let leader = nodes[p0.leader as usize].addr();
+    let leader = c.nodes[p0.leader as usize].client_addr();
     let produced = Conn::connect(leader).produce("orders", 0, 1, common::wire::batch(&[b"old"], 1));
     assert_eq!(produced.error, ErrorCode::NONE, "{produced:?}");
     // Replicated (the end shown is the high watermark once replication runs).
@@ -393,7 +305,7 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     let created = create(survivor, "orders", 3, Some(2));
     assert_eq!(created.code, 0, "create again: {}", created.stderr);
     for &i in &alive {
-        let addr = nodes[i].addr();
+        let addr = c.nodes[i].client_addr();
         let d = wait_until(&format!("the new orders on node {i}"), || {
             let d = describe(addr, "orders");
             let parts = d["partitions"].as_array().cloned().unwrap_or_default();
@@ -404,22 +316,84 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         }
     }
 
+    // More partitions through the controller: placed on the live brokers with the topic's
+    // replication factor, their logs opened where they are assigned.
+    let grown = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &other.to_string(),
+        ],
+        None,
+    );
+    assert_eq!(grown.code, 0, "add-partitions: {}", grown.stderr);
+    let m = wait_until(
+        "5 orders partitions in the other survivor's metadata",
+        || {
+            let m = metadata(survivor);
+            m.topics
+                .iter()
+                .any(|t| t.name == "orders" && t.partitions.len() == 5)
+                .then_some(m)
+        },
+    );
+    let orders = m
+        .topics
+        .iter()
+        .find(|t| t.name == "orders")
+        .expect("orders");
+    assert_eq!(orders.partitions.len(), 5, "{orders:?}");
+    for p in &orders.partitions {
+        assert_eq!(p.error, ErrorCode::NONE, "{p:?}");
+        assert_eq!(p.replicas.len(), 2, "{p:?}");
+    }
+    for &i in &alive {
+        wait_until(&format!("5 orders logs on node {i}"), || {
+            (partition_dirs(&c.nodes[i].data_dir, "orders") == (0..5).collect()).then_some(())
+        });
+    }
+    let fewer = run_sluice(
+        &[
+            "topic",
+            "add-partitions",
+            "orders",
+            "5",
+            "--brokers",
+            &survivor.to_string(),
+        ],
+        None,
+    );
+    assert_ne!(fewer.code, 0);
+    assert!(
+        fewer.stderr.contains("INVALID_PARTITIONS"),
+        "{}",
+        fewer.stderr
+    );
+
     // The killed node restarts from its data directory: it registers again (a new
     // incarnation), catches up, is unfenced and listed by the others, and drops its logs of
     // the old `orders` (deleted while it was down; the new one has no replica on it).
-    let log = nodes[dead as usize].log.clone();
-    std::fs::rename(&log, log.with_extension("log.1")).expect("keep the first log");
-    nodes[dead as usize] = spawn_node(root.path(), dead, &cluster, &certs);
-    for node in &nodes {
+    c.restart(dead as usize);
+    for node in &c.nodes {
         wait_until(
             &format!("node {} lists the restarted node", node.id),
-            || (broker_ids(&metadata(node.addr())) == BTreeSet::from([0, 1, 2])).then_some(()),
+            || {
+                (broker_ids(&metadata(node.client_addr())) == BTreeSet::from([0, 1, 2]))
+                    .then_some(())
+            },
         );
     }
     wait_until("the old orders logs removed on the restarted node", || {
-        (!nodes[dead as usize].data_dir.join("topics/orders").exists()).then_some(())
+        (!c.nodes[dead as usize]
+            .data_dir
+            .join("topics/orders")
+            .exists())
+        .then_some(())
     });
-    let m = metadata(nodes[dead as usize].addr());
+    let m = metadata(c.nodes[dead as usize].client_addr());
     let orders = m
         .topics
         .iter()
@@ -434,11 +408,9 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
     );
 
     // Every node stops cleanly.
-    for node in &mut nodes {
-        let i = node.id;
-        let broker = node.broker.as_mut().expect("running");
+    for i in 0..c.nodes.len() {
         assert!(
-            broker.terminate(Duration::from_secs(30)),
+            c.terminate(i, Duration::from_secs(30)),
             "node {i} did not stop cleanly"
         );
     }

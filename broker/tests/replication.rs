@@ -144,7 +144,7 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn partition_state(addr: SocketAddr) -> Option<(u32, Vec<u32>)> {
     let m = topic_metadata(addr);
     let t = m.topics.first()?;
-    let p = t.partitions.first()?;
+    let p = t.partitions.iter().find(|p| p.partition == 0)?;
     (t.error.is_ok() && p.error.is_ok() && p.leader >= 0).then(|| {
         (
             p.leader as u32,
@@ -298,7 +298,9 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
     let root = tempfile::tempdir().expect("tempdir");
     let mut nodes = start_cluster(root.path(), &[]);
     let created =
-        Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[("min.insync.replicas", "3")]);
+        // Partition 0 carries the records; the others stay empty (a replica that led an
+        // empty partition must rejoin after a restart too).
+        Conn::connect(nodes[0].addr()).create_topic(TOPIC, 4, &[("min.insync.replicas", "3")]);
     assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
     let (leader, isr) = wait_until("a leader with 3 in-sync replicas", || {
         partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
@@ -442,8 +444,10 @@ fn rf3_acks_all_replicates_identical_bytes_limits_reads_to_the_hw_and_survives_t
         "the old leader's log holds the uncommitted record"
     );
     nodes[leader as usize].restart();
-    wait_until("the old leader back in the ISR", || {
-        partition_state(new_addr).filter(|(l, isr)| *l == new_leader && isr.len() == 3)
+    wait_until("the old leader back in the ISR of every partition", || {
+        let m = topic_metadata(new_addr);
+        let full = m.topics[0].partitions.iter().all(|p| p.isr.len() == 3);
+        (full && partition_state(new_addr).is_some_and(|(l, _)| l == new_leader)).then_some(())
     });
     let (error, base) = produce(new_addr, ACKS_ALL, 10_000, batch(&[b"last"], 4_000));
     assert_eq!((error, base), (ErrorCode::NONE, 102));

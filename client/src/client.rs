@@ -33,11 +33,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_proto::protocol::{
-    ApiKey, ConfigEntry, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse, ListOffsetsTopic,
-    ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, NewTopic,
-    TopicDescription, TopicListing, Wire,
+    ApiKey, ConfigEntry, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest,
+    DescribeTopicsResponse, ErrorCode, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsResponse, ListOffsetsTopic, ListTopicsRequest, ListTopicsResponse, MetadataRequest,
+    MetadataResponse, NewTopic, PartitionsIncrease, TopicDescription, TopicListing, Wire,
 };
 use tokio::sync::{Notify, watch};
 
@@ -215,6 +215,28 @@ impl Client {
                 },
             )
             .await?;
+        self.forget_topic(name);
+        topic_result(
+            response
+                .topics
+                .iter()
+                .map(|t| (&t.name, t.error, &t.message)),
+            name,
+        )
+    }
+
+    /// Grows a topic to `total` partitions (more than it has). Existing partitions keep their
+    /// records; keyed records may map to other partitions from now on.
+    pub async fn create_partitions(&self, name: &str, total: u32) -> Result<(), ClientError> {
+        let request = CreatePartitionsRequest {
+            topics: vec![PartitionsIncrease {
+                name: name.to_owned(),
+                count: total,
+            }],
+            validate_only: false,
+        };
+        let response: CreatePartitionsResponse =
+            self.admin(ApiKey::CreatePartitions, &request).await?;
         self.forget_topic(name);
         topic_result(
             response

@@ -894,6 +894,25 @@ proptest! {
         check_request(ApiKey::DeleteGroups, &req, &req);
         check_response(&delete, &delete, error);
     }
+
+    #[test]
+    fn create_partitions(
+        topics in few((string(), any::<u32>())),
+        validate_only in any::<bool>(),
+        results in few(topic_result()),
+        error in error_code(),
+    ) {
+        let req = CreatePartitionsRequest {
+            topics: topics
+                .into_iter()
+                .map(|(name, count)| PartitionsIncrease { name, count })
+                .collect(),
+            validate_only,
+        };
+        check_request(ApiKey::CreatePartitions, &req, &req);
+        let resp = CreatePartitionsResponse { topics: results };
+        check_response(&resp, &resp, error);
+    }
 }
 
 #[test]

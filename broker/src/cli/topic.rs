@@ -1,4 +1,4 @@
-//! `sluice topic create|list|describe|delete`.
+//! `sluice topic create|list|describe|add-partitions|delete`.
 
 use std::process::ExitCode;
 
@@ -44,6 +44,14 @@ enum TopicCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Grow a topic to more partitions (existing ones keep their records; keyed records may
+    /// map to other partitions from now on).
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new partition count (the total, more than today's).
+        total: u32,
+    },
     /// Delete a topic and its data.
     Delete {
         /// Topic name.
@@ -83,6 +91,10 @@ async fn topic(args: TopicArgs) -> Result<(), ClientError> {
             } else {
                 print!("{}", describe_text(&description));
             }
+        }
+        TopicCommand::AddPartitions { name, total } => {
+            client.create_partitions(&name, total).await?;
+            println!("topic '{name}' now has {total} partitions");
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;

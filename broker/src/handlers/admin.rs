@@ -1,15 +1,15 @@
 //! ApiVersions, Metadata, ListTopics and DescribeTopics (answered from this shard's metadata
-//! snapshot; Describe asks the owning shards for offsets), and CreateTopics/DeleteTopics
-//! (forwarded to the controller, shard 0).
+//! snapshot; Describe asks the owning shards for offsets), and CreateTopics/DeleteTopics/
+//! CreatePartitions (forwarded to the controller, shard 0).
 
 use std::rc::Rc;
 
 use sluice_proto::protocol::{
-    ApiVersionsResponse, BrokerMetadata, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse,
-    ErrorCode, ListTopicsResponse, MetadataRequest, MetadataResponse, PartitionDescription,
-    PartitionMetadata, TopicDescription, TopicListing, TopicMetadata, TopicResult,
-    api_version_ranges,
+    ApiVersionsResponse, BrokerMetadata, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode, ListTopicsResponse, MetadataRequest,
+    MetadataResponse, PartitionDescription, PartitionMetadata, TopicDescription, TopicListing,
+    TopicMetadata, TopicResult, api_version_ranges,
 };
 
 use sluice_proto::protocol::ShardAddress;
@@ -325,6 +325,22 @@ pub(super) async fn create_topics(
     rx.recv_async()
         .await
         .unwrap_or_else(|_| CreateTopicsResponse {
+            topics: shutting_down(names.into_iter()),
+        })
+}
+
+pub(super) async fn create_partitions(
+    shard: Rc<Shard>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
+    let (reply, rx) = reply_channel();
+    shard
+        .send(CONTROLLER, ShardMsg::CreatePartitions { request, reply })
+        .await;
+    rx.recv_async()
+        .await
+        .unwrap_or_else(|_| CreatePartitionsResponse {
             topics: shutting_down(names.into_iter()),
         })
 }

@@ -115,6 +115,10 @@ pub(crate) async fn admit(
             let request = body!(p::DeleteTopicsRequest);
             respond(ctx, admin::delete_topics(shard.clone(), request))
         }
+        ApiKey::CreatePartitions => {
+            let request = body!(p::CreatePartitionsRequest);
+            respond(ctx, admin::create_partitions(shard.clone(), request))
+        }
         ApiKey::Produce => {
             let request = body!(p::ProduceRequest);
             produce::admit(shard, request, ctx).await

@@ -178,7 +178,7 @@ fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchReque
             leader_epoch: *epoch,
             fetch_offset: offsets.log_end.get(),
             durable_end: offsets.durable_end.get(),
-            last_fetched_epoch: p.log.latest_epoch(),
+            last_fetched_epoch: last_batch_epoch(&p, offsets.log_end),
         });
     }
     FetchRequest {
@@ -201,6 +201,17 @@ async fn rebuild_producers(p: &Partition) -> Result<bool, ()> {
             Err(())
         }
     }
+}
+
+/// The epoch of the last batch in the log (Kafka's lastFetchedEpoch): the latest cache entry
+/// that starts below the log end (an epoch this node led without appending holds no batch).
+fn last_batch_epoch(p: &Partition, log_end: Offset) -> Option<u32> {
+    p.log
+        .epoch_entries()
+        .iter()
+        .rev()
+        .find(|e| e.start_offset < log_end)
+        .map(|e| e.epoch)
 }
 
 /// Whether `p` still follows `leader` in `epoch`.
@@ -242,8 +253,23 @@ async fn apply(
         return Err(());
     }
     if let Some(d) = got.diverging {
-        let end = p.log.offsets().log_end.get();
-        let to = d.end_offset.min(end);
+        let offsets = p.log.offsets();
+        let end = offsets.log_end.get();
+        // Kafka's rule: the leader's end of the epoch, capped by where this log's own copy of
+        // that epoch ends (the largest epoch here not newer than it; none: nothing is kept).
+        let own = p
+            .log
+            .end_offset_for_epoch(d.epoch)
+            .map_or(offsets.log_start.get(), |(_, own_end)| own_end.get());
+        let to = d.end_offset.min(end).min(own);
+        if to >= end {
+            // Nothing to cut, yet the leader says the logs diverge: fetching again at once
+            // would loop; back off until the leader or the view changes.
+            tracing::warn!(topic = %p.topic, partition = p.index, leader, epoch = d.epoch,
+                leader_end_offset = d.end_offset, log_end = end,
+                "the leader reports a divergence this log cannot cut; retrying later");
+            return Err(());
+        }
         tracing::warn!(topic = %p.topic, partition = p.index, leader, epoch = d.epoch,
             leader_end_offset = d.end_offset, log_end = end, truncate_to = to,
             "log diverges from the leader's; truncating");

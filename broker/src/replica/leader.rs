@@ -228,9 +228,17 @@ async fn fetch_one(
                 end_offset: end.get(),
             }),
             Some(_) => None,
+            // The leader knows no epoch that old: everything the follower holds from where
+            // the leader's earliest epoch starts diverges.
             None => Some(Diverging {
                 epoch: e,
-                end_offset: offsets.log_start.get(),
+                end_offset: p
+                    .log
+                    .epoch_entries()
+                    .first()
+                    .map_or(offsets.log_end, |first| first.start_offset)
+                    .get()
+                    .max(offsets.log_start.get()),
             }),
         },
         None => None,

@@ -395,6 +395,10 @@ pub(crate) struct ShardReplication {
     fetchers: RefCell<HashMap<(NodeId, usize), FetcherHandle>>,
     /// Set at drain: nothing starts again.
     stopped: Cell<bool>,
+    /// Serializes [`apply_view`] runs (a view, and the retry after a failed bind).
+    applying: crate::ticket::Admission,
+    /// A retry of a failed bind is scheduled.
+    retry_scheduled: Cell<bool>,
 }
 
 impl ShardReplication {
@@ -483,10 +487,31 @@ async fn ensure_endpoint(shard: &Rc<Shard>, view: &ClusterView) {
             repl.tasks.borrow_mut().extend([accept, isr]);
         }
         Err(e) => {
-            tracing::error!(shard = shard.id, %addr, error = %e, "cannot bind the replication endpoint");
+            tracing::error!(shard = shard.id, %addr, error = %e,
+                "cannot bind the replication endpoint; retrying every second");
             repl.bind_failed_at.set(Some(Instant::now()));
+            schedule_retry(shard);
         }
     }
+}
+
+/// After a failed bind: applies the latest view again in a second (which binds again), so a
+/// shard whose port was briefly taken does not wait for the next view to replicate.
+fn schedule_retry(shard: &Rc<Shard>) {
+    let repl = &shard.replication;
+    if repl.retry_scheduled.replace(true) {
+        return;
+    }
+    let shard = shard.clone();
+    let retry: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(async move {
+        compio::time::sleep(Duration::from_secs(1)).await;
+        shard.replication.retry_scheduled.set(false);
+        let view = shard.view.borrow().clone();
+        if let Some(view) = view {
+            apply_view(&shard, &view).await;
+        }
+    });
+    compio::runtime::spawn(retry).detach();
 }
 
 /// `min.insync.replicas` of a topic in the view (1 when unset or invalid).
@@ -503,6 +528,8 @@ fn min_insync(state: &ClusterState, topic: &str) -> usize {
 /// Applies the partition roles `view` gives this shard's partitions (leader or follower,
 /// epochs, ISR), and starts, changes or stops the fetchers.
 pub(crate) async fn apply_view(shard: &Rc<Shard>, view: &Arc<ClusterView>) {
+    let turn = shard.replication.applying.ticket();
+    turn.turn().await;
     if shard.replication.stopped.get() {
         return;
     }

@@ -11,8 +11,9 @@ use std::time::Instant;
 use sluice_replication::controller::{ControllerDriver, DriverError};
 
 use sluice_proto::protocol::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ErrorCode, InitProducerIdRequest, InitProducerIdResponse, TopicResult,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, ErrorCode, InitProducerIdRequest,
+    InitProducerIdResponse, TopicResult,
 };
 
 use crate::metadata::{Metadata, TopicMeta, topic_dir, validate_partitions, validate_topic_name};
@@ -380,6 +381,161 @@ pub(crate) async fn delete_topics(
         tracing::info!(topic = %name, "topic deleted");
     }
     DeleteTopicsResponse { topics: results }
+}
+
+/// Adds partitions to topics (Kafka's CreatePartitions): `count` is the new total, more than
+/// today's. Alone: one topic at a time, `topics.json` persisted, the new logs opened on their
+/// owning shards, then the metadata broadcast (rolled back if a log cannot be opened). In a
+/// cluster: through the active controller, answered once this node installed the change.
+/// Existing partitions keep their shard (placement depends on the index only); keyed records
+/// map to other partitions from now on, as in Kafka.
+pub(crate) async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let turn = shard.admin.ticket();
+    turn.turn().await;
+    let driver = shard.controller.borrow().clone();
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.as_str();
+        let current = shard.snapshot().topics.get(name).map(|m| m.partitions);
+        let checked = if name == crate::group::OFFSETS_TOPIC {
+            Err((
+                ErrorCode::INVALID_TOPIC,
+                format!(
+                    "{name} is internal: a group's offsets partition is its hash modulo the count"
+                ),
+            ))
+        } else {
+            validate_partitions(topic.count)
+                .map_err(|m| (ErrorCode::INVALID_PARTITIONS, m))
+                .and_then(|()| match current {
+                    // In a cluster the controller's state decides (this node may lag).
+                    None if driver.is_none() => Err((
+                        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("unknown topic {name}"),
+                    )),
+                    Some(n) if topic.count <= n => Err((
+                        ErrorCode::INVALID_PARTITIONS,
+                        format!(
+                            "topic {name} has {n} partitions; the new count {} must be more",
+                            topic.count
+                        ),
+                    )),
+                    _ => Ok(()),
+                })
+        };
+        let outcome = match checked {
+            Err(e) => Err(e),
+            Ok(()) if request.validate_only => Ok(()),
+            Ok(()) => match &driver {
+                Some(driver) => match driver.create_partitions(name, topic.count).await {
+                    Ok(index) => await_view(name, index).await,
+                    Err(e) => Err(driver_error(&e)),
+                },
+                None => add_partitions_alone(shard, name, topic.count).await,
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                if !request.validate_only {
+                    tracing::info!(topic = %name, partitions = topic.count, "partitions added");
+                }
+                results.push(result(name, ErrorCode::NONE, ""));
+            }
+            Err((code, message)) => {
+                tracing::warn!(topic = %name, code = code.name(), error = %message, "partitions not added");
+                results.push(result(name, code, message));
+            }
+        }
+    }
+    CreatePartitionsResponse { topics: results }
+}
+
+/// A broker running alone: grows `name` to `count` partitions.
+async fn add_partitions_alone(
+    shard: &Rc<Shard>,
+    name: &str,
+    count: u32,
+) -> Result<(), (ErrorCode, String)> {
+    let mut next = (*shard.snapshot()).clone();
+    let Some(meta) = next.topics.get_mut(name) else {
+        return Err((
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("unknown topic {name}"),
+        ));
+    };
+    let before = meta.partitions;
+    meta.partitions = count;
+    let configs = meta.configs.clone();
+    let data_dir = shard.cluster.config.data_dir.clone();
+    if let Err(e) = next.persist(&data_dir) {
+        tracing::error!(error = %e, "cannot persist topic metadata");
+        return Err((ErrorCode::STORAGE_ERROR, e.to_string()));
+    }
+    let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
+    for p in before..count {
+        owners.entry(shard.owner(name, p)).or_default().push(p);
+    }
+    let mut replies = Vec::new();
+    for (owner, partitions) in owners {
+        let (reply, rx) = reply_channel();
+        shard
+            .send(
+                owner,
+                ShardMsg::OpenPartitions {
+                    topic: name.to_string(),
+                    partitions,
+                    configs: configs.clone(),
+                    reply,
+                },
+            )
+            .await;
+        replies.push(rx);
+    }
+    let mut error = None;
+    for rx in replies {
+        match rx.recv_async().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error = Some(e),
+            Err(_) => error = Some("a shard stopped".to_string()),
+        }
+    }
+    if let Some(e) = error {
+        tracing::error!(topic = %name, error = %e, "adding partitions failed; rolling back");
+        let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
+        for p in before..count {
+            owners.entry(shard.owner(name, p)).or_default().push(p);
+        }
+        let mut replies = Vec::new();
+        for (owner, partitions) in owners {
+            let (reply, rx) = reply_channel();
+            shard
+                .send(
+                    owner,
+                    ShardMsg::RemovePartitions {
+                        topic: name.to_string(),
+                        partitions,
+                        reply,
+                    },
+                )
+                .await;
+            replies.push(rx);
+        }
+        for rx in replies {
+            let _ = rx.recv_async().await;
+        }
+        if let Some(meta) = next.topics.get_mut(name) {
+            meta.partitions = before;
+        }
+        if let Err(e) = next.persist(&data_dir) {
+            tracing::error!(error = %e, "cannot persist topic metadata after a rollback");
+        }
+        return Err((ErrorCode::STORAGE_ERROR, e));
+    }
+    broadcast(shard, next).await;
+    Ok(())
 }
 
 /// Has the owning shards close and delete a topic's logs, then removes its directory.

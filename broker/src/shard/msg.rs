@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use sluice_proto::protocol::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ErrorCode, FetchPartitionResult, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsPartitionResult, ProducePartitionResult,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, ErrorCode, FetchPartitionResult,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsPartitionResult,
+    ProducePartitionResult,
 };
 
 use crate::metadata::Metadata;
@@ -122,6 +123,13 @@ pub(crate) enum ShardMsg {
         request: CreateTopicsRequest,
         /// The answer.
         reply: Reply<CreateTopicsResponse>,
+    },
+    /// To the controller: add partitions to topics.
+    CreatePartitions {
+        /// The request.
+        request: CreatePartitionsRequest,
+        /// The answer.
+        reply: Reply<CreatePartitionsResponse>,
     },
     /// To the controller: a producer id and epoch.
     InitProducerId {

@@ -446,6 +446,9 @@ impl Shard {
             ShardMsg::CreateTopics { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::create_topics(&self, request).await);
             })),
+            ShardMsg::CreatePartitions { request, reply } => spawn(Box::pin(async move {
+                let _ = reply.try_send(controller::create_partitions(&self, request).await);
+            })),
             ShardMsg::InitProducerId { request, reply } => {
                 let _ = reply.try_send(controller::init_producer_id(&self, &request));
             }

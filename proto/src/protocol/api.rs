@@ -47,6 +47,8 @@ pub enum ApiKey {
     DescribeGroups = 18,
     /// Delete empty consumer groups and their committed offsets.
     DeleteGroups = 19,
+    /// Add partitions to existing topics.
+    CreatePartitions = 20,
 }
 
 /// One row of the API table.
@@ -84,6 +86,7 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::ListGroups, "ListGroups"),
     spec(ApiKey::DescribeGroups, "DescribeGroups"),
     spec(ApiKey::DeleteGroups, "DeleteGroups"),
+    spec(ApiKey::CreatePartitions, "CreatePartitions"),
 ];
 
 const fn spec(key: ApiKey, name: &'static str) -> ApiSpec {

@@ -114,6 +114,11 @@ macro_rules! with_api_types {
                 type $resp = InitProducerIdResponse;
                 $body
             }
+            ApiKey::CreatePartitions => {
+                type $req = CreatePartitionsRequest;
+                type $resp = CreatePartitionsResponse;
+                $body
+            }
         }
     }};
 }
@@ -307,6 +312,26 @@ pub(crate) mod samples {
                 name: "orders".into(),
                 error: ErrorCode::TOPIC_ALREADY_EXISTS,
                 message: "topic orders exists".into(),
+            }],
+        }
+    }
+
+    pub(crate) fn create_partitions_request() -> CreatePartitionsRequest {
+        CreatePartitionsRequest {
+            topics: vec![PartitionsIncrease {
+                name: "orders".into(),
+                count: 6,
+            }],
+            validate_only: false,
+        }
+    }
+
+    pub(crate) fn create_partitions_response() -> CreatePartitionsResponse {
+        CreatePartitionsResponse {
+            topics: vec![TopicResult {
+                name: "orders".into(),
+                error: ErrorCode::NONE,
+                message: String::new(),
             }],
         }
     }
@@ -792,6 +817,9 @@ pub(crate) mod samples {
             ApiKey::InitProducerId => {
                 encode_request(api, 0, 7, "golden", &init_producer_id_request())
             }
+            ApiKey::CreatePartitions => {
+                encode_request(api, 0, 7, "golden", &create_partitions_request())
+            }
         }
     }
 
@@ -818,6 +846,7 @@ pub(crate) mod samples {
             ApiKey::DescribeGroups => encode_response(7, &describe_groups_response()),
             ApiKey::DeleteGroups => encode_response(7, &delete_groups_response()),
             ApiKey::InitProducerId => encode_response(7, &init_producer_id_response()),
+            ApiKey::CreatePartitions => encode_response(7, &create_partitions_response()),
         }
     }
 
@@ -845,6 +874,7 @@ pub(crate) mod samples {
             ApiKey::DescribeGroups => decode_body(r) == Ok(describe_groups_request()),
             ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_request()),
             ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_request()),
+            ApiKey::CreatePartitions => decode_body(r) == Ok(create_partitions_request()),
         }
     }
 
@@ -871,6 +901,7 @@ pub(crate) mod samples {
             ApiKey::DescribeGroups => decode_body(r) == Ok(describe_groups_response()),
             ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_response()),
             ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_response()),
+            ApiKey::CreatePartitions => decode_body(r) == Ok(create_partitions_response()),
         }
     }
 }

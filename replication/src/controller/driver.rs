@@ -179,6 +179,8 @@ mod forward {
             registration: BrokerRegistration,
             want_unfence: bool,
         },
+        /// [`ControllerDriver::create_partitions`](super::ControllerDriver::create_partitions).
+        CreatePartitions { topic: String, total: u32 },
         /// [`ControllerDriver::alter_partition`](super::ControllerDriver::alter_partition).
         AlterPartition {
             topic: String,
@@ -524,6 +526,20 @@ impl ControllerDriver {
         }
     }
 
+    /// Grows a topic to `total` partitions through the active controller, like
+    /// [`create_topic`](Self::create_topic) (new partitions are placed like a new topic's, with
+    /// the replication factor of partition 0); returns its raft index.
+    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<u64, DriverError> {
+        let request = ForwardRequest::CreatePartitions {
+            topic: topic.to_string(),
+            total,
+        };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// A partition leader's ISR change (Kafka's AlterPartition) through the active
     /// controller (forwarded if needed), like [`create_topic`](Self::create_topic): returns
     /// the raft index once the change applied. `leader_epoch` and `partition_epoch` are those
@@ -789,6 +805,10 @@ impl Inner {
             }
             ForwardRequest::DeleteTopic { name } => {
                 let index = self.drive(|c| c.delete_topic(&name))?;
+                self.wait_applied(index).await
+            }
+            ForwardRequest::CreatePartitions { topic, total } => {
+                let index = self.drive(|c| c.create_partitions(&topic, total))?;
                 self.wait_applied(index).await
             }
             ForwardRequest::AlterPartition {
@@ -1099,6 +1119,10 @@ mod tests {
                 configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
             },
             ForwardRequest::DeleteTopic { name: "x".into() },
+            ForwardRequest::CreatePartitions {
+                topic: "x".into(),
+                total: 12,
+            },
             ForwardRequest::BrokerHeartbeat {
                 registration: BrokerRegistration {
                     id: 2,

@@ -75,6 +75,34 @@ message! {
 }
 
 message! {
+    /// A topic to grow.
+    pub struct PartitionsIncrease {
+        /// Topic name.
+        pub name: String,
+        /// The partition count wanted (the new total; more than today's).
+        pub count: u32,
+    }
+}
+
+message! {
+    /// CreatePartitions request: add partitions to existing topics.
+    pub struct CreatePartitionsRequest {
+        /// Topics to grow.
+        pub topics: Vec<PartitionsIncrease>,
+        /// Check only; change nothing.
+        pub validate_only: bool,
+    }
+}
+
+message! {
+    /// CreatePartitions response.
+    pub struct CreatePartitionsResponse {
+        /// One result per requested topic.
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+message! {
     /// ListTopics request: no fields.
     pub struct ListTopicsRequest {}
 }
