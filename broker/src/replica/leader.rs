@@ -389,6 +389,10 @@ pub(super) async fn isr_loop(shard: Rc<Shard>, lag_time_max: Duration) {
                 let Role::Leader(l) = &*role else {
                     continue;
                 };
+                if l.alter_in_flight {
+                    // The last change is on its way (or waits for the view to show it).
+                    continue;
+                }
                 let me = p.replica.me.get();
                 let leader_end = p.log.offsets().log_end.get();
                 let lagging: Vec<NodeId> = l

@@ -773,3 +773,57 @@ pub(crate) async fn alter_partition(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_replication::controller::TopicState;
+
+    #[test]
+    fn min_insync_defaults_to_one_and_ignores_bad_values() {
+        let mut state = ClusterState::default();
+        let topic = |v: Option<&str>| TopicState {
+            configs: v
+                .map(|v| BTreeMap::from([(MIN_INSYNC_REPLICAS_CONFIG.to_string(), v.to_string())]))
+                .unwrap_or_default(),
+            partitions: Vec::new(),
+        };
+        state.topics.insert("a".into(), topic(None));
+        state.topics.insert("b".into(), topic(Some("3")));
+        state.topics.insert("c".into(), topic(Some("0")));
+        state.topics.insert("d".into(), topic(Some("x")));
+        assert_eq!(min_insync(&state, "a"), 1);
+        assert_eq!(min_insync(&state, "b"), 3);
+        assert_eq!(min_insync(&state, "c"), 1);
+        assert_eq!(min_insync(&state, "d"), 1);
+        assert_eq!(min_insync(&state, "missing"), 1);
+    }
+
+    #[test]
+    fn notify_wakes_every_waiter_and_later_waiters_wait_again() {
+        compio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let state = ReplicaState::new(true);
+                assert!(state.is_cluster());
+                assert!(!ReplicaState::new(false).is_cluster());
+                let first = state.changed();
+                let second = state.changed();
+                state.notify();
+                // Both resolve at once after the notification.
+                compio::time::timeout(Duration::from_secs(1), async {
+                    first.await;
+                    second.await;
+                })
+                .await
+                .expect("woken");
+                // A waiter taken after it waits for the next one.
+                let third = state.changed();
+                assert!(
+                    compio::time::timeout(Duration::from_millis(50), third)
+                        .await
+                        .is_err()
+                );
+            });
+    }
+}
