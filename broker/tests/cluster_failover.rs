@@ -180,9 +180,6 @@ fn wait_for_full_isr(cluster: &mut Cluster, p: u32, timeout: Duration) {
 }
 
 #[test]
-#[ignore = "fails (a replica bug): a restarted replica whose epoch cache holds an epoch its \
-            leader has no records for (it led at epoch 0 with an empty log) loops on `log \
-            diverges` (truncate to 0, same last epoch) and never rejoins the ISR"]
 fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     let started = Instant::now();
     let mut cluster = Cluster::start(ClusterOptions::new(3));
@@ -352,9 +349,6 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
 /// the ISR (following the new leader) within [`ISR_TIMEOUT`], and the partition must take
 /// writes from all three.
 #[test]
-#[ignore = "fails (a replica bug): a restarted replica whose epoch cache holds an epoch its \
-            leader has no records for (it led at epoch 0 with an empty log) loops on `log \
-            diverges` (truncate to 0, same last epoch) and never rejoins the ISR"]
 fn a_restarted_leader_of_an_empty_partition_rejoins_the_isr() {
     let mut cluster = Cluster::start(ClusterOptions::new(3));
     cluster.wait_for_brokers(Duration::from_secs(60));
