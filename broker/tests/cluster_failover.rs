@@ -343,3 +343,42 @@ fn sigkilled_leaders_lose_no_acknowledged_record_and_replicas_agree() {
     }
     eprintln!("took {:?}", started.elapsed());
 }
+
+/// The smallest form of the failover loop's first round: the leader of an empty partition
+/// is SIGKILLed, another replica takes over, the old leader is restarted; it must be back in
+/// the ISR (following the new leader) within [`ISR_TIMEOUT`], and the partition must take
+/// writes from all three.
+#[test]
+fn a_restarted_leader_of_an_empty_partition_rejoins_the_isr() {
+    let mut cluster = Cluster::start(ClusterOptions::new(3));
+    cluster.wait_for_brokers(Duration::from_secs(60));
+    cluster.create_topic(TOPIC, 1, 3, &["min.insync.replicas=2"]);
+    wait_for_full_isr(&mut cluster, 0, ISR_TIMEOUT);
+    let (victim, epoch) = cluster.wait_for_leader(TOPIC, 0, FAILOVER_TIMEOUT);
+    cluster.kill(victim as usize);
+    let (leader, new_epoch) = common::cluster::wait_until(
+        &format!("a new leader after SIGKILL of node {victim} (epoch {epoch})"),
+        FAILOVER_TIMEOUT,
+        || {
+            cluster
+                .leader_of(TOPIC, 0)
+                .filter(|&(l, e)| l != victim && e > epoch)
+        },
+    );
+    eprintln!("node {leader} leads (epoch {new_epoch}); restarting node {victim}");
+    cluster.restart(victim as usize);
+    wait_for_full_isr(&mut cluster, 0, ISR_TIMEOUT);
+    let brokers = cluster.brokers();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let acked = runtime.block_on(async {
+        let client = Client::connect(client_config(&brokers))
+            .await
+            .expect("connect");
+        let values: Vec<String> = (0..50).map(|i| format!("v-{i:09}")).collect();
+        common::cluster::produce_acked(&client, TOPIC, &values).await
+    });
+    assert_eq!(acked.len(), 50);
+}

@@ -57,6 +57,8 @@ const PORT_RANGE_END: u16 = 32_000;
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for one `sluice` CLI command or one metadata request.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts of a restart that finds one of its ports still in use.
+pub const RESTART_ADDR_IN_USE_ATTEMPTS: u32 = 10;
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 80;
 
@@ -518,6 +520,13 @@ impl Cluster {
 
     /// Waits for node `i` to print `listening on` after `offset` of its stdout file.
     fn await_listening(&mut self, i: usize, offset: u64) {
+        if let Err(why) = self.try_await_listening(i, offset) {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Cluster::await_listening`], returning what went wrong.
+    fn try_await_listening(&mut self, i: usize, offset: u64) -> Result<(), String> {
         let deadline = Instant::now() + NODE_START_TIMEOUT;
         loop {
             let mut text = String::new();
@@ -525,22 +534,23 @@ impl Cluster {
             f.seek(SeekFrom::Start(offset)).expect("seek");
             f.read_to_string(&mut text).expect("read stdout file");
             if text.lines().any(|l| l.starts_with("listening on ")) {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.nodes[i].child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.nodes[i].child = None;
-                panic!(
+                return Err(format!(
                     "node {i} exited before listening ({status}); its log:\n{}",
                     self.log_tail(i, LOG_TAIL_LINES)
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not listen within {NODE_START_TIMEOUT:?}; its log:\n{}",
-                self.log_tail(i, LOG_TAIL_LINES)
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "node {i} did not listen within {NODE_START_TIMEOUT:?}; its log:\n{}",
+                    self.log_tail(i, LOG_TAIL_LINES)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -579,9 +589,49 @@ impl Cluster {
     }
 
     /// Starts node `i` again (same ports, data and certificates) and waits for it to listen.
+    ///
+    /// A restart whose port is still taken ("Address already in use": seen once on a shard
+    /// port right after a SIGKILL, cause not found) is retried up to
+    /// [`RESTART_ADDR_IN_USE_ATTEMPTS`] times, a second apart, printing who holds the port
+    /// (`ss`) each time.
     pub fn restart(&mut self, i: usize) {
-        let offset = self.spawn(i);
-        self.await_listening(i, offset);
+        for attempt in 1..=RESTART_ADDR_IN_USE_ATTEMPTS {
+            let log_len = std::fs::metadata(&self.nodes[i].log_path).map_or(0, |m| m.len());
+            let offset = self.spawn(i);
+            match self.try_await_listening(i, offset) {
+                Ok(()) => return,
+                Err(why) => {
+                    let log = std::fs::read(&self.nodes[i].log_path).unwrap_or_default();
+                    let this_run =
+                        String::from_utf8_lossy(&log[(log_len as usize).min(log.len())..])
+                            .into_owned();
+                    if !this_run.contains("Address already in use")
+                        || self.nodes[i].child.is_some()
+                        || attempt == RESTART_ADDR_IN_USE_ATTEMPTS
+                    {
+                        panic!("{why}");
+                    }
+                    let ss = Command::new("ss")
+                        .args(["-tanup"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_else(|e| format!("ss: {e}"));
+                    let port = self.nodes[i].client_port;
+                    let holders: Vec<&str> = ss
+                        .lines()
+                        .filter(|l| {
+                            (port..port + PORTS_PER_NODE).any(|p| l.contains(&format!(":{p} ")))
+                        })
+                        .collect();
+                    eprintln!(
+                        "cluster harness: node {i}'s restart {attempt} found a port in use; \
+                         retrying in 1 s. Sockets on its ports:\n{}",
+                        holders.join("\n")
+                    );
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// SIGSTOPs node `i`.
