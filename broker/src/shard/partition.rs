@@ -70,7 +70,27 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
     (code, err.to_string())
 }
 
+thread_local! {
+    /// Whether this shard's broker runs in a cluster (`--cluster`); set once at shard start.
+    static CLUSTER_MODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records at shard start whether the broker runs in a cluster.
+pub(crate) fn set_cluster_mode(on: bool) {
+    CLUSTER_MODE.with(|c| c.set(on));
+}
+
+/// A partition this shard does not hold. Alone, the topic or partition does not exist. In a
+/// cluster the client routed here from metadata, so the topic exists and this node is not
+/// (or not yet: a just-restarted node before its first view) a replica the client may use:
+/// NOT_LEADER_OR_FOLLOWER, which clients retry after refreshing their metadata.
 fn unknown(topic: &str, partition: u32) -> Failure {
+    if CLUSTER_MODE.with(std::cell::Cell::get) {
+        return (
+            ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            format!("this broker holds no replica of {topic}/{partition} (now): refresh metadata"),
+        );
+    }
     (
         ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
         format!("unknown topic or partition {topic}/{partition}"),

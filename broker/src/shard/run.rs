@@ -161,6 +161,7 @@ async fn shard_main(start: ShardStart) -> bool {
         shard.acceptors.borrow_mut().push(acceptor);
     }
     RETENTION_CHECK_MS.with(|ms| ms.set(shard.cluster.config.retention_check_ms));
+    partition::set_cluster_mode(shard.cluster.config.cluster.is_some());
     let retention = compio::runtime::spawn(retention_loop(shard.clone()));
     shard.background.borrow_mut().push(retention);
     let cleaner = compio::runtime::spawn(cleaner_loop(shard.clone()));
