@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Cluster, ClusterOptions, check_reads, produce_acked, read_partition, read_raw_produce,
-    read_replica_log, send_raw_produce, test_client_config, wait_until,
+    Cluster, ClusterOptions, check_phases, produce_acked, read_raw_produce, read_replica_log,
+    send_raw_produce, test_client_config, wait_follows, wait_until,
 };
 use common::wire::Conn;
 use sluice_client::Client;
@@ -119,39 +118,22 @@ fn a_paused_leader_is_fenced_and_follows_after_it_resumes() {
     );
 
     // It follows: its own metadata names the new leader, and it is back in the ISR.
-    wait_until(
-        &format!("node {old} follows node {new} and is back in the ISR"),
+    wait_follows(
+        &cluster,
+        TOPIC,
+        old as usize,
+        new as usize,
         Duration::from_secs(60),
-        || {
-            let seen_by_old = cluster.partition_at(old as usize, TOPIC, 0)?;
-            let seen_by_new = cluster.partition_at(new as usize, TOPIC, 0)?;
-            (seen_by_old.leader == new as i32
-                && seen_by_new.leader == new as i32
-                && seen_by_new.isr.contains(&(old as i32)))
-            .then_some(())
-        },
     );
     acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &values("after"))));
 
-    let (end, records) = runtime
-        .block_on(read_partition(&client, TOPIC, 0, Duration::from_secs(30)))
-        .unwrap_or_else(|e| panic!("reading back: {e}"));
-    let mut reads = BTreeMap::new();
-    reads.insert(0, (end, records.clone()));
-    let sent = |v: &[u8]| {
-        let v = String::from_utf8_lossy(v);
-        ["before-", "during-", "after-"]
-            .iter()
-            .any(|p| v.starts_with(p))
-    };
-    if let Err(e) = check_reads(&reads, &acked, sent) {
-        cluster.dump_logs();
-        panic!("{e}");
-    }
-    assert_eq!(
-        end,
-        3 * RECORDS_PER_PHASE as u64,
-        "the log holds the acknowledged records only"
+    let (end, records) = check_phases(
+        &cluster,
+        &runtime,
+        &client,
+        TOPIC,
+        &acked,
+        RECORDS_PER_PHASE,
     );
     drop(client);
     drop(runtime);

@@ -14,12 +14,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Cluster, ClusterOptions, check_reads, produce_acked, read_partition, read_raw_produce,
-    read_replica_log, send_raw_produce, test_client_config, wait_until,
+    Cluster, ClusterOptions, check_phases, produce_acked, read_raw_produce, read_replica_log,
+    send_raw_produce, test_client_config, wait_follows, wait_until,
 };
 use common::netns::{Net, link_names, netns_names};
 use common::wire::Conn;
@@ -130,40 +129,16 @@ fn an_isolated_leader_acknowledges_nothing_and_the_cluster_converges_after_the_h
         eprintln!("write to the isolated leader {old} after the election: {refused}");
 
         net.heal().expect("heal");
-        wait_until(
-            &format!("node {old} follows node {new} and is back in the ISR after the heal"),
-            Duration::from_secs(60),
-            || {
-                let seen_by_old = cluster.partition_at(old, TOPIC, 0)?;
-                let seen_by_new = cluster.partition_at(new, TOPIC, 0)?;
-                (seen_by_old.leader == new as i32
-                    && seen_by_new.leader == new as i32
-                    && seen_by_new.isr.contains(&(old as i32)))
-                .then_some(())
-            },
-        );
+        wait_follows(&cluster, TOPIC, old, new, Duration::from_secs(60));
         acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &values("after"))));
-        let (end, records) = runtime
-            .block_on(read_partition(&client, TOPIC, 0, Duration::from_secs(30)))
-            .unwrap_or_else(|e| panic!("reading back: {e}"));
-        let mut reads = BTreeMap::new();
-        reads.insert(0, (end, records.clone()));
-        let sent = |v: &[u8]| {
-            let v = String::from_utf8_lossy(v);
-            ["before-", "during-", "after-"]
-                .iter()
-                .any(|p| v.starts_with(p))
-        };
-        if let Err(e) = check_reads(&reads, &acked, sent) {
-            cluster.dump_logs();
-            panic!("{e}");
-        }
-        assert_eq!(
-            end,
-            3 * RECORDS_PER_PHASE as u64,
-            "the log holds the acknowledged records only"
-        );
-        (end, records)
+        check_phases(
+            &cluster,
+            &runtime,
+            &client,
+            TOPIC,
+            &acked,
+            RECORDS_PER_PHASE,
+        )
     });
 
     let ends = cluster.compare_replicas(TOPIC, 0, end, &records);

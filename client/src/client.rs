@@ -37,7 +37,8 @@ use sluice_proto::protocol::{
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest,
     DescribeTopicsResponse, ErrorCode, ListOffsetsPartition, ListOffsetsRequest,
     ListOffsetsResponse, ListOffsetsTopic, ListTopicsRequest, ListTopicsResponse, MetadataRequest,
-    MetadataResponse, NewTopic, PartitionsIncrease, TopicDescription, TopicListing, Wire,
+    MetadataResponse, NewTopic, PartitionsIncrease, TopicDescription, TopicListing, TopicResult,
+    Wire,
 };
 use tokio::sync::{Notify, watch};
 
@@ -206,23 +207,13 @@ impl Client {
             }],
             validate_only: false,
         };
-        let response: CreateTopicsResponse = self
-            .admin_retrying(
-                ApiKey::CreateTopics,
-                &request,
-                |r: &CreateTopicsResponse| {
-                    topic_code(r.topics.iter().map(|t| (&t.name, t.error)), name)
-                },
-            )
-            .await?;
-        self.forget_topic(name);
-        topic_result(
-            response
-                .topics
-                .iter()
-                .map(|t| (&t.name, t.error, &t.message)),
+        self.change_topic(
+            ApiKey::CreateTopics,
+            &request,
             name,
+            |r: &CreateTopicsResponse| &r.topics,
         )
+        .await
     }
 
     /// Grows a topic to `total` partitions (more than it has). Existing partitions keep their
@@ -238,13 +229,7 @@ impl Client {
         let response: CreatePartitionsResponse =
             self.admin(ApiKey::CreatePartitions, &request).await?;
         self.forget_topic(name);
-        topic_result(
-            response
-                .topics
-                .iter()
-                .map(|t| (&t.name, t.error, &t.message)),
-            name,
-        )
+        topic_result(&response.topics, name)
     }
 
     /// Deletes a topic and its data.
@@ -252,23 +237,31 @@ impl Client {
         let request = DeleteTopicsRequest {
             names: vec![name.to_owned()],
         };
-        let response: DeleteTopicsResponse = self
-            .admin_retrying(
-                ApiKey::DeleteTopics,
-                &request,
-                |r: &DeleteTopicsResponse| {
-                    topic_code(r.topics.iter().map(|t| (&t.name, t.error)), name)
-                },
-            )
+        self.change_topic(
+            ApiKey::DeleteTopics,
+            &request,
+            name,
+            |r: &DeleteTopicsResponse| &r.topics,
+        )
+        .await
+    }
+
+    /// Sends a request that changes topic `name` (retrying within the admin timeout), forgets
+    /// the topic's cached metadata and returns `name`'s outcome.
+    async fn change_topic<Req: Wire, Resp: Wire>(
+        &self,
+        api: ApiKey,
+        request: &Req,
+        name: &str,
+        results: impl Fn(&Resp) -> &[TopicResult],
+    ) -> Result<(), ClientError> {
+        let response: Resp = self
+            .admin_retrying(api, request, |r: &Resp| {
+                topic_code(results(r).iter().map(|t| (&t.name, t.error)), name)
+            })
             .await?;
         self.forget_topic(name);
-        topic_result(
-            response
-                .topics
-                .iter()
-                .map(|t| (&t.name, t.error, &t.message)),
-            name,
-        )
+        topic_result(results(&response), name)
     }
 
     /// Every topic with its partition count.
@@ -869,13 +862,10 @@ fn topic_code<'a>(
 }
 
 /// The outcome for `name` among per-topic admin results.
-fn topic_result<'a>(
-    mut results: impl Iterator<Item = (&'a String, ErrorCode, &'a String)>,
-    name: &str,
-) -> Result<(), ClientError> {
-    match results.find(|(n, _, _)| n.as_str() == name) {
-        Some((_, code, _)) if code == ErrorCode::NONE => Ok(()),
-        Some((_, code, message)) => Err(ClientError::from_code(code, message, name)),
+fn topic_result(results: &[TopicResult], name: &str) -> Result<(), ClientError> {
+    match results.iter().find(|t| t.name == name) {
+        Some(t) if t.error == ErrorCode::NONE => Ok(()),
+        Some(t) => Err(ClientError::from_code(t.error, &t.message, name)),
         None => Err(ClientError::Broker {
             code: ErrorCode::UNKNOWN_SERVER_ERROR,
             message: format!("no result for topic '{name}' in the response"),

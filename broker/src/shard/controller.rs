@@ -31,13 +31,74 @@ fn result(name: &str, error: ErrorCode, message: impl Into<String>) -> TopicResu
     }
 }
 
-/// Partition indexes of a topic, grouped by owning shard.
-fn by_owner(shard: &Shard, topic: &str, partitions: u32) -> BTreeMap<ShardId, Vec<u32>> {
+/// Partition indexes `partitions` of a topic, grouped by owning shard.
+fn by_owner(
+    shard: &Shard,
+    topic: &str,
+    partitions: std::ops::Range<u32>,
+) -> BTreeMap<ShardId, Vec<u32>> {
     let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
-    for p in 0..partitions {
+    for p in partitions {
         owners.entry(shard.owner(topic, p)).or_default().push(p);
     }
     owners
+}
+
+/// Has the owning shards open (creating if needed) `partitions` of `topic`, and waits for
+/// all of them; `Err` names a failure.
+async fn open_on_owners(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partitions: std::ops::Range<u32>,
+    configs: &crate::topic_config::TopicConfigs,
+) -> Result<(), String> {
+    let mut replies = Vec::new();
+    for (owner, partitions) in by_owner(shard, topic, partitions) {
+        let (reply, rx) = reply_channel();
+        shard
+            .send(
+                owner,
+                ShardMsg::OpenPartitions {
+                    topic: topic.to_string(),
+                    partitions,
+                    configs: configs.clone(),
+                    reply,
+                },
+            )
+            .await;
+        replies.push(rx);
+    }
+    let mut error = None;
+    for rx in replies {
+        match rx.recv_async().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error = Some(e),
+            Err(_) => error = Some("a shard stopped".to_string()),
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+/// Has the owning shards close and delete the logs of `partitions` of `topic`, and waits.
+async fn close_on_owners(shard: &Rc<Shard>, topic: &str, partitions: std::ops::Range<u32>) {
+    let mut replies = Vec::new();
+    for (owner, partitions) in by_owner(shard, topic, partitions) {
+        let (reply, rx) = reply_channel();
+        shard
+            .send(
+                owner,
+                ShardMsg::RemovePartitions {
+                    topic: topic.to_string(),
+                    partitions,
+                    reply,
+                },
+            )
+            .await;
+        replies.push(rx);
+    }
+    for rx in replies {
+        let _ = rx.recv_async().await;
+    }
 }
 
 /// Largest replication factor a topic may have (the controller's limit).
@@ -140,32 +201,8 @@ pub(crate) async fn create_topics(
     }
     let mut failed = Vec::new();
     for name in &created {
-        let meta = next.topics[name].clone();
-        let mut replies = Vec::new();
-        for (owner, partitions) in by_owner(shard, name, meta.partitions) {
-            let (reply, rx) = reply_channel();
-            shard
-                .send(
-                    owner,
-                    ShardMsg::OpenPartitions {
-                        topic: name.clone(),
-                        partitions,
-                        configs: meta.configs.clone(),
-                        reply,
-                    },
-                )
-                .await;
-            replies.push(rx);
-        }
-        let mut error = None;
-        for rx in replies {
-            match rx.recv_async().await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error = Some(e),
-                Err(_) => error = Some("a shard stopped".to_string()),
-            }
-        }
-        if let Some(e) = error {
+        let meta = &next.topics[name];
+        if let Err(e) = open_on_owners(shard, name, 0..meta.partitions, &meta.configs).await {
             tracing::error!(topic = %name, error = %e, "creating topic failed; rolling back");
             failed.push(name.clone());
             for r in results.iter_mut().filter(|r| &r.name == name) {
@@ -474,58 +511,9 @@ async fn add_partitions_alone(
         tracing::error!(error = %e, "cannot persist topic metadata");
         return Err((ErrorCode::STORAGE_ERROR, e.to_string()));
     }
-    let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
-    for p in before..count {
-        owners.entry(shard.owner(name, p)).or_default().push(p);
-    }
-    let mut replies = Vec::new();
-    for (owner, partitions) in owners {
-        let (reply, rx) = reply_channel();
-        shard
-            .send(
-                owner,
-                ShardMsg::OpenPartitions {
-                    topic: name.to_string(),
-                    partitions,
-                    configs: configs.clone(),
-                    reply,
-                },
-            )
-            .await;
-        replies.push(rx);
-    }
-    let mut error = None;
-    for rx in replies {
-        match rx.recv_async().await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error = Some(e),
-            Err(_) => error = Some("a shard stopped".to_string()),
-        }
-    }
-    if let Some(e) = error {
+    if let Err(e) = open_on_owners(shard, name, before..count, &configs).await {
         tracing::error!(topic = %name, error = %e, "adding partitions failed; rolling back");
-        let mut owners: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
-        for p in before..count {
-            owners.entry(shard.owner(name, p)).or_default().push(p);
-        }
-        let mut replies = Vec::new();
-        for (owner, partitions) in owners {
-            let (reply, rx) = reply_channel();
-            shard
-                .send(
-                    owner,
-                    ShardMsg::RemovePartitions {
-                        topic: name.to_string(),
-                        partitions,
-                        reply,
-                    },
-                )
-                .await;
-            replies.push(rx);
-        }
-        for rx in replies {
-            let _ = rx.recv_async().await;
-        }
+        close_on_owners(shard, name, before..count).await;
         if let Some(meta) = next.topics.get_mut(name) {
             meta.partitions = before;
         }
@@ -540,24 +528,7 @@ async fn add_partitions_alone(
 
 /// Has the owning shards close and delete a topic's logs, then removes its directory.
 async fn remove_logs(shard: &Rc<Shard>, topic: &str, partitions: u32) {
-    let mut replies = Vec::new();
-    for (owner, indexes) in by_owner(shard, topic, partitions) {
-        let (reply, rx) = reply_channel();
-        shard
-            .send(
-                owner,
-                ShardMsg::RemovePartitions {
-                    topic: topic.to_string(),
-                    partitions: indexes,
-                    reply,
-                },
-            )
-            .await;
-        replies.push(rx);
-    }
-    for rx in replies {
-        let _ = rx.recv_async().await;
-    }
+    close_on_owners(shard, topic, 0..partitions).await;
     let dir = topic_dir(&shard.cluster.config.data_dir, topic);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}

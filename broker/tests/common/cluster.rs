@@ -1233,3 +1233,55 @@ fn read_frame_lenient(conn: &mut super::wire::Conn) -> Option<BytesMut> {
     conn.stream.read_exact(&mut buf).ok()?;
     Some(BytesMut::from(&buf[..]))
 }
+
+/// Waits until node `old` names `new` the leader of partition 0 of `topic` and `new` has
+/// `old` back in its ISR (an old leader that truncated and follows again).
+pub fn wait_follows(cluster: &Cluster, topic: &str, old: usize, new: usize, timeout: Duration) {
+    wait_until(
+        &format!("node {old} follows node {new} and is back in the ISR"),
+        timeout,
+        || {
+            let seen_by_old = cluster.partition_at(old, topic, 0)?;
+            let seen_by_new = cluster.partition_at(new, topic, 0)?;
+            (seen_by_old.leader == new as i32
+                && seen_by_new.leader == new as i32
+                && seen_by_new.isr.contains(&(old as i32)))
+            .then_some(())
+        },
+    );
+}
+
+/// Reads partition 0 of `topic` back and checks it holds exactly the acknowledged records
+/// of the phases `before-`, `during-` and `after-` (`records_per_phase` each), every one at
+/// its acknowledged offset; dumps the nodes' logs before failing. Returns the end offset and
+/// the records.
+pub fn check_phases(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    client: &sluice_client::Client,
+    topic: &str,
+    acked: &[Acked],
+    records_per_phase: usize,
+) -> (u64, std::collections::BTreeMap<u64, Vec<u8>>) {
+    let (end, records) = runtime
+        .block_on(read_partition(client, topic, 0, Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("reading back: {e}"));
+    let mut reads = std::collections::BTreeMap::new();
+    reads.insert(0, (end, records.clone()));
+    let sent = |v: &[u8]| {
+        let v = String::from_utf8_lossy(v);
+        ["before-", "during-", "after-"]
+            .iter()
+            .any(|p| v.starts_with(p))
+    };
+    if let Err(e) = check_reads(&reads, acked, sent) {
+        cluster.dump_logs();
+        panic!("{e}");
+    }
+    assert_eq!(
+        end,
+        3 * records_per_phase as u64,
+        "the log holds the acknowledged records only"
+    );
+    (end, records)
+}
