@@ -532,6 +532,26 @@ pub(crate) async fn watch(
     .await;
 }
 
+/// One partition's earliest, latest or by-timestamp offset, with the timestamp found.
+async fn list_offset(p: &Partition, timestamp: i64) -> Result<(u64, i64), Failure> {
+    crate::replica::check_leader(p)?;
+    let hw = crate::replica::visible_end(p);
+    match timestamp {
+        EARLIEST_TIMESTAMP => Ok((p.log.offsets().log_start.get(), -1)),
+        LATEST_TIMESTAMP => Ok((hw, -1)),
+        ts if ts < 0 => Err((
+            ErrorCode::INVALID_REQUEST,
+            format!("timestamp {ts} is neither a time nor -1/-2"),
+        )),
+        ts => match p.log.offset_for_timestamp(ts).await {
+            // Not yet committed data is not visible: past the watermark, answer it.
+            Ok(Some(offset)) if offset.get() < hw => Ok((offset.get(), ts)),
+            Ok(_) => Ok((hw, -1)),
+            Err(e) => Err(log_error(&p.topic, p.index, &e)),
+        },
+    }
+}
+
 /// Earliest, latest or by-timestamp offsets.
 pub(crate) async fn list_offsets(
     lookup: impl Fn(&str, u32) -> Option<Rc<Partition>>,
@@ -541,27 +561,7 @@ pub(crate) async fn list_offsets(
     for (topic, partition, timestamp) in parts {
         let result = match lookup(&topic, partition) {
             None => Err(unknown(&topic, partition)),
-            Some(p) => match crate::replica::check_leader(&p) {
-                Err(failure) => Err(failure),
-                Ok(()) => {
-                    let offsets = p.log.offsets();
-                    let hw = crate::replica::visible_end(&p);
-                    match timestamp {
-                        EARLIEST_TIMESTAMP => Ok((offsets.log_start.get(), -1)),
-                        LATEST_TIMESTAMP => Ok((hw, -1)),
-                        ts if ts < 0 => Err((
-                            ErrorCode::INVALID_REQUEST,
-                            format!("timestamp {ts} is neither a time nor -1/-2"),
-                        )),
-                        ts => match p.log.offset_for_timestamp(ts).await {
-                            // Not yet committed data is not visible: past the watermark, answer it.
-                            Ok(Some(offset)) if offset.get() < hw => Ok((offset.get(), ts)),
-                            Ok(_) => Ok((hw, -1)),
-                            Err(e) => Err(log_error(&topic, partition, &e)),
-                        },
-                    }
-                }
-            },
+            Some(p) => list_offset(&p, timestamp).await,
         };
         out.push(match result {
             Ok((offset, timestamp)) => ListOffsetsPartitionResult {
