@@ -50,6 +50,7 @@ fn request(payload: &[u8]) {
         Some(ApiKey::DescribeGroups) => check::<DescribeGroupsRequest>(body),
         Some(ApiKey::DeleteGroups) => check::<DeleteGroupsRequest>(body),
         Some(ApiKey::InitProducerId) => check::<InitProducerIdRequest>(body),
+        Some(ApiKey::CreatePartitions) => check::<CreatePartitionsRequest>(body),
         None => {}
     }
 }
@@ -88,6 +89,7 @@ fn response(payload: &[u8]) {
     check::<ConsumerSubscription>(body);
     check::<ConsumerAssignment>(body);
     check::<InitProducerIdResponse>(body);
+    check::<CreatePartitionsResponse>(body);
 }
 
 /// Decodes `body` as a whole `T`; what decodes re-encodes to `body` exactly.
