@@ -92,6 +92,13 @@ pub enum LogError {
         /// The latest epoch in the log's leader-epoch cache.
         latest: u32,
     },
+    /// `append_replica` on a leader's log (after `become_leader`, before `become_follower`):
+    /// a fetch answer from a previous leader that arrived late must not land in it.
+    #[error("the log leads in epoch {epoch}: it takes no replica batches")]
+    LeaderLog {
+        /// The epoch the log leads in.
+        epoch: u32,
+    },
 }
 
 impl LogError {

@@ -229,6 +229,44 @@ fn leader_stamps_epochs_and_answers_end_offsets() {
 // ---------------------------------------------------------------------------------------
 // Follower appends.
 
+/// A log that leads takes no replica batch (a fetch answer of the previous leader that lands
+/// after the log took over), and takes them again once it follows.
+#[test]
+fn a_leaders_log_refuses_replica_batches() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    run(async {
+        let leader = PartitionLog::open(leader_dir.path(), config())
+            .await
+            .expect("open");
+        let other = PartitionLog::open(other_dir.path(), config())
+            .await
+            .expect("open");
+        leader.become_leader(3).await.expect("leader");
+        for tag in 0..2 {
+            let _ = leader.append(batch(tag)).await.expect("append");
+        }
+        let batches = all_batches(&leader).await;
+        other.become_leader(4).await.expect("the other log leads");
+        let err = other
+            .append_replica(BytesMut::from(batches[0].as_bytes().as_ref()))
+            .await
+            .err()
+            .expect("replica batch on a leader's log refused");
+        assert!(matches!(err, LogError::LeaderLog { epoch: 4 }), "{err}");
+        assert_eq!(other.offsets().log_end, Offset(0));
+        other.become_follower();
+        let a = other
+            .append_replica(BytesMut::from(batches[0].as_bytes().as_ref()))
+            .await
+            .expect("a follower's log takes it");
+        a.durable.await.expect("durable");
+        assert_eq!(other.offsets().log_end, batches[1].base_offset());
+        leader.close().await.expect("close");
+        other.close().await.expect("close");
+    });
+}
+
 #[test]
 fn append_replica_refuses_gaps_overlaps_and_corruption() {
     let leader_dir = tempfile::tempdir().expect("tempdir");

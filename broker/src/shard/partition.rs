@@ -53,11 +53,11 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
         | LogError::Stopped { .. }
         | LogError::Corrupt { .. }
         | LogError::InvalidConfig(_) => ErrorCode::STORAGE_ERROR,
-        // Only the replication path (next round) appends replica batches or changes
-        // epochs; it maps these itself. Reaching here would be a broker bug.
-        LogError::NonContiguous { .. } | LogError::StaleLeaderEpoch { .. } => {
-            ErrorCode::STORAGE_ERROR
-        }
+        // Only the replication path appends replica batches or changes epochs; it maps
+        // these itself. Reaching here would be a broker bug.
+        LogError::NonContiguous { .. }
+        | LogError::StaleLeaderEpoch { .. }
+        | LogError::LeaderLog { .. } => ErrorCode::STORAGE_ERROR,
     };
     if matches!(err, LogError::Stopped { .. }) {
         // The log said so once, at error, when it stopped: not again for every request.

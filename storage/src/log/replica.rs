@@ -208,7 +208,10 @@ impl PartitionLog {
     /// [`LogError::NonContiguous`]; header, size and CRC are checked as by
     /// [`PartitionLog::append`], and a bad batch leaves the log unchanged. A batch of an
     /// epoch newer than the cache's latest adds a cache entry (persisted before the batch is
-    /// queued). Group commit, durability and the tail cache are those of `append`.
+    /// queued). Group commit, durability and the tail cache are those of `append`. A leader's
+    /// log (between [`PartitionLog::become_leader`] and [`PartitionLog::become_follower`])
+    /// refuses it with [`LogError::LeaderLog`]: a fetch answer of the previous leader that
+    /// lands after this log took over must not write into it.
     pub async fn append_replica(&self, batch: BytesMut) -> LogResult<Appended> {
         let header = self.check_batch_frame(&batch)?;
         sluice_proto::verify_crc(&batch)?;
@@ -217,6 +220,9 @@ impl PartitionLog {
                 let mut st = self.shared.state.borrow_mut();
                 st.check_writable()?;
                 if !st.repl.truncating {
+                    if let Some(epoch) = st.repl.leader_epoch {
+                        return Err(LogError::LeaderLog { epoch });
+                    }
                     if header.base_offset != st.next_offset {
                         return Err(LogError::NonContiguous {
                             expected: st.next_offset,
