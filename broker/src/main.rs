@@ -27,6 +27,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Consumer groups: list, describe (lag), reset offsets, delete.
     Group(cli::GroupArgs),
+    /// Cluster administration: decommission a broker.
+    Cluster(cli::ClusterArgs),
     /// Check this machine and the data directory before running a broker.
     Doctor(sluice_broker::DoctorArgs),
     /// Make the CA and node certificates for the peer transport (mutual TLS).
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => cli::run_produce(args),
         Command::Consume(args) => cli::run_consume(args),
         Command::Group(args) => cli::run_group(args),
+        Command::Cluster(args) => cli::run_cluster(args),
         Command::Doctor(args) => sluice_broker::doctor_main(args),
         Command::Cert(args) => cli::run_cert(args),
     }

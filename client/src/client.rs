@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::protocol::{
     ApiKey, ConfigEntry, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest,
-    DescribeTopicsResponse, ErrorCode, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsResponse, ListOffsetsTopic, ListTopicsRequest, ListTopicsResponse, MetadataRequest,
-    MetadataResponse, NewTopic, PartitionsIncrease, TopicDescription, TopicListing, TopicResult,
-    Wire,
+    CreateTopicsResponse, DecommissionBrokerRequest, DecommissionBrokerResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse,
+    ErrorCode, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsResponse, ListOffsetsTopic,
+    ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, NewTopic,
+    PartitionsIncrease, TopicDescription, TopicListing, TopicResult, Wire,
 };
 use tokio::sync::{Notify, watch};
 
@@ -230,6 +230,31 @@ impl Client {
             self.admin(ApiKey::CreatePartitions, &request).await?;
         self.forget_topic(name);
         topic_result(&response.topics, name)
+    }
+
+    /// Cluster mode: has the controller move every partition replica off broker `node` so
+    /// that it can leave the cluster (it gets no new replicas from then on), or, asked again,
+    /// reports the progress. Returns how many replicas the broker still holds, in the
+    /// answering broker's metadata: 0 means it can be stopped. Refused with
+    /// `INVALID_REPLICA_ASSIGNMENT` when a replica has nowhere to go (the other brokers hold
+    /// copies already), `BROKER_NOT_AVAILABLE` for an unknown node id, `INVALID_REQUEST` on a
+    /// broker running alone.
+    pub async fn decommission_broker(&self, node: i32) -> Result<u32, ClientError> {
+        let request = DecommissionBrokerRequest { broker: node };
+        let response: DecommissionBrokerResponse = self
+            .admin_retrying(
+                ApiKey::DecommissionBroker,
+                &request,
+                |r: &DecommissionBrokerResponse| r.error,
+            )
+            .await?;
+        if response.error != ErrorCode::NONE {
+            return Err(ClientError::Broker {
+                code: response.error,
+                message: response.message,
+            });
+        }
+        Ok(response.remaining_replicas)
     }
 
     /// Deletes a topic and its data.

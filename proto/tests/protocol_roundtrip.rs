@@ -913,6 +913,20 @@ proptest! {
         let resp = CreatePartitionsResponse { topics: results };
         check_response(&resp, &resp, error);
     }
+
+    #[test]
+    fn decommission_broker(
+        broker in any::<i32>(),
+        code in error_code(),
+        message in string(),
+        remaining_replicas in any::<u32>(),
+        error in error_code(),
+    ) {
+        let req = DecommissionBrokerRequest { broker };
+        check_request(ApiKey::DecommissionBroker, &req, &req);
+        let resp = DecommissionBrokerResponse { error: code, message, remaining_replicas };
+        check_response(&resp, &resp, error);
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use sluice_replication::controller::state::{
-    assign_replicas, changes_for_fence, changes_for_unfence, elect_leader,
+    assign_replicas, changes_for_fence, changes_for_unfence, decommission_blocker, elect_leader,
+    reassignment_steps,
 };
 use sluice_replication::controller::{
     BrokerRegistration, ClusterState, Command, NodeId, Rejection,
@@ -237,4 +238,148 @@ fn commands_round_trip_and_garbage_is_refused() {
     assert!(Command::decode(&[9, 1, 2, 3]).is_err(), "unknown version");
     assert!(Command::decode(&[1, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0]).is_err());
     assert!(ClusterState::decode(&[0xff; 40]).is_err());
+}
+
+/// The leader of `topic`-`p` adds every replica that is not in the ISR yet (as its fetchers
+/// would once the replica caught up).
+fn expand_isr(s: &mut ClusterState, topic: &str, p: u32) {
+    let part = s.partition(topic, p).expect("partition").clone();
+    let Some(leader) = part.leader else {
+        return;
+    };
+    if part.replicas.iter().all(|r| part.isr.contains(r)) {
+        return;
+    }
+    s.apply(&Command::AlterPartition {
+        topic: topic.into(),
+        partition: p,
+        leader,
+        leader_epoch: part.leader_epoch,
+        partition_epoch: part.partition_epoch,
+        new_isr: part.replicas.clone(),
+    })
+    .expect("expand the ISR");
+}
+
+#[test]
+fn decommission_moves_every_replica_away_keeping_the_replication_factor() {
+    let mut s = cluster(4);
+    let assignment = assign_replicas(&[0, 1, 2, 3], 8, 2, 0, 0);
+    s.apply(&Command::CreateTopic {
+        name: "t".into(),
+        configs: BTreeMap::new(),
+        assignment,
+    })
+    .expect("create");
+    // Two replicas over four brokers leave two to move to; four replicas leave none.
+    assert_eq!(decommission_blocker(&s, 2), None);
+    let mut wide = s.clone();
+    wide.apply(&Command::CreateTopic {
+        name: "wide".into(),
+        configs: BTreeMap::new(),
+        assignment: vec![vec![0, 1, 2, 3]],
+    })
+    .expect("create wide");
+    assert!(matches!(
+        decommission_blocker(&wide, 2),
+        Some(Rejection::NoReassignmentTarget { broker: 2, ref topic, partition: 0, .. })
+            if topic == "wide"
+    ));
+
+    s.apply(&Command::DecommissionBroker { broker: 2 })
+        .expect("decommission");
+    assert!(s.is_decommissioning(2));
+    assert!(!s.assignable_brokers().contains(&2));
+    let held = s.replicas_on(2);
+    assert!(held > 0);
+    // At most two under way at once; the rest wait.
+    let mut steps_taken = 0;
+    while s.replicas_on(2) > 0 {
+        let steps = reassignment_steps(&s, 2);
+        assert!(!steps.is_empty(), "no progress: {s:?}");
+        let under_way = s
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.reassigning())
+            .count();
+        let starting = steps.iter().filter(|c| !c.adding.is_empty()).count();
+        assert!(
+            under_way + starting <= 2,
+            "{under_way} + {starting} under way"
+        );
+        s.apply(&Command::Reassign { changes: steps })
+            .expect("apply the steps");
+        check_invariants(&s);
+        for p in 0..8 {
+            let part = s.partition("t", p).expect("partition");
+            // Never the decommissioning broker as a new replica.
+            assert!(!part.adding.contains(&2), "{part:?}");
+            expand_isr(&mut s, "t", p);
+        }
+        steps_taken += 1;
+        assert!(steps_taken < 100, "the decommission does not converge");
+    }
+    for p in 0..8 {
+        let part = s.partition("t", p).expect("partition");
+        assert_eq!(part.replicas.len(), 2, "{part:?}");
+        assert!(!part.replicas.contains(&2), "{part:?}");
+        assert!(!part.reassigning(), "{part:?}");
+        assert_ne!(part.leader, Some(2), "{part:?}");
+    }
+    // A stale step (epochs moved on) changes nothing.
+    let mut moving = cluster(3);
+    moving
+        .apply(&Command::CreateTopic {
+            name: "m".into(),
+            configs: BTreeMap::new(),
+            assignment: vec![vec![0, 1]],
+        })
+        .expect("create m");
+    moving
+        .apply(&Command::DecommissionBroker { broker: 0 })
+        .expect("decommission 0");
+    let start = reassignment_steps(&moving, 8);
+    assert_eq!(start.len(), 1);
+    assert_eq!(start[0].adding, vec![2]);
+    assert_eq!(start[0].removing, vec![0]);
+    moving
+        .apply(&Command::Reassign {
+            changes: start.clone(),
+        })
+        .expect("start");
+    let before = moving.clone();
+    assert!(matches!(
+        moving.apply(&Command::Reassign { changes: start }),
+        Err(Rejection::InvalidUpdateVersion { .. })
+    ));
+    assert_eq!(moving, before);
+    // Not finished until the new replica is in sync; then the leader moves off broker 0.
+    assert!(reassignment_steps(&moving, 8).is_empty());
+    expand_isr(&mut moving, "m", 0);
+    let finish = reassignment_steps(&moving, 8);
+    assert_eq!(finish.len(), 1);
+    moving
+        .apply(&Command::Reassign { changes: finish })
+        .expect("finish");
+    let part = moving.partition("m", 0).expect("partition");
+    assert_eq!(part.replicas, vec![1, 2]);
+    assert_eq!(part.isr, vec![1, 2]);
+    assert_eq!(part.leader, Some(1));
+    assert_eq!(part.leader_epoch, 1);
+    // A restart keeps the mark.
+    moving
+        .apply(&Command::FenceBroker {
+            broker: 0,
+            changes: vec![],
+        })
+        .expect("fence");
+    let mut again = registration(0);
+    again.incarnation = 2;
+    moving
+        .apply(&Command::RegisterBroker {
+            registration: again,
+        })
+        .expect("register again");
+    assert!(moving.is_decommissioning(0));
 }

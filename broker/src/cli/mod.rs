@@ -1,8 +1,9 @@
 //! The command-line client: `sluice topic`, `sluice produce`, `sluice consume`, `sluice
-//! group`. Each runs the client library on a small tokio runtime; errors go to stderr as one
+//! group`, `sluice cluster`. Each runs the client library on a small tokio runtime; errors go to stderr as one
 //! sentence and the exit code is 1. `sluice cert` makes the peer transport's certificates.
 
 mod cert;
+mod cluster;
 mod consume;
 mod format;
 mod group;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use sluice_client::{Client, ClientConfig, ClientError};
 
 pub(crate) use cert::{CertArgs, run_cert};
+pub(crate) use cluster::{ClusterArgs, run_cluster};
 pub(crate) use consume::{ConsumeArgs, run_consume};
 pub(crate) use group::{GroupArgs, run_group};
 pub(crate) use produce::{ProduceArgs, run_produce};

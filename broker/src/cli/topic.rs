@@ -26,8 +26,8 @@ enum TopicCommand {
         /// Number of partitions.
         #[arg(long)]
         partitions: u32,
-        /// Copies of each partition (cluster mode) [default: min(3, registered brokers);
-        /// 1 on a broker running alone].
+        /// Copies of each partition (cluster mode) [default: min(3, registered brokers not
+        /// being decommissioned); 1 on a broker running alone].
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
         replication_factor: Option<u16>,
         /// A topic config, `key=value` (repeatable), e.g. `retention.ms=86400000`.

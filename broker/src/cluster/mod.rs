@@ -581,6 +581,7 @@ mod tests {
                 BrokerInfo {
                     registration: registration(id, shards),
                     fenced,
+                    decommissioning: false,
                 },
             );
         }
@@ -590,6 +591,8 @@ mod tests {
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         state.topics.insert(
             "t".into(),

@@ -1418,6 +1418,7 @@ mod tests {
                 peer_port: 9192,
             },
             fenced,
+            decommissioning: false,
         }
     }
 
@@ -1428,6 +1429,8 @@ mod tests {
             leader_epoch: epoch,
             isr: vec![0, 1, 2],
             partition_epoch: epoch,
+            adding: Vec::new(),
+            removing: Vec::new(),
         }
     }
 

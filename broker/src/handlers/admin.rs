@@ -6,10 +6,11 @@ use std::rc::Rc;
 
 use sluice_proto::protocol::{
     ApiVersionsResponse, BrokerMetadata, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode, ListTopicsResponse, MetadataRequest,
-    MetadataResponse, PartitionDescription, PartitionMetadata, TopicDescription, TopicListing,
-    TopicMetadata, TopicResult, api_version_ranges,
+    CreateTopicsRequest, CreateTopicsResponse, DecommissionBrokerRequest,
+    DecommissionBrokerResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeTopicsRequest,
+    DescribeTopicsResponse, ErrorCode, ListTopicsResponse, MetadataRequest, MetadataResponse,
+    PartitionDescription, PartitionMetadata, TopicDescription, TopicListing, TopicMetadata,
+    TopicResult, api_version_ranges,
 };
 
 use sluice_proto::protocol::ShardAddress;
@@ -342,6 +343,23 @@ pub(super) async fn create_partitions(
         .await
         .unwrap_or_else(|_| CreatePartitionsResponse {
             topics: shutting_down(names.into_iter()),
+        })
+}
+
+pub(super) async fn decommission_broker(
+    shard: Rc<Shard>,
+    request: DecommissionBrokerRequest,
+) -> DecommissionBrokerResponse {
+    let (reply, rx) = reply_channel();
+    shard
+        .send(CONTROLLER, ShardMsg::DecommissionBroker { request, reply })
+        .await;
+    rx.recv_async()
+        .await
+        .unwrap_or_else(|_| DecommissionBrokerResponse {
+            error: ErrorCode::SHUTTING_DOWN,
+            message: "the controller is shutting down".into(),
+            remaining_replicas: 0,
         })
 }
 

@@ -119,6 +119,10 @@ pub(crate) async fn admit(
             let request = body!(p::CreatePartitionsRequest);
             respond(ctx, admin::create_partitions(shard.clone(), request))
         }
+        ApiKey::DecommissionBroker => {
+            let request = body!(p::DecommissionBrokerRequest);
+            respond(ctx, admin::decommission_broker(shard.clone(), request))
+        }
         ApiKey::Produce => {
             let request = body!(p::ProduceRequest);
             produce::admit(shard, request, ctx).await

@@ -12,8 +12,8 @@ use sluice_replication::controller::{ControllerDriver, DriverError};
 
 use sluice_proto::protocol::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, ErrorCode, InitProducerIdRequest,
-    InitProducerIdResponse, TopicResult,
+    DecommissionBrokerRequest, DecommissionBrokerResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, ErrorCode, InitProducerIdRequest, InitProducerIdResponse, TopicResult,
 };
 
 use crate::metadata::{Metadata, TopicMeta, topic_dir, validate_partitions, validate_topic_name};
@@ -103,7 +103,7 @@ async fn close_on_owners(shard: &Rc<Shard>, topic: &str, partitions: std::ops::R
 
 /// Largest replication factor a topic may have (the controller's limit).
 const REPLICATION_FACTOR_MAX: i16 = 16;
-/// The default replication factor is min(this, registered brokers).
+/// The default replication factor is min(this, registered brokers not being decommissioned).
 const REPLICATION_FACTOR_DEFAULT_MAX: usize = 3;
 
 /// Checks a topic's replication factor and `min.insync.replicas` against each other: `rf`
@@ -238,7 +238,12 @@ async fn create_topics_in_cluster(
         let name = topic.name.as_str();
         let (registered, live) = {
             let state = driver.state();
-            (state.brokers.len(), state.live_brokers().len())
+            let staying = state
+                .brokers
+                .values()
+                .filter(|b| !b.decommissioning)
+                .count();
+            (staying, state.assignable_brokers().len())
         };
         let checked = validate_topic_name(name)
             .map_err(|m| (ErrorCode::INVALID_TOPIC, m))
@@ -279,7 +284,10 @@ async fn create_topics_in_cluster(
                 result(
                     name,
                     ErrorCode::INVALID_REPLICATION_FACTOR,
-                    format!("replication factor {rf} is above the {live} live brokers"),
+                    format!(
+                        "replication factor {rf} is above the {live} live brokers that can take \
+                         replicas"
+                    ),
                 )
             } else {
                 result(name, ErrorCode::NONE, "")
@@ -310,6 +318,56 @@ async fn create_topics_in_cluster(
 /// Kafka's code and a message for a driver error.
 fn driver_error(e: &DriverError) -> (ErrorCode, String) {
     (ErrorCode(e.kafka_code()), e.to_string())
+}
+
+/// Cluster mode: has the active controller mark a broker as being decommissioned (once; the
+/// controller then moves its replicas away in the background), and reports how many
+/// partition replicas it still holds in this node's applied state. Asking again only reports.
+pub(crate) async fn decommission_broker(
+    shard: &Rc<Shard>,
+    request: DecommissionBrokerRequest,
+) -> DecommissionBrokerResponse {
+    let answer = |error, message: String, remaining_replicas: usize| DecommissionBrokerResponse {
+        error,
+        message,
+        remaining_replicas: u32::try_from(remaining_replicas).unwrap_or(u32::MAX),
+    };
+    let Some(driver) = shard.controller.borrow().clone() else {
+        return answer(
+            ErrorCode::INVALID_REQUEST,
+            "this broker runs alone (no --cluster): there is no other broker to move replicas to"
+                .into(),
+            0,
+        );
+    };
+    let Ok(broker) = u32::try_from(request.broker) else {
+        return answer(
+            ErrorCode::BROKER_NOT_AVAILABLE,
+            format!("{} is not a node id", request.broker),
+            0,
+        );
+    };
+    let already = driver.state().is_decommissioning(broker);
+    if !already {
+        let outcome = match driver.decommission_broker(broker).await {
+            Ok(index) => await_view(&format!("broker {broker}"), index).await,
+            Err(e) => Err(driver_error(&e)),
+        };
+        if let Err((code, message)) = outcome {
+            tracing::warn!(broker, code = code.name(), error = %message,
+                "broker not decommissioned");
+            return answer(code, message, 0);
+        }
+    }
+    let remaining = driver.state().replicas_on(broker);
+    if !already {
+        tracing::info!(
+            broker,
+            remaining_replicas = remaining,
+            "broker is being decommissioned: its replicas move to other brokers"
+        );
+    }
+    answer(ErrorCode::NONE, String::new(), remaining)
 }
 
 /// Waits until this node installed the view at `index` (a change the controller applied).

@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use sluice_proto::protocol::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, ErrorCode, FetchPartitionResult,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsPartitionResult,
-    ProducePartitionResult,
+    DecommissionBrokerRequest, DecommissionBrokerResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, ErrorCode, FetchPartitionResult, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsPartitionResult, ProducePartitionResult,
 };
 
 use crate::metadata::Metadata;
@@ -130,6 +130,13 @@ pub(crate) enum ShardMsg {
         request: CreatePartitionsRequest,
         /// The answer.
         reply: Reply<CreatePartitionsResponse>,
+    },
+    /// To the controller: decommission a broker (cluster mode).
+    DecommissionBroker {
+        /// The request.
+        request: DecommissionBrokerRequest,
+        /// The answer.
+        reply: Reply<DecommissionBrokerResponse>,
     },
     /// To the controller: a producer id and epoch.
     InitProducerId {

@@ -451,6 +451,9 @@ impl Shard {
             ShardMsg::CreatePartitions { request, reply } => spawn(Box::pin(async move {
                 let _ = reply.try_send(controller::create_partitions(&self, request).await);
             })),
+            ShardMsg::DecommissionBroker { request, reply } => spawn(Box::pin(async move {
+                let _ = reply.try_send(controller::decommission_broker(&self, request).await);
+            })),
             ShardMsg::InitProducerId { request, reply } => {
                 let _ = reply.try_send(controller::init_producer_id(&self, &request));
             }

@@ -1082,6 +1082,20 @@ impl Cluster {
         end: u64,
         reference: &std::collections::BTreeMap<u64, Vec<u8>>,
     ) -> Vec<u64> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.compare_replicas_on(&all, topic, p, end, reference)
+    }
+
+    /// [`Cluster::compare_replicas`] over the replicas on `nodes` only (every node is
+    /// stopped all the same).
+    pub fn compare_replicas_on(
+        &mut self,
+        nodes: &[usize],
+        topic: &str,
+        p: u32,
+        end: u64,
+        reference: &std::collections::BTreeMap<u64, Vec<u8>>,
+    ) -> Vec<u64> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].child.is_some() {
                 self.terminate(i, Duration::from_secs(30));
@@ -1089,7 +1103,7 @@ impl Cluster {
         }
         let mut first: Option<(usize, Vec<ReplicaRecord>)> = None;
         let mut ends = Vec::new();
-        for i in 0..self.nodes.len() {
+        for &i in nodes {
             let log = read_replica_log(&self.nodes[i].data_dir, topic, p, end)
                 .unwrap_or_else(|e| panic!("node {i}'s replica of {topic}-{p}: {e}"));
             assert!(

@@ -51,6 +51,7 @@ fn request(payload: &[u8]) {
         Some(ApiKey::DeleteGroups) => check::<DeleteGroupsRequest>(body),
         Some(ApiKey::InitProducerId) => check::<InitProducerIdRequest>(body),
         Some(ApiKey::CreatePartitions) => check::<CreatePartitionsRequest>(body),
+        Some(ApiKey::DecommissionBroker) => check::<DecommissionBrokerRequest>(body),
         None => {}
     }
 }
@@ -90,6 +91,7 @@ fn response(payload: &[u8]) {
     check::<ConsumerAssignment>(body);
     check::<InitProducerIdResponse>(body);
     check::<CreatePartitionsResponse>(body);
+    check::<DecommissionBrokerResponse>(body);
 }
 
 /// Decodes `body` as a whole `T`; what decodes re-encodes to `body` exactly.

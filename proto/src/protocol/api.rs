@@ -49,6 +49,8 @@ pub enum ApiKey {
     DeleteGroups = 19,
     /// Add partitions to existing topics.
     CreatePartitions = 20,
+    /// Move every replica off a broker (cluster mode).
+    DecommissionBroker = 21,
 }
 
 /// One row of the API table.
@@ -87,6 +89,7 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::DescribeGroups, "DescribeGroups"),
     spec(ApiKey::DeleteGroups, "DeleteGroups"),
     spec(ApiKey::CreatePartitions, "CreatePartitions"),
+    spec(ApiKey::DecommissionBroker, "DecommissionBroker"),
 ];
 
 const fn spec(key: ApiKey, name: &'static str) -> ApiSpec {

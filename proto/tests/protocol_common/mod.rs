@@ -119,6 +119,11 @@ macro_rules! with_api_types {
                 type $resp = CreatePartitionsResponse;
                 $body
             }
+            ApiKey::DecommissionBroker => {
+                type $req = DecommissionBrokerRequest;
+                type $resp = DecommissionBrokerResponse;
+                $body
+            }
         }
     }};
 }
@@ -333,6 +338,18 @@ pub(crate) mod samples {
                 error: ErrorCode::NONE,
                 message: String::new(),
             }],
+        }
+    }
+
+    pub(crate) fn decommission_broker_request() -> DecommissionBrokerRequest {
+        DecommissionBrokerRequest { broker: 2 }
+    }
+
+    pub(crate) fn decommission_broker_response() -> DecommissionBrokerResponse {
+        DecommissionBrokerResponse {
+            error: ErrorCode::NONE,
+            message: String::new(),
+            remaining_replicas: 5,
         }
     }
 
@@ -820,6 +837,9 @@ pub(crate) mod samples {
             ApiKey::CreatePartitions => {
                 encode_request(api, 0, 7, "golden", &create_partitions_request())
             }
+            ApiKey::DecommissionBroker => {
+                encode_request(api, 0, 7, "golden", &decommission_broker_request())
+            }
         }
     }
 
@@ -847,6 +867,7 @@ pub(crate) mod samples {
             ApiKey::DeleteGroups => encode_response(7, &delete_groups_response()),
             ApiKey::InitProducerId => encode_response(7, &init_producer_id_response()),
             ApiKey::CreatePartitions => encode_response(7, &create_partitions_response()),
+            ApiKey::DecommissionBroker => encode_response(7, &decommission_broker_response()),
         }
     }
 
@@ -875,6 +896,7 @@ pub(crate) mod samples {
             ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_request()),
             ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_request()),
             ApiKey::CreatePartitions => decode_body(r) == Ok(create_partitions_request()),
+            ApiKey::DecommissionBroker => decode_body(r) == Ok(decommission_broker_request()),
         }
     }
 
@@ -902,6 +924,7 @@ pub(crate) mod samples {
             ApiKey::DeleteGroups => decode_body(r) == Ok(delete_groups_response()),
             ApiKey::InitProducerId => decode_body(r) == Ok(init_producer_id_response()),
             ApiKey::CreatePartitions => decode_body(r) == Ok(create_partitions_response()),
+            ApiKey::DecommissionBroker => decode_body(r) == Ok(decommission_broker_response()),
         }
     }
 }

@@ -190,6 +190,8 @@ mod forward {
             partition_epoch: u32,
             new_isr: Vec<NodeId>,
         },
+        /// [`ControllerDriver::decommission_broker`](super::ControllerDriver::decommission_broker).
+        DecommissionBroker { broker: NodeId },
     }
 
     /// The active controller's answer to a [`ForwardRequest`] (frame kind 7).
@@ -567,6 +569,18 @@ impl ControllerDriver {
         }
     }
 
+    /// Marks `broker` as being decommissioned through the active controller (forwarded if
+    /// needed), like [`create_topic`](Self::create_topic); its replicas then move to other
+    /// brokers in the background. Refused with [`Rejection::NoReassignmentTarget`] when a
+    /// replica has nowhere to go, [`Rejection::UnknownBroker`] for an unknown id.
+    pub async fn decommission_broker(&self, broker: NodeId) -> Result<u64, DriverError> {
+        let request = ForwardRequest::DecommissionBroker { broker };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends this broker's heartbeat to the active controller (forwarded if needed); the
     /// reply comes at once (registering or unfencing follows by proposal).
     pub async fn broker_heartbeat(
@@ -830,6 +844,10 @@ impl Inner {
                 let index = self.drive(|c| c.propose(&command))?;
                 self.wait_applied(index).await
             }
+            ForwardRequest::DecommissionBroker { broker } => {
+                let index = self.drive(|c| c.decommission_broker(broker))?;
+                self.wait_applied(index).await
+            }
             ForwardRequest::BrokerHeartbeat {
                 registration,
                 want_unfence,
@@ -928,6 +946,11 @@ async fn ticker(inner: Rc<Inner>) {
                 Ok(_) | Err(DriverError::Controller(ControllerError::NotLeader { .. })) => {}
                 Err(DriverError::Stopped) => return,
                 Err(e) => tracing::warn!(node = inner.me, error = %e, "liveness check failed"),
+            }
+            match inner.drive(|c| c.check_reassignments()) {
+                Ok(_) | Err(DriverError::Controller(ControllerError::NotLeader { .. })) => {}
+                Err(DriverError::Stopped) => return,
+                Err(e) => tracing::warn!(node = inner.me, error = %e, "reassignment step failed"),
             }
         }
     }

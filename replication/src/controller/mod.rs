@@ -34,11 +34,14 @@ pub use driver::{ControllerDriver, DriverError, DriverStats};
 pub use error::{ControllerError, Result};
 pub use state::{
     BrokerInfo, BrokerRegistration, ClusterState, Command, PartitionChange, PartitionState,
-    Rejection, TopicState,
+    Reassignment, Rejection, TopicState,
 };
 pub use storage::{DiskStorage, Recovery};
 
-use state::{assign_replicas, changes_for_fence, changes_for_unfence, validate_topic_name};
+use state::{
+    assign_replicas, changes_for_fence, changes_for_unfence, decommission_blocker,
+    reassignment_steps, validate_topic_name,
+};
 use storage::{CONTROLLER_ENTRY_BYTES_MAX, CONTROLLER_SNAPSHOT_BYTES_MAX, CONTROLLER_VOTERS_MAX};
 
 pub use crate::NodeId;
@@ -55,6 +58,9 @@ pub const CONTROLLER_SNAPSHOT_ENTRIES: u64 = 1000;
 pub const BROKER_SESSION_TIMEOUT_MS: u64 = 9_000;
 /// Largest raft message accepted from a peer: one peer frame (a snapshot fits in it).
 pub const CONTROLLER_MESSAGE_BYTES_MAX: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// Most partition reassignments under way at once (each copies a whole partition to a new
+/// replica, so this bounds the extra replication traffic a decommission causes).
+pub const REASSIGNMENTS_IN_FLIGHT_MAX: usize = 32;
 /// Largest encoded command a proposal may carry.
 pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
 /// raft-rs: most bytes of entries in one append message.
@@ -739,7 +745,7 @@ impl Controller {
         if partitions == 0 || partitions > state::TOPIC_PARTITIONS_MAX {
             return Err(Rejection::InvalidPartitions(partitions).into());
         }
-        let live = self.state.live_brokers();
+        let live = self.state.assignable_brokers();
         if replication_factor == 0
             || replication_factor > state::REPLICATION_FACTOR_MAX
             || replication_factor > live.len()
@@ -797,8 +803,11 @@ impl Controller {
         if total <= existing || total > state::TOPIC_PARTITIONS_MAX {
             return Err(Rejection::InvalidPartitions(total).into());
         }
-        let replication_factor = t.partitions.first().map_or(1, |p| p.replicas.len());
-        let live = self.state.live_brokers();
+        let replication_factor = t
+            .partitions
+            .first()
+            .map_or(1, |p| p.replicas.len() - p.adding.len());
+        let live = self.state.assignable_brokers();
         if replication_factor > live.len() {
             return Err(Rejection::InvalidReplicationFactor {
                 requested: replication_factor,
@@ -818,6 +827,52 @@ impl Controller {
             topic: topic.to_string(),
             assignment,
         })
+    }
+}
+
+impl Controller {
+    /// On the active controller: proposes marking `broker` as being decommissioned, after
+    /// checking that every replica it holds has somewhere to go
+    /// ([`Rejection::NoReassignmentTarget`] otherwise). From then on
+    /// [`Controller::check_reassignments`] moves its replicas away. Idempotent.
+    pub fn decommission_broker(&mut self, broker: NodeId) -> Result<u64> {
+        self.check_usable()?;
+        self.check_leader()?;
+        self.check_caught_up()?;
+        if !self.state.brokers.contains_key(&broker) {
+            return Err(Rejection::UnknownBroker(broker).into());
+        }
+        if let Some(blocker) = decommission_blocker(&self.state, broker) {
+            return Err(blocker.into());
+        }
+        self.propose(&Command::DecommissionBroker { broker })
+    }
+
+    /// On the active controller: proposes the next reassignment steps (see
+    /// [`state::reassignment_steps`]), once the previous decision applied. Returns how many
+    /// partitions the proposal changes.
+    pub fn check_reassignments(&mut self) -> Result<usize> {
+        self.check_usable()?;
+        self.check_leader()?;
+        if !self.may_decide() {
+            return Ok(0);
+        }
+        let changes = reassignment_steps(&self.state, REASSIGNMENTS_IN_FLIGHT_MAX);
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let n = changes.len();
+        for c in &changes {
+            if c.adding.is_empty() {
+                tracing::info!(topic = %c.topic, partition = c.partition, replicas = ?c.replicas,
+                    leader = ?c.leader, "reassignment finished");
+            } else {
+                tracing::info!(topic = %c.topic, partition = c.partition, adding = ?c.adding,
+                    removing = ?c.removing, "reassignment started");
+            }
+        }
+        self.propose_decision(&Command::Reassign { changes })?;
+        Ok(n)
     }
 }
 

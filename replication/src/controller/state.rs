@@ -40,8 +40,11 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const STRING_BYTES_MAX: usize = 1024;
 /// Most replicas of one partition.
 pub const REPLICATION_FACTOR_MAX: usize = 16;
-/// Version byte in front of every encoded command (raft entry data).
-pub const COMMAND_FORMAT_VERSION: u8 = 1;
+/// Version byte in front of every encoded command (raft entry data). 2: decommissioning
+/// and reassignment (version 1 entries, from before, are refused as unknown).
+pub const COMMAND_FORMAT_VERSION: u8 = 2;
+/// Version byte in front of an encoded [`ClusterState`] (snapshot data); 2 as for commands.
+pub const STATE_FORMAT_VERSION: u8 = 2;
 
 /// A broker as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -50,6 +53,9 @@ pub struct BrokerInfo {
     pub registration: BrokerRegistration,
     /// A fenced broker leads nothing and is in no ISR (except as the last member).
     pub fenced: bool,
+    /// Being decommissioned (`sluice cluster decommission`): it gets no new replicas, and
+    /// the active controller moves the ones it holds to other brokers. Survives restarts.
+    pub decommissioning: bool,
 }
 
 /// What a broker tells the controller about itself when it (re)starts.
@@ -89,8 +95,20 @@ pub struct PartitionState {
     pub leader_epoch: u32,
     /// In-sync replicas; never empty.
     pub isr: Vec<NodeId>,
-    /// Bumped on every change of leader or ISR (Kafka's partition epoch).
+    /// Bumped on every change of leader, ISR or replicas (Kafka's partition epoch).
     pub partition_epoch: u32,
+    /// Replicas being added by a reassignment (also in `replicas`); empty when none runs.
+    pub adding: Vec<NodeId>,
+    /// Replicas a reassignment removes once every `adding` replica is in the ISR (also in
+    /// `replicas` until then).
+    pub removing: Vec<NodeId>,
+}
+
+impl PartitionState {
+    /// Whether a reassignment of this partition is under way.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
 }
 
 /// A topic and its partitions.
@@ -140,13 +158,38 @@ pub struct PartitionChange {
     pub isr: Vec<NodeId>,
 }
 
+/// One step of a partition reassignment the active controller decided (start: replicas grow
+/// by `adding`; finish: the `removing` replicas leave replicas and ISR, a new leader if the
+/// old one leaves); applied only if the partition is still at the epochs it was decided from.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Reassignment {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// Leader epoch the decision was made from.
+    pub expected_leader_epoch: u32,
+    /// Partition epoch the decision was made from.
+    pub expected_partition_epoch: u32,
+    /// The new replica list.
+    pub replicas: Vec<NodeId>,
+    /// Replicas still being added (empty when the step finishes the reassignment).
+    pub adding: Vec<NodeId>,
+    /// Replicas still to remove (empty when the step finishes the reassignment).
+    pub removing: Vec<NodeId>,
+    /// New leader (`None`: offline).
+    pub leader: Option<NodeId>,
+    /// New ISR (a subset of the current one: a reassignment never adds ISR members).
+    pub isr: Vec<NodeId>,
+}
+
 pub use command::Command;
 
 // rkyv's derive emits one undocumented field for this enum's archived form; the lint level
 // of a module reaches generated items, an attribute on the enum does not.
 #[allow(missing_docs)]
 mod command {
-    use super::{BrokerRegistration, NodeId, PartitionChange};
+    use super::{BrokerRegistration, NodeId, PartitionChange, Reassignment};
     use std::collections::BTreeMap;
 
     /// A change to the cluster state: the data of one raft entry.
@@ -214,6 +257,16 @@ mod command {
         ElectLeaders {
             /// The changes.
             changes: Vec<PartitionChange>,
+        },
+        /// Marks a broker as being decommissioned (idempotent).
+        DecommissionBroker {
+            /// The broker.
+            broker: NodeId,
+        },
+        /// Reassignment steps decided by the active controller (all or none apply).
+        Reassign {
+            /// The steps.
+            changes: Vec<Reassignment>,
         },
     }
 }
@@ -290,6 +343,21 @@ pub enum Rejection {
     /// A name, config or limit is invalid.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A broker cannot be decommissioned: some replica it holds has nowhere to go.
+    #[error(
+        "cannot decommission broker {broker}: {topic}-{partition} has replicas {replicas:?} and \
+         no other broker can take a copy (add a broker or lower the topic's replication factor)"
+    )]
+    NoReassignmentTarget {
+        /// The broker to decommission.
+        broker: NodeId,
+        /// A topic whose partition cannot move.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// Its replicas.
+        replicas: Vec<NodeId>,
+    },
 }
 
 impl Rejection {
@@ -308,6 +376,7 @@ impl Rejection {
             Rejection::InvalidPartitions(_) => 37,
             Rejection::InvalidReplicationFactor { .. } => 38,
             Rejection::InvalidRequest(_) => 42,
+            Rejection::NoReassignmentTarget { .. } => 39,
         }
     }
 }
@@ -362,16 +431,23 @@ where
 }
 
 impl ClusterState {
-    /// Archives the state (snapshot data).
+    /// Archives the state (snapshot data): a version byte and the rkyv archive.
     pub fn encode(&self) -> Vec<u8> {
-        rkyv::to_bytes::<BoxedError>(self)
-            .unwrap_or_else(|e| panic!("archiving the cluster state cannot fail: {e}"))
-            .to_vec()
+        let archive = rkyv::to_bytes::<BoxedError>(self)
+            .unwrap_or_else(|e| panic!("archiving the cluster state cannot fail: {e}"));
+        let mut out = Vec::with_capacity(1 + archive.len());
+        out.push(STATE_FORMAT_VERSION);
+        out.extend_from_slice(&archive);
+        out
     }
 
     /// Reads an archive written by [`ClusterState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<ClusterState, CodecError> {
-        decode_archive::<ClusterState>(bytes)
+        let (&version, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
+        if version != STATE_FORMAT_VERSION {
+            return Err(CodecError::Version(version));
+        }
+        decode_archive::<ClusterState>(rest)
     }
 
     /// The partition, if it exists.
@@ -391,6 +467,29 @@ impl ClusterState {
             .filter(|(_, b)| !b.fenced)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Brokers that may get new replicas: unfenced and not being decommissioned, by id.
+    pub fn assignable_brokers(&self) -> Vec<NodeId> {
+        self.brokers
+            .iter()
+            .filter(|(_, b)| !b.fenced && !b.decommissioning)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether the broker is registered and being decommissioned.
+    pub fn is_decommissioning(&self, broker: NodeId) -> bool {
+        self.brokers.get(&broker).is_some_and(|b| b.decommissioning)
+    }
+
+    /// How many partition replicas `broker` holds.
+    pub fn replicas_on(&self, broker: NodeId) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.replicas.contains(&broker))
+            .count()
     }
 
     fn partition_count(&self) -> usize {
@@ -539,7 +638,104 @@ impl ClusterState {
                 *self = next;
                 Ok(())
             }
+            Command::DecommissionBroker { broker } => {
+                let info = self
+                    .brokers
+                    .get_mut(broker)
+                    .ok_or(Rejection::UnknownBroker(*broker))?;
+                info.decommissioning = true;
+                Ok(())
+            }
+            Command::Reassign { changes } => {
+                let mut next = self.clone();
+                for r in changes {
+                    next.apply_reassignment(r)?;
+                }
+                *self = next;
+                Ok(())
+            }
         }
+    }
+
+    fn apply_reassignment(&mut self, r: &Reassignment) -> Result<(), Rejection> {
+        let part = self.partition(&r.topic, r.partition).ok_or_else(|| {
+            Rejection::UnknownTopicOrPartition {
+                topic: r.topic.clone(),
+                partition: r.partition,
+            }
+        })?;
+        if part.leader_epoch != r.expected_leader_epoch {
+            return Err(Rejection::InvalidUpdateVersion {
+                got: r.expected_leader_epoch,
+                current: part.leader_epoch,
+            });
+        }
+        if part.partition_epoch != r.expected_partition_epoch {
+            return Err(Rejection::InvalidUpdateVersion {
+                got: r.expected_partition_epoch,
+                current: part.partition_epoch,
+            });
+        }
+        let replicas = &r.replicas;
+        if replicas.is_empty()
+            || replicas.len() > REPLICATION_FACTOR_MAX
+            || has_duplicates(replicas)
+        {
+            return Err(Rejection::InvalidAssignment(format!(
+                "{}-{} replicas {replicas:?}",
+                r.topic, r.partition
+            )));
+        }
+        for b in replicas {
+            let new = !part.replicas.contains(b);
+            let ok = match self.brokers.get(b) {
+                None => false,
+                Some(info) => !new || (!info.fenced && !info.decommissioning),
+            };
+            if !ok {
+                return Err(Rejection::InvalidAssignment(format!(
+                    "{}-{}: broker {b} cannot take a new replica",
+                    r.topic, r.partition
+                )));
+            }
+        }
+        let within =
+            |ids: &[NodeId]| ids.iter().all(|b| replicas.contains(b)) && !has_duplicates(ids);
+        if !within(&r.adding)
+            || !within(&r.removing)
+            || r.adding.iter().any(|b| r.removing.contains(b))
+        {
+            return Err(Rejection::InvalidAssignment(format!(
+                "{}-{}: adding {:?} and removing {:?} must be distinct replicas",
+                r.topic, r.partition, r.adding, r.removing
+            )));
+        }
+        // A reassignment never adds ISR members (the leader does, by AlterPartition).
+        if r.isr.is_empty()
+            || has_duplicates(&r.isr)
+            || r.isr
+                .iter()
+                .any(|b| !replicas.contains(b) || !part.isr.contains(b))
+        {
+            return Err(Rejection::IneligibleReplica(r.isr.clone()));
+        }
+        if let Some(l) = r.leader
+            && (!r.isr.contains(&l) || !self.is_live(l))
+        {
+            return Err(Rejection::IneligibleReplica(vec![l]));
+        }
+        let leader_changed = part.leader != r.leader;
+        let part = self.partition_mut(&r.topic, r.partition);
+        if leader_changed {
+            part.leader = r.leader;
+            part.leader_epoch += 1;
+        }
+        part.replicas = r.replicas.clone();
+        part.adding = r.adding.clone();
+        part.removing = r.removing.clone();
+        part.isr = r.isr.clone();
+        part.partition_epoch += 1;
+        Ok(())
     }
 
     fn register(&mut self, reg: &BrokerRegistration) -> Result<(), Rejection> {
@@ -568,11 +764,12 @@ impl ClusterState {
                 reg.shards
             )));
         }
+        let mut decommissioning = false;
         match self.brokers.get(&reg.id) {
             Some(b) if !b.fenced && b.registration != *reg => {
                 return Err(Rejection::BrokerActive(reg.id));
             }
-            Some(_) => {}
+            Some(b) => decommissioning = b.decommissioning,
             None if self.brokers.len() >= CLUSTER_BROKERS_MAX => {
                 return Err(Rejection::InvalidRequest(format!(
                     "the cluster holds {CLUSTER_BROKERS_MAX} brokers already"
@@ -585,6 +782,7 @@ impl ClusterState {
             BrokerInfo {
                 registration: reg.clone(),
                 fenced: true,
+                decommissioning,
             },
         );
         Ok(())
@@ -684,9 +882,13 @@ impl ClusterState {
                     existing + i
                 )));
             }
-            if let Some(r) = replicas.iter().find(|r| !self.is_live(**r)) {
+            if let Some(r) = replicas
+                .iter()
+                .find(|r| !self.is_live(**r) || self.is_decommissioning(**r))
+            {
                 return Err(Rejection::InvalidAssignment(format!(
-                    "partition {} names broker {r}, which is not a live broker",
+                    "partition {} names broker {r}, which is not a live broker or is being \
+                     decommissioned",
                     existing + i
                 )));
             }
@@ -702,6 +904,8 @@ fn new_partition(replicas: &[NodeId]) -> PartitionState {
         leader_epoch: 0,
         isr: replicas.to_vec(),
         partition_epoch: 0,
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
 }
 
@@ -873,4 +1077,145 @@ pub fn assign_replicas(
         out.push(replicas);
     }
     out
+}
+
+/// Why `broker` cannot be decommissioned, if it cannot: some partition it holds has fewer
+/// brokers to move to (registered, not being decommissioned, not already a replica) than it
+/// has replicas on decommissioning brokers; or no broker would be left to take replicas.
+pub fn decommission_blocker(state: &ClusterState, broker: NodeId) -> Option<Rejection> {
+    let leaving = |b: NodeId| b == broker || state.is_decommissioning(b);
+    let staying: Vec<NodeId> = state
+        .brokers
+        .keys()
+        .copied()
+        .filter(|b| !leaving(*b))
+        .collect();
+    if staying.is_empty() {
+        return Some(Rejection::InvalidRequest(format!(
+            "cannot decommission broker {broker}: it is the last broker not being decommissioned"
+        )));
+    }
+    for (name, topic) in &state.topics {
+        for (p, part) in topic.partitions.iter().enumerate() {
+            if !part.replicas.contains(&broker) {
+                continue;
+            }
+            let moving = part.replicas.iter().filter(|r| leaving(**r)).count();
+            let targets = staying
+                .iter()
+                .filter(|b| !part.replicas.contains(b))
+                .count();
+            if targets < moving {
+                return Some(Rejection::NoReassignmentTarget {
+                    broker,
+                    topic: name.clone(),
+                    partition: p as u32,
+                    replicas: part.replicas.clone(),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The reassignment steps the active controller proposes next (computed from its applied
+/// state), at most `in_flight_max` reassignments under way at once:
+/// - a partition under way whose `adding` replicas are all in the ISR finishes: the
+///   `removing` replicas leave replicas and ISR, and if the leader leaves, the first ISR
+///   member (in replica order) that stays and is live leads (the step waits if there is none);
+/// - a partition with replicas on decommissioning brokers starts, when it has a leader: each
+///   such replica gets a replacement on the assignable broker (live, not decommissioning, not
+///   a replica) that holds the fewest replicas (lowest id on a tie), which the leader's
+///   fetchers bring into the ISR.
+pub fn reassignment_steps(state: &ClusterState, in_flight_max: usize) -> Vec<Reassignment> {
+    let mut steps = Vec::new();
+    let mut in_flight = 0usize;
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for part in state.topics.values().flat_map(|t| &t.partitions) {
+        in_flight += usize::from(part.reassigning());
+        for r in &part.replicas {
+            *load.entry(*r).or_default() += 1;
+        }
+    }
+    let assignable = state.assignable_brokers();
+    for (name, topic) in &state.topics {
+        for (p, part) in topic.partitions.iter().enumerate() {
+            let step = |replicas: Vec<NodeId>,
+                        adding: Vec<NodeId>,
+                        removing: Vec<NodeId>,
+                        leader: Option<NodeId>,
+                        isr: Vec<NodeId>| Reassignment {
+                topic: name.clone(),
+                partition: p as u32,
+                expected_leader_epoch: part.leader_epoch,
+                expected_partition_epoch: part.partition_epoch,
+                replicas,
+                adding,
+                removing,
+                leader,
+                isr,
+            };
+            if part.reassigning() {
+                if !part.adding.iter().all(|a| part.isr.contains(a)) {
+                    continue;
+                }
+                let keep = |r: &&NodeId| !part.removing.contains(r);
+                let replicas: Vec<NodeId> = part.replicas.iter().filter(keep).copied().collect();
+                let isr: Vec<NodeId> = part.isr.iter().filter(keep).copied().collect();
+                if isr.is_empty() {
+                    continue;
+                }
+                let leader = match part.leader {
+                    Some(l) if !part.removing.contains(&l) => Some(l),
+                    _ => match elect_leader(&replicas, &isr, |b| state.is_live(b), false) {
+                        Some((l, _)) => Some(l),
+                        None => continue,
+                    },
+                };
+                steps.push(step(replicas, Vec::new(), Vec::new(), leader, isr));
+                continue;
+            }
+            if in_flight >= in_flight_max || part.leader.is_none() {
+                continue;
+            }
+            let removing: Vec<NodeId> = part
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| state.is_decommissioning(*r))
+                .collect();
+            if removing.is_empty() {
+                continue;
+            }
+            let mut adding = Vec::with_capacity(removing.len());
+            for _ in &removing {
+                let target = assignable
+                    .iter()
+                    .copied()
+                    .filter(|b| !part.replicas.contains(b) && !adding.contains(b))
+                    .min_by_key(|b| (load.get(b).copied().unwrap_or(0), *b));
+                match target {
+                    Some(t) => adding.push(t),
+                    None => break,
+                }
+            }
+            if adding.len() < removing.len() {
+                continue; // nowhere to go yet (a target broker is down)
+            }
+            for a in &adding {
+                *load.entry(*a).or_default() += 1;
+            }
+            let mut replicas = part.replicas.clone();
+            replicas.extend(&adding);
+            in_flight += 1;
+            steps.push(step(
+                replicas,
+                adding,
+                removing,
+                part.leader,
+                part.isr.clone(),
+            ));
+        }
+    }
+    steps
 }

@@ -1,6 +1,7 @@
 //! The request and response bodies, one file per API.
 
 mod api_versions;
+mod cluster;
 mod fetch;
 mod group;
 mod list_offsets;
@@ -10,6 +11,7 @@ mod producer;
 mod topics;
 
 pub use api_versions::*;
+pub use cluster::*;
 pub use fetch::*;
 pub use group::*;
 pub use list_offsets::*;
