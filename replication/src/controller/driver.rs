@@ -15,7 +15,8 @@
 //!   id the TLS handshake verified (never one from the frame); a frame `step` refuses is
 //!   counted, logged at most once per peer per [`BAD_FRAME_LOG_INTERVAL`], and dropped;
 //!   forwarded requests (frame kind 6) are answered with kind 7. Several connections of one
-//!   node are each read on their own (none replaces another); a second one is logged.
+//!   node are each read on their own (none replaces another); more than
+//!   [`CONTROLLER_CONNECTIONS_PER_PEER_USUAL`] are logged.
 //!
 //! After every tick, step and proposal the driver calls `ready` and dispatches its output: the
 //! messages to the senders, the applied commands to [`ControllerDriver::applied_index`] and its
@@ -72,6 +73,9 @@ pub const CONTROLLER_SHUTDOWN_TIMEOUT: Duration =
     Duration::from_secs(PEER_ENDPOINT_SHUTDOWN_TIMEOUT.as_secs() + PEER_CONNECT_TIMEOUT.as_secs());
 /// Largest forwarded request or response body (a topic request with its configs fits).
 pub const FORWARD_BYTES_MAX: usize = 256 * 1024;
+/// Incoming connections a peer node usually holds to this controller: its raft sender's and
+/// its forwarder's. More are served too (none replaces another) and logged at info.
+pub const CONTROLLER_CONNECTIONS_PER_PEER_USUAL: usize = 2;
 /// Version byte in front of every forwarded request and response.
 pub const FORWARD_FORMAT_VERSION: u8 = 1;
 /// [`ErrorBody`] code of a forwarded request the receiver could not decode.
@@ -1078,10 +1082,13 @@ async fn acceptor(inner: Rc<Inner>) {
                     *n += 1;
                     *n
                 };
-                if count > 1 {
+                if count > CONTROLLER_CONNECTIONS_PER_PEER_USUAL {
                     tracing::info!(node = inner.me, peer, open = count,
                         remote = %conn.remote_address(),
                         "another controller connection from a peer node; each is served");
+                } else {
+                    tracing::debug!(node = inner.me, peer, open = count,
+                        remote = %conn.remote_address(), "controller connection from a peer node");
                 }
                 let entry = OpenConnection {
                     open: Rc::clone(&open),
