@@ -14,7 +14,9 @@
 //! - an acceptor and one reader per incoming connection: raft frames are stepped with the node
 //!   id the TLS handshake verified (never one from the frame); a frame `step` refuses is
 //!   counted, logged at most once per peer per [`BAD_FRAME_LOG_INTERVAL`], and dropped;
-//!   forwarded requests (frame kind 6) are answered with kind 7.
+//!   forwarded requests (frame kind 6) are answered with kind 7. Several connections of one
+//!   node are each read on their own (none replaces another); more than
+//!   [`CONTROLLER_CONNECTIONS_PER_PEER_USUAL`] are logged.
 //!
 //! After every tick, step and proposal the driver calls `ready` and dispatches its output: the
 //! messages to the senders, the applied commands to [`ControllerDriver::applied_index`] and its
@@ -71,6 +73,9 @@ pub const CONTROLLER_SHUTDOWN_TIMEOUT: Duration =
     Duration::from_secs(PEER_ENDPOINT_SHUTDOWN_TIMEOUT.as_secs() + PEER_CONNECT_TIMEOUT.as_secs());
 /// Largest forwarded request or response body (a topic request with its configs fits).
 pub const FORWARD_BYTES_MAX: usize = 256 * 1024;
+/// Incoming connections a peer node usually holds to this controller: its raft sender's and
+/// its forwarder's. More are served too (none replaces another) and logged at info.
+pub const CONTROLLER_CONNECTIONS_PER_PEER_USUAL: usize = 2;
 /// Version byte in front of every forwarded request and response.
 pub const FORWARD_FORMAT_VERSION: u8 = 1;
 /// [`ErrorBody`] code of a forwarded request the receiver could not decode.
@@ -244,10 +249,33 @@ where
     match bytes.split_first() {
         None => Err("empty".into()),
         Some((&FORWARD_FORMAT_VERSION, rest)) => {
-            decode_archive::<T>(rest).map_err(|e| e.to_string())
+            decode_archive::<T>(rest).map_err(|e| without_addresses(&e.to_string()))
         }
         Some((v, _)) => Err(format!("unknown format version {v}")),
     }
+}
+
+/// `text` with every hexadecimal number (`0x…`) replaced by `<address>`: rkyv's validation
+/// errors name the memory addresses of the buffer they checked, which must not go to a peer
+/// (nor mean anything to one).
+fn without_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let digits = after
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(after.len());
+        if digits == 0 {
+            out.push_str("0x");
+        } else {
+            out.push_str("<address>");
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ForwardRequest {
@@ -1034,9 +1062,34 @@ fn fail(inner: &Inner, peer: &PeerOut, node: NodeId, error: &TransportError) {
     }
 }
 
+/// Incoming connections open per peer node. A node may hold several at once (its reconnect
+/// racing the close of its old connection, its sender's and its forwarder's, or anyone with a
+/// copy of its key): each is served on its own and none replaces another. One entry per
+/// allowed node at most.
+type OpenConnections = Rc<RefCell<BTreeMap<NodeId, usize>>>;
+
+/// One open incoming connection in [`OpenConnections`], until its reader ends.
+struct OpenConnection {
+    open: OpenConnections,
+    peer: NodeId,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut open = self.open.borrow_mut();
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Accepts peer connections and spawns a reader for each.
 async fn acceptor(inner: Rc<Inner>) {
     let mut readers: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
+    let open = OpenConnections::default();
     while !inner.stopped.get() {
         let Ok(endpoint) = inner.endpoint() else {
             return;
@@ -1045,8 +1098,31 @@ async fn acceptor(inner: Rc<Inner>) {
         drop(endpoint);
         match accepted {
             Ok(conn) => {
+                let peer = conn.peer_node();
+                let count = {
+                    let mut open = open.borrow_mut();
+                    let n = open.entry(peer).or_default();
+                    *n += 1;
+                    *n
+                };
+                if count > CONTROLLER_CONNECTIONS_PER_PEER_USUAL {
+                    tracing::info!(node = inner.me, peer, open = count,
+                        remote = %conn.remote_address(),
+                        "another controller connection from a peer node; each is served");
+                } else {
+                    tracing::debug!(node = inner.me, peer, open = count,
+                        remote = %conn.remote_address(), "controller connection from a peer node");
+                }
+                let entry = OpenConnection {
+                    open: Rc::clone(&open),
+                    peer,
+                };
                 readers.retain(|r| !r.is_finished());
-                readers.push(compio::runtime::spawn(reader(Rc::clone(&inner), conn)));
+                readers.push(compio::runtime::spawn(reader(
+                    Rc::clone(&inner),
+                    conn,
+                    entry,
+                )));
             }
             Err(_) => return,
         }
@@ -1054,10 +1130,19 @@ async fn acceptor(inner: Rc<Inner>) {
 }
 
 /// Steps the raft frames of one incoming connection and serves its forwarded requests.
-async fn reader(inner: Rc<Inner>, conn: PeerConnection) {
+async fn reader(inner: Rc<Inner>, conn: PeerConnection, _open: OpenConnection) {
     let peer = conn.peer_node();
     let mut requests: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
-    while let Ok(incoming) = conn.accept_incoming().await {
+    loop {
+        let incoming = match conn.accept_incoming().await {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                tracing::debug!(node = inner.me, peer, remote = %conn.remote_address(),
+                    malformed_streams = conn.malformed_streams(), error = %e,
+                    "controller connection from a peer node ended");
+                return;
+            }
+        };
         if inner.stopped.get() {
             return;
         }
@@ -1178,6 +1263,18 @@ mod tests {
         assert!(ForwardRequest::decode(b"").is_err());
         assert!(ForwardRequest::decode(b"\x02abc").is_err());
         assert!(ForwardRequest::decode(b"\x01garbage").is_err());
+        // rkyv's errors name heap addresses (here: the root is past the end of the buffer);
+        // a peer never sees them.
+        let error = ForwardRequest::decode(&[FORWARD_FORMAT_VERSION, 0, 0]).expect_err("short");
+        assert!(
+            error.contains("pointer") && error.contains("<address>"),
+            "{error}"
+        );
+        assert!(!error.contains("0x"), "{error}");
+        assert_eq!(
+            without_addresses("ptr 0x00007f1e6c0ac4d0 size 64 in 0x1..0xg 0x"),
+            "ptr <address> size 64 in <address>..0xg 0x"
+        );
         assert!(ForwardRequest::decode(&vec![1; FORWARD_BYTES_MAX + 1]).is_err());
         assert_eq!(
             DriverError::NotController { leader_hint: None }.kafka_code(),

@@ -277,7 +277,15 @@ impl PeerEndpoint {
                         }
                         _ => state.count(|s| s.handshake_failures += 1),
                     }
-                    tracing::warn!(node = self.node, error = %e, "refused a peer connection");
+                    if matches!(e, TransportError::NodeNotAllowed { node, .. } if node == self.node)
+                    {
+                        // Never one of our own connections (a node does not dial itself): a
+                        // copy of this node's key, or a peer list naming this address twice.
+                        tracing::warn!(node = self.node, error = %e,
+                            "refused a peer connection presenting this node's own certificate");
+                    } else {
+                        tracing::warn!(node = self.node, error = %e, "refused a peer connection");
+                    }
                 }
             }
         }
