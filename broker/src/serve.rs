@@ -179,6 +179,17 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         reload(&args, &mut running, &senders);
     });
     tracing::info!(signal, "shutting down");
+    if config.cluster.is_some()
+        && signal != "shard failure"
+        && let Some(shard0) = senders.first()
+    {
+        let (reply, rx) = reply_channel();
+        if shard0.send(ShardMsg::ControlledShutdown { reply }).is_ok() {
+            // Bounded inside; the margin covers a shard 0 that never answers.
+            let _ = rx
+                .recv_timeout(crate::cluster::CONTROLLED_SHUTDOWN_TIMEOUT + Duration::from_secs(1));
+        }
+    }
     let mut replies = Vec::new();
     for inbox in &senders {
         let (reply, rx) = reply_channel();

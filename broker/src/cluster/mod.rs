@@ -90,6 +90,14 @@ const HEARTBEAT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest an admin change waits, after the controller applied it, for this node to install
 /// the view that has it.
 pub(crate) const VIEW_INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a controlled shutdown waits for the controller to move this node's leaderships
+/// (then the broker stops anyway, and the rest moves when its session expires).
+pub(crate) const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a controlled shutdown keeps asking while no controller is elected (the quorum
+/// may be gone: the other nodes are stopping too).
+const CONTROLLED_SHUTDOWN_NO_CONTROLLER: Duration = Duration::from_secs(2);
+/// Pause between two controlled-shutdown requests the controller could not take yet.
+const CONTROLLED_SHUTDOWN_RETRY: Duration = Duration::from_millis(200);
 /// Most tasks waiting in [`wait_installed`] at once (admin requests; more wait for a slot).
 const INSTALL_WAITERS_MAX: usize = 64;
 
@@ -102,6 +110,11 @@ thread_local! {
     static HAS_VIEW: Cell<bool> = const { Cell::new(false) };
     /// Shard 0: tasks waiting for a newer installed view (at most [`INSTALL_WAITERS_MAX`]).
     static INSTALL_WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// Shard 0: this start's incarnation (registered with the controller).
+    static INCARNATION: Cell<u64> = const { Cell::new(0) };
+    /// Shard 0: a controlled shutdown began; the heartbeat loop stops (a heartbeat asking to
+    /// be unfenced would undo it).
+    static SHUTTING_DOWN: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The applied index of the last view every shard of this node installed (shard 0 only).
@@ -223,10 +236,98 @@ pub(crate) async fn start(shard: &Rc<Shard>) -> Result<(), String> {
         controller_dir = %dir.display(),
         "cluster mode: controller started"
     );
+    INCARNATION.with(|i| i.set(registration.incarnation));
     let heartbeat = compio::runtime::spawn(heartbeat_loop(driver.clone(), registration));
     let view = compio::runtime::spawn(view_loop(shard.clone(), driver));
     TASKS.with(|t| t.borrow_mut().extend([heartbeat, view]));
     Ok(())
+}
+
+/// Shard 0, before the drain (SIGTERM/SIGINT; Kafka's controlled shutdown): stops the
+/// heartbeats and has the active controller fence this node at once, so its leaderships move
+/// to in-sync replicas while it still runs, instead of after its 9 s session; waits until this
+/// node installed that view, at most [`CONTROLLED_SHUTDOWN_TIMEOUT`]. A partition whose only
+/// in-sync replica is this node goes offline as on a crash.
+pub(crate) async fn controlled_shutdown(shard: &Rc<Shard>) {
+    let Some(driver) = shard.controller.borrow().clone() else {
+        return;
+    };
+    SHUTTING_DOWN.with(|s| s.set(true));
+    let me = shard.cluster.config.node_id;
+    let incarnation = INCARNATION.with(Cell::get);
+    let leading = |state: &ClusterState| {
+        state
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == Some(me))
+            .count()
+    };
+    let (led, others_live) = {
+        let state = driver.state();
+        let others = state.live_brokers().iter().filter(|b| **b != me).count();
+        (leading(&state), others)
+    };
+    if others_live == 0 {
+        tracing::info!(
+            node = me,
+            led,
+            "controlled shutdown skipped: no other live broker to take over"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let deadline = started + CONTROLLED_SHUTDOWN_TIMEOUT;
+    let no_controller_deadline = started + CONTROLLED_SHUTDOWN_NO_CONTROLLER;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let outcome =
+            compio::time::timeout(remaining, driver.controlled_shutdown(incarnation)).await;
+        match outcome {
+            Ok(Ok(index)) => {
+                let installed = wait_installed(index, deadline).await;
+                let still = leading(&driver.state());
+                if installed {
+                    tracing::info!(
+                        node = me,
+                        led,
+                        still_leading = still,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "controlled shutdown: fenced; leaderships moved to in-sync replicas"
+                    );
+                } else {
+                    tracing::warn!(
+                        node = me,
+                        led,
+                        still_leading = still,
+                        "controlled shutdown: fenced, but this node did not install the view in time"
+                    );
+                }
+                return;
+            }
+            Ok(Err(e))
+                if Instant::now() + CONTROLLED_SHUTDOWN_RETRY < deadline
+                    && (driver.leader().is_some() || Instant::now() < no_controller_deadline) =>
+            {
+                tracing::debug!(node = me, error = %e, "controlled shutdown not taken yet; retrying");
+                compio::time::sleep(CONTROLLED_SHUTDOWN_RETRY).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = me, led, error = %e,
+                    "controlled shutdown failed; the partitions move when the session expires");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    node = me,
+                    led,
+                    timeout_ms = CONTROLLED_SHUTDOWN_TIMEOUT.as_millis() as u64,
+                    "controlled shutdown timed out; the partitions move when the session expires"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Shard 0, draining: stops the heartbeats and the view task, then shuts the controller
@@ -250,6 +351,9 @@ async fn heartbeat_loop(driver: Rc<ControllerDriver>, registration: BrokerRegist
     let mut last_failure_log: Option<Instant> = None;
     let mut leader = None;
     loop {
+        if SHUTTING_DOWN.with(Cell::get) {
+            return;
+        }
         if driver.leader() != leader {
             leader = driver.leader();
             tracing::info!(

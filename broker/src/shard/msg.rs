@@ -219,6 +219,12 @@ pub(crate) enum ShardMsg {
         /// Sent once applied.
         reply: Reply<()>,
     },
+    /// Shutdown, phase 0, to shard 0 in cluster mode: have the controller move this node's
+    /// leaderships away (controlled shutdown).
+    ControlledShutdown {
+        /// Sent when done (or given up).
+        reply: Reply<()>,
+    },
     /// Shutdown, phase 1: stop accepting and reading, finish in-flight requests (bounded).
     Drain {
         /// Sent when drained.

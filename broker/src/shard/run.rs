@@ -520,6 +520,10 @@ impl Shard {
                 .await;
                 let _ = reply.try_send(result);
             })),
+            ShardMsg::ControlledShutdown { reply } => spawn(Box::pin(async move {
+                crate::cluster::controlled_shutdown(&self).await;
+                let _ = reply.try_send(());
+            })),
             ShardMsg::Drain { reply } => spawn(Box::pin(async move {
                 drain(self).await;
                 let _ = reply.try_send(());

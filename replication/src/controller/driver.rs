@@ -197,6 +197,8 @@ mod forward {
         },
         /// [`ControllerDriver::decommission_broker`](super::ControllerDriver::decommission_broker).
         DecommissionBroker { broker: NodeId },
+        /// [`ControllerDriver::controlled_shutdown`](super::ControllerDriver::controlled_shutdown).
+        ControlledShutdown { broker: NodeId, incarnation: u64 },
     }
 
     /// The active controller's answer to a [`ForwardRequest`] (frame kind 7).
@@ -609,6 +611,22 @@ impl ControllerDriver {
         }
     }
 
+    /// This broker (incarnation `incarnation`) is stopping on purpose: the active controller
+    /// fences it now, moving its leaderships to in-sync replicas (forwarded if needed). Returns
+    /// the raft index of the change (this node has it once
+    /// [`applied_index`](Self::applied_index) reaches it). Stop heartbeating first, or a
+    /// heartbeat asking to be unfenced undoes it.
+    pub async fn controlled_shutdown(&self, incarnation: u64) -> Result<u64, DriverError> {
+        let request = ForwardRequest::ControlledShutdown {
+            broker: self.inner.me,
+            incarnation,
+        };
+        match self.inner.handle(request).await? {
+            ForwardResponse::Applied { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends this broker's heartbeat to the active controller (forwarded if needed); the
     /// reply comes at once (registering or unfencing follows by proposal).
     pub async fn broker_heartbeat(
@@ -876,6 +894,15 @@ impl Inner {
                 let index = self.drive(|c| c.decommission_broker(broker))?;
                 self.wait_applied(index).await
             }
+            ForwardRequest::ControlledShutdown {
+                broker,
+                incarnation,
+            } => match self.drive(|c| c.controlled_shutdown(broker, incarnation))? {
+                Some(index) => self.wait_applied(index).await,
+                None => Ok(ForwardResponse::Applied {
+                    index: self.controller.borrow().applied_index(),
+                }),
+            },
             ForwardRequest::BrokerHeartbeat {
                 registration,
                 want_unfence,

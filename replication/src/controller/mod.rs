@@ -848,6 +848,43 @@ impl Controller {
         self.propose(&Command::DecommissionBroker { broker })
     }
 
+    /// On the active controller: a broker stopping on purpose (Kafka's controlled shutdown)
+    /// is fenced now rather than when its session expires: its leaderships move to in-sync
+    /// replicas and it leaves every ISR, as [`Controller::check_liveness`] would do 9 s
+    /// later. Returns the raft index to wait for, `None` if it is fenced already.
+    /// [`ControllerError::Busy`] while another decision is in flight (retry).
+    pub fn controlled_shutdown(&mut self, broker: NodeId, incarnation: u64) -> Result<Option<u64>> {
+        self.check_usable()?;
+        self.check_leader()?;
+        let info = self
+            .state
+            .brokers
+            .get(&broker)
+            .ok_or(Rejection::UnknownBroker(broker))?;
+        if info.registration.incarnation != incarnation {
+            return Err(Rejection::StaleIncarnation {
+                broker,
+                got: incarnation,
+                registered: info.registration.incarnation,
+            }
+            .into());
+        }
+        if info.fenced {
+            return Ok(None);
+        }
+        if !self.may_decide() {
+            return Err(ControllerError::Busy);
+        }
+        let changes = changes_for_fence(&self.state, broker);
+        tracing::info!(
+            broker,
+            partitions = changes.len(),
+            "controlled shutdown: fencing the broker and moving its leaderships"
+        );
+        self.propose_decision(&Command::FenceBroker { broker, changes })
+            .map(Some)
+    }
+
     /// On the active controller: proposes the next reassignment steps (see
     /// [`state::reassignment_steps`]), once the previous decision applied. Returns how many
     /// partitions the proposal changes.
