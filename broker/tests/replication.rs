@@ -4,6 +4,9 @@
 //! - acks=all produce to the leader succeeds; the same bytes sit at the same offsets in the
 //!   log files of all three data dirs (read directly from the segment files);
 //! - the followers refuse produce and consumer fetches (NOT_LEADER_OR_FOLLOWER);
+//! - an acks=all write to a `min.insync.replicas=3` topic that waits while a follower is
+//!   SIGSTOPped gets NOT_ENOUGH_REPLICAS_AFTER_APPEND once the ISR shrinks (the record is in the
+//!   log), and the next one NOT_ENOUGH_REPLICAS;
 //! - consumers read only below the high watermark: with one follower SIGSTOPped, an acks=1
 //!   record is appended on the leader but neither fetched nor listed as latest until the
 //!   follower resumes (SIGCONT) and fetches it;
@@ -154,12 +157,23 @@ fn partition_state(addr: SocketAddr) -> Option<(u32, Vec<u32>)> {
 }
 
 fn topic_metadata(addr: SocketAddr) -> MetadataResponse {
+    metadata_of(addr, TOPIC)
+}
+
+fn metadata_of(addr: SocketAddr, topic: &str) -> MetadataResponse {
     Conn::connect(addr).call(
         ApiKey::Metadata,
         &MetadataRequest {
-            topics: Some(vec![TOPIC.into()]),
+            topics: Some(vec![topic.into()]),
         },
     )
+}
+
+/// The leader of partition 0 of `topic`, once it has one.
+fn leader_of(addr: SocketAddr, topic: &str) -> Option<u32> {
+    let m = metadata_of(addr, topic);
+    let p = m.topics.first()?.partitions.first()?;
+    (p.error.is_ok() && p.leader >= 0).then_some(p.leader as u32)
 }
 
 /// Certificates and three running nodes.
@@ -280,7 +294,17 @@ fn idempotent_batch(pid: i64, epoch: i16, seq: i32, value: &[u8]) -> Bytes {
 }
 
 fn produce(addr: SocketAddr, acks: i8, timeout_ms: u32, records: Bytes) -> (ErrorCode, u64) {
-    let mut req = produce_request(TOPIC, 0, acks, records);
+    produce_to(addr, TOPIC, acks, timeout_ms, records)
+}
+
+fn produce_to(
+    addr: SocketAddr,
+    topic: &str,
+    acks: i8,
+    timeout_ms: u32,
+    records: Bytes,
+) -> (ErrorCode, u64) {
+    let mut req = produce_request(topic, 0, acks, records);
     req.timeout_ms = timeout_ms;
     let resp: ProduceResponse = Conn::connect(addr).call(ApiKey::Produce, &req);
     let p = &resp.topics[0].partitions[0];
@@ -470,22 +494,43 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
     let mut nodes = start_cluster(root.path(), &["--replica-lag-time-max-ms", "1500"]);
     let created = Conn::connect(nodes[0].addr()).create_topic(TOPIC, 1, &[]);
     assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
+    // A topic that wants all three copies.
+    const STRICT: &str = "strict";
+    let created =
+        Conn::connect(nodes[0].addr()).create_topic(STRICT, 1, &[("min.insync.replicas", "3")]);
+    assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
     let (leader, _) = wait_until("a leader with 3 in-sync replicas", || {
         partition_state(nodes[0].addr()).filter(|(_, isr)| isr.len() == 3)
     });
-    let leader_addr = nodes[leader as usize].addr();
-    wait_until("the leader to take produce requests", || {
-        let r = Conn::connect(leader_addr).list_offset(TOPIC, 0, LATEST_TIMESTAMP);
-        (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+    let strict_leader = wait_until("a leader of the strict topic", || {
+        leader_of(nodes[0].addr(), STRICT)
     });
-    let lagging = (0..3u32).find(|&i| i != leader).expect("a follower");
+    let leader_addr = nodes[leader as usize].addr();
+    let strict_addr = nodes[strict_leader as usize].addr();
+    for (addr, topic) in [(leader_addr, TOPIC), (strict_addr, STRICT)] {
+        wait_until("the leader to take produce requests", || {
+            let r = Conn::connect(addr).list_offset(topic, 0, LATEST_TIMESTAMP);
+            (r.error != ErrorCode::NOT_LEADER_OR_FOLLOWER).then_some(())
+        });
+    }
+    // A follower of both partitions (three nodes, at most two leaders).
+    let lagging = (0..3u32)
+        .find(|&i| i != leader && i != strict_leader)
+        .expect("a follower");
     let (error, _) = produce(leader_addr, ACKS_ALL, 30_000, batch(&[b"first"], 1));
+    assert_eq!(error, ErrorCode::NONE);
+    let (error, _) = produce_to(strict_addr, STRICT, ACKS_ALL, 30_000, batch(&[b"s0"], 1));
     assert_eq!(error, ErrorCode::NONE);
 
     // The stopped follower falls behind the leader's end and leaves the ISR (through the
     // controller) while its broker is still registered and unfenced.
     nodes[lagging as usize].signal("-STOP");
     let stopped = Instant::now();
+    // Taken while all three are in sync, then waiting for the stopped one; once the ISR
+    // shrinks the record is committed by two: NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+    let strict_write = std::thread::spawn(move || {
+        produce_to(strict_addr, STRICT, ACKS_ALL, 20_000, batch(&[b"s1"], 2))
+    });
     let (error, _) = produce(leader_addr, ACKS_LEADER, 5_000, batch(&[b"second"], 2));
     assert_eq!(error, ErrorCode::NONE);
     let m = wait_until("the ISR without the stopped follower", || {
@@ -503,6 +548,25 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
         "shrunk after {shrunk_after:?}, before replica.lag.time.max.ms"
     );
     eprintln!("ISR shrank {shrunk_after:?} after the follower stopped");
+    let (error, _) = strict_write.join().expect("strict writer");
+    assert_eq!(
+        error,
+        ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        "an acks=all write whose ISR shrank below min.insync.replicas after the append"
+    );
+    // It is in the log (committed by the two left), and the next one is refused before
+    // anything is appended.
+    wait_until(
+        "the strict topic's ISR without the stopped follower",
+        || {
+            let m = metadata_of(strict_addr, STRICT);
+            (m.topics[0].partitions[0].isr.len() == 2).then_some(())
+        },
+    );
+    let (error, _) = produce_to(strict_addr, STRICT, ACKS_ALL, 5_000, batch(&[b"s2"], 3));
+    assert_eq!(error, ErrorCode::NOT_ENOUGH_REPLICAS);
+    let r = Conn::connect(strict_addr).list_offset(STRICT, 0, LATEST_TIMESTAMP);
+    assert_eq!((r.error, r.offset), (ErrorCode::NONE, 2));
     // The two remaining in-sync replicas commit without it.
     let (error, base) = produce(leader_addr, ACKS_ALL, 5_000, batch(&[b"third"], 3));
     assert_eq!((error, base), (ErrorCode::NONE, 2));

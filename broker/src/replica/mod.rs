@@ -357,7 +357,24 @@ pub(crate) async fn wait_committed(
         }
         update_high_watermark(p, me);
         if p.log.high_watermark() >= end {
-            return Ok(());
+            // Kafka's rule: committed, but by fewer in-sync replicas than the topic asks
+            // for (the ISR shrank after the append): say so, the producer retries (an
+            // idempotent one is answered with the same offset).
+            let short = match &*p.replica.role.borrow() {
+                Role::Leader(l) if l.isr.len() < l.min_insync => Some((l.isr.len(), l.min_insync)),
+                _ => None,
+            };
+            return match short {
+                None => Ok(()),
+                Some((isr, min)) => Err((
+                    ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                    format!(
+                        "written to {}/{}, but the ISR shrank to {isr} replicas after the \
+                         append (min.insync.replicas is {min})",
+                        p.topic, p.index
+                    ),
+                )),
+            };
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         compio::time::timeout(remaining, changed)
