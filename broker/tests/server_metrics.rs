@@ -234,6 +234,10 @@ fn counters_move_by_what_was_produced_and_fetched() {
     let before = scrape(maddr);
     assert_eq!(sum(&before, "sluice_shard_up"), 2.0, "both shards answer");
     assert_eq!(get(&before, "sluice_metrics_shards_missing"), 0.0);
+    assert!(
+        before.contains_key("sluice_under_replicated_partitions"),
+        "computed on a single broker too"
+    );
     assert_eq!(get(&before, "sluice_under_replicated_partitions"), 0.0);
 
     // 5 batches of 3 records to partition 0 with acks=all, 4 of 2 to partition 1 with acks=1.
@@ -336,6 +340,25 @@ fn counters_move_by_what_was_produced_and_fetched() {
             "bytes out, partition {p}"
         );
     }
+    // Alone, the broker leads every partition as its only replica; the high watermark is
+    // the durable end.
+    for (p, written) in records.iter().enumerate() {
+        let labels = format!("{{partition=\"{p}\",topic=\"m\"}}");
+        for (name, value) in [
+            ("sluice_partition_isr_size", 1.0),
+            ("sluice_partition_replicas", 1.0),
+            ("sluice_partition_high_watermark", *written as f64),
+            ("sluice_partition_log_end_offset", *written as f64),
+        ] {
+            assert_eq!(
+                after.get(&format!("{name}{labels}")),
+                Some(&value),
+                "{name}, partition {p}"
+            );
+        }
+    }
+    assert_eq!(get(&after, "sluice_under_replicated_partitions"), 0.0);
+    assert_eq!(sum(&after, "sluice_replica_lag_records"), 0.0);
     let total_records = (records[0] + records[1]) as f64;
     let total_bytes = (bytes[0] + bytes[1]) as f64;
     assert_eq!(

@@ -39,7 +39,7 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::ClientError;
-pub use group::admin::{CommittedOffset, decode_assignment};
+pub use group::admin::{CommittedOffset, GroupListing, decode_assignment};
 pub use group::assignor::{Assignor, COOPERATIVE_STICKY, MemberSubscription, RANGE, ROUND_ROBIN};
 pub use group::member::RebalanceListener;
 pub use partitioner::{murmur2, partition_for_key, to_positive};

@@ -10,7 +10,7 @@ use sluice_client::{
 };
 
 use super::time::parse_time_ms;
-use super::{DEFAULT_BROKERS, connect, run};
+use super::{DEFAULT_BROKERS, connect, describe, run};
 
 /// `sluice group ...`.
 #[derive(clap::Args)]
@@ -71,10 +71,17 @@ async fn group(args: GroupArgs) -> Result<(), ClientError> {
     let client = connect(&args.brokers).await?;
     match args.command {
         GroupCommand::List => {
-            let mut groups = client.list_groups().await?;
-            groups.sort_by(|a, b| a.group.cmp(&b.group));
-            for g in groups {
+            // Fails only when no broker answered; the others are warnings.
+            let mut listing = client.list_groups().await?;
+            listing.groups.sort_by(|a, b| a.group.cmp(&b.group));
+            for g in listing.groups {
                 println!("{}\t{}\t{} members", g.group, g.state, g.members);
+            }
+            for (addr, e) in &listing.unreachable {
+                eprintln!(
+                    "warning: broker {addr} did not answer; its groups are missing: {}",
+                    describe(e)
+                );
             }
         }
         GroupCommand::Describe { group, json } => {

@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use sluice_proto::RECORD_COUNT_AT;
 use sluice_proto::protocol::{ApiKey, ErrorCode};
+use sluice_replication::NodeId;
 use sluice_storage::{LatencyHistogram, LogIoStats};
 
+use crate::replica::Role;
 use crate::shard::Shard;
+use crate::shard::partition::Partition;
 
 /// Most per-partition series one shard keeps (bytes and records in and out). Beyond it, new
 /// partitions are counted only in the per-shard totals (and a debug line is logged).
@@ -219,6 +222,33 @@ pub(crate) struct PartitionSample {
     pub(crate) traffic: Traffic,
 }
 
+/// Replication state of one partition held by a shard (leader or follower), for the
+/// `sluice_partition_*` gauges and `sluice_replica_lag_records`.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaSample {
+    /// Topic name.
+    pub(crate) topic: String,
+    /// Partition index.
+    pub(crate) partition: u32,
+    /// What consumers may read up to (the durable end when the broker runs alone).
+    pub(crate) high_watermark: u64,
+    /// The end of the local log.
+    pub(crate) log_end: u64,
+    /// Set when this node leads the partition (or runs alone, where it is its only replica).
+    pub(crate) leader: Option<LeaderSample>,
+}
+
+/// A leader's view of its partition's replicas.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderSample {
+    /// Size of the committed ISR.
+    pub(crate) isr: usize,
+    /// Size of the replica list.
+    pub(crate) replicas: usize,
+    /// Per follower: the leader's log end minus the follower's last fetch offset.
+    pub(crate) lag: Vec<(NodeId, u64)>,
+}
+
 /// Everything one shard reports to the endpoint: plain data, built on the shard's thread.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ShardSnapshot {
@@ -252,6 +282,11 @@ pub(crate) struct ShardSnapshot {
     /// offset)`, at most [`GROUP_LAG_SERIES_MAX`]. The endpoint turns them into lag with the
     /// owners' high watermarks, so no shard asks another.
     pub(crate) committed: Vec<(String, String, u32, i64)>,
+    /// Replication state of the partitions the shard holds, at most [`PARTITION_SERIES_MAX`].
+    pub(crate) replicas: Vec<ReplicaSample>,
+    /// Partitions the shard leads whose committed ISR is smaller than their replica list
+    /// (every one of them, not bounded by the series limit).
+    pub(crate) under_replicated: u64,
 }
 
 /// This shard's snapshot (runs on the shard). Per-partition series of topics the metadata no
@@ -261,8 +296,19 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
     let owned = shard.partitions.borrow();
     let high_watermarks = owned
         .iter()
-        .map(|((topic, index), p)| (topic.clone(), *index, p.log.offsets().durable_end.get()))
+        .map(|((topic, index), p)| (topic.clone(), *index, crate::replica::visible_end(p)))
         .collect();
+    let mut under_replicated = 0;
+    let mut replicas = Vec::new();
+    for p in owned.values() {
+        let sample = replica_sample(p);
+        if sample.leader.as_ref().is_some_and(|l| l.isr < l.replicas) {
+            under_replicated += 1;
+        }
+        if replicas.len() < PARTITION_SERIES_MAX {
+            replicas.push(sample);
+        }
+    }
     let committed = shard
         .groups
         .borrow()
@@ -333,6 +379,42 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
                 .collect(),
             high_watermarks,
             committed,
+            replicas,
+            under_replicated,
         }
     })
+}
+
+/// One partition's replication state, read on its shard.
+fn replica_sample(p: &Partition) -> ReplicaSample {
+    let log_end = p.log.offsets().log_end.get();
+    let leader = match &*p.replica.role.borrow() {
+        // Alone, the broker is the partition's only replica and always in sync.
+        Role::Single => Some(LeaderSample {
+            isr: 1,
+            replicas: 1,
+            lag: Vec::new(),
+        }),
+        Role::Leader(l) => {
+            let mut lag: Vec<(NodeId, u64)> = l
+                .followers
+                .iter()
+                .map(|(node, f)| (*node, log_end.saturating_sub(f.log_end)))
+                .collect();
+            lag.sort_unstable();
+            Some(LeaderSample {
+                isr: l.isr.len(),
+                replicas: l.replicas.len(),
+                lag,
+            })
+        }
+        Role::Unassigned | Role::Offline | Role::Follower { .. } => None,
+    };
+    ReplicaSample {
+        topic: p.topic.clone(),
+        partition: p.index,
+        high_watermark: crate::replica::visible_end(p),
+        log_end,
+        leader,
+    }
 }

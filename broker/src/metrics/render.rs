@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use sluice_storage::{LATENCY_BUCKETS_US, LatencyHistogram};
 
-use super::{ShardSnapshot, Traffic};
+use super::{LeaderSample, ReplicaSample, ShardSnapshot, Traffic};
 
 /// A label value with `\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
@@ -263,13 +263,7 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
     );
     histogram(&mut out, "sluice_fsync_duration_seconds", "", &fsync);
 
-    header(
-        &mut out,
-        "sluice_under_replicated_partitions",
-        "gauge",
-        "Partitions with fewer in-sync replicas than replicas. Always 0: replication does not exist yet (single node).",
-    );
-    let _ = writeln!(out, "sluice_under_replicated_partitions 0");
+    replication(&mut out, snapshots);
 
     header(
         &mut out,
@@ -312,6 +306,88 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
     out
 }
 
+/// The replication gauges: under-replicated partitions (this node's leaders), ISR and replica
+/// counts of the partitions it leads, high watermark and log end of every partition it holds,
+/// and the leader's view of each follower's lag.
+fn replication(out: &mut String, snapshots: &[ShardSnapshot]) {
+    header(
+        out,
+        "sluice_under_replicated_partitions",
+        "gauge",
+        "Partitions this node leads whose in-sync replica set is smaller than their replica list.",
+    );
+    let under: u64 = snapshots.iter().map(|s| s.under_replicated).sum();
+    let _ = writeln!(out, "sluice_under_replicated_partitions {under}");
+
+    // A partition lives on one shard; sorted for a stable output.
+    let mut samples: Vec<&ReplicaSample> = snapshots.iter().flat_map(|s| &s.replicas).collect();
+    samples.sort_unstable_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let labels = |r: &ReplicaSample| {
+        format!(
+            "topic=\"{}\",partition=\"{}\"",
+            escape(&r.topic),
+            r.partition
+        )
+    };
+    type LeaderValue = fn(&LeaderSample) -> usize;
+    let leader_gauges: [(&str, &str, LeaderValue); 2] = [
+        (
+            "sluice_partition_isr_size",
+            "In-sync replicas of a partition this node leads (1 when the broker runs alone).",
+            |l| l.isr,
+        ),
+        (
+            "sluice_partition_replicas",
+            "Replicas of a partition this node leads (1 when the broker runs alone).",
+            |l| l.replicas,
+        ),
+    ];
+    for (name, help, value) in leader_gauges {
+        header(out, name, "gauge", help);
+        for r in &samples {
+            if let Some(l) = &r.leader {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(r), value(l));
+            }
+        }
+    }
+    type OffsetValue = fn(&ReplicaSample) -> u64;
+    let offset_gauges: [(&str, &str, OffsetValue); 2] = [
+        (
+            "sluice_partition_high_watermark",
+            "End of what consumers may read, for every partition held here (leader or follower).",
+            |r| r.high_watermark,
+        ),
+        (
+            "sluice_partition_log_end_offset",
+            "End of the local log, for every partition held here (leader or follower).",
+            |r| r.log_end,
+        ),
+    ];
+    for (name, help, value) in offset_gauges {
+        header(out, name, "gauge", help);
+        for r in &samples {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r), value(r));
+        }
+    }
+    header(
+        out,
+        "sluice_replica_lag_records",
+        "gauge",
+        "On the leader: its log end minus the follower's last fetch offset.",
+    );
+    for r in &samples {
+        if let Some(l) = &r.leader {
+            for (follower, lag) in &l.lag {
+                let _ = writeln!(
+                    out,
+                    "sluice_replica_lag_records{{{},follower=\"{follower}\"}} {lag}",
+                    labels(r)
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +420,48 @@ mod tests {
             )
         );
         assert!(text.contains("sluice_metrics_shards_missing 1"));
+    }
+
+    #[test]
+    fn replication_gauges_sum_leaders_and_list_followers() {
+        let mut a = ShardSnapshot {
+            under_replicated: 1,
+            ..ShardSnapshot::default()
+        };
+        a.replicas.push(ReplicaSample {
+            topic: "t".into(),
+            partition: 0,
+            high_watermark: 7,
+            log_end: 9,
+            leader: Some(LeaderSample {
+                isr: 2,
+                replicas: 3,
+                lag: vec![(2, 0), (3, 9)],
+            }),
+        });
+        let mut b = ShardSnapshot {
+            shard: 1,
+            ..ShardSnapshot::default()
+        };
+        b.replicas.push(ReplicaSample {
+            topic: "t".into(),
+            partition: 1,
+            high_watermark: 4,
+            log_end: 5,
+            leader: None,
+        });
+        let text = render(&[a, b], 2);
+        assert!(text.contains("sluice_under_replicated_partitions 1\n"));
+        assert!(text.contains("sluice_partition_isr_size{topic=\"t\",partition=\"0\"} 2\n"));
+        assert!(text.contains("sluice_partition_replicas{topic=\"t\",partition=\"0\"} 3\n"));
+        assert!(!text.contains("sluice_partition_isr_size{topic=\"t\",partition=\"1\"}"));
+        assert!(text.contains("sluice_partition_high_watermark{topic=\"t\",partition=\"1\"} 4\n"));
+        assert!(text.contains("sluice_partition_log_end_offset{topic=\"t\",partition=\"0\"} 9\n"));
+        assert!(text.contains(
+            "sluice_replica_lag_records{topic=\"t\",partition=\"0\",follower=\"3\"} 9\n"
+        ));
+        assert!(text.contains(
+            "sluice_replica_lag_records{topic=\"t\",partition=\"0\",follower=\"2\"} 0\n"
+        ));
     }
 }

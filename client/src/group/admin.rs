@@ -33,11 +33,24 @@ pub struct CommittedOffset {
     pub metadata: String,
 }
 
+/// The answer of [`Client::list_groups`]: the groups of the brokers that answered, and the
+/// brokers that did not (Kafka's `ListConsumerGroupsResult` valid/errors split).
+#[derive(Debug, Clone, Default)]
+pub struct GroupListing {
+    /// Every group listed by a broker that answered, sorted by id.
+    pub groups: Vec<ListedGroup>,
+    /// The brokers that could not be asked or did not answer (address, error); the groups
+    /// they coordinate are missing from [`GroupListing::groups`].
+    pub unreachable: Vec<(String, ClientError)>,
+}
+
 impl Client {
     /// Every group the cluster knows, by id: each broker lists the groups it coordinates,
-    /// so every broker the metadata names is asked (a broker that cannot answer fails the
-    /// call rather than giving an incomplete list).
-    pub async fn list_groups(&self) -> Result<Vec<ListedGroup>, ClientError> {
+    /// so every broker the metadata names is asked. Like Kafka's AdminClient, a broker that
+    /// cannot answer does not fail the call: its address and error are in
+    /// [`GroupListing::unreachable`] (its groups are missing from the listing). Fails only
+    /// when no broker answered (with the first broker's error).
+    pub async fn list_groups(&self) -> Result<GroupListing, ClientError> {
         // Fresh broker list; a failure leaves the cached one, which is still worth asking.
         let _ = self.refresh_and_wait(None).await;
         let brokers = self.broker_addresses();
@@ -45,23 +58,46 @@ impl Client {
             let response: ListGroupsResponse = self
                 .admin_read(ApiKey::ListGroups, &ListGroupsRequest {})
                 .await?;
-            return Ok(response.groups);
+            return Ok(GroupListing {
+                groups: response.groups,
+                unreachable: Vec::new(),
+            });
         }
         let mut groups: BTreeMap<String, ListedGroup> = BTreeMap::new();
+        let mut unreachable = Vec::new();
+        let mut answered = 0usize;
         for addr in brokers {
-            let conn = self.connection(&addr).await?;
-            let response: ListGroupsResponse = conn
-                .call(
-                    ApiKey::ListGroups,
-                    &ListGroupsRequest {},
-                    self.request_timeout(),
-                )
-                .await?;
-            for g in response.groups {
-                groups.entry(g.group.clone()).or_insert(g);
+            let response = match self.connection(&addr).await {
+                Ok(conn) => {
+                    conn.call::<_, ListGroupsResponse>(
+                        ApiKey::ListGroups,
+                        &ListGroupsRequest {},
+                        self.request_timeout(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match response {
+                Ok(response) => {
+                    answered += 1;
+                    for g in response.groups {
+                        groups.entry(g.group.clone()).or_insert(g);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(broker = %addr, error = %e, "ListGroups: broker did not answer");
+                    unreachable.push((addr, e));
+                }
             }
         }
-        Ok(groups.into_values().collect())
+        if answered == 0 && !unreachable.is_empty() {
+            return Err(unreachable.swap_remove(0).1);
+        }
+        Ok(GroupListing {
+            groups: groups.into_values().collect(),
+            unreachable,
+        })
     }
 
     /// The address of `group`'s coordinator: FindCoordinator against any live broker; its
