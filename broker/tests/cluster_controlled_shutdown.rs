@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Acked, Cluster, ClusterOptions, check_reads, produce_acked, read_partition, test_client_config,
-    wait_until,
+    Acked, Cluster, ClusterOptions, Writer, check_reads, phase_values, produce_acked, read_topic,
+    test_client_config, wait_until,
 };
 use sluice_client::Client;
 
@@ -26,10 +24,6 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// is noticed after the 9 s session; a controlled shutdown moved it before the exit, so this
 /// only covers the other nodes installing the view they already have.
 const MOVED_BY_EXIT: Duration = Duration::from_secs(3);
-
-fn values(phase: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{phase}-{i:05}")).collect()
-}
 
 #[test]
 fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
@@ -50,23 +44,9 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
             .expect("connect")
     });
     let mut acked: Vec<Acked> =
-        runtime.block_on(produce_acked(&client, TOPIC, &values("before", 100)));
+        runtime.block_on(produce_acked(&client, TOPIC, &phase_values("before", 100)));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let client = client.clone();
-        let stop = stop.clone();
-        runtime.spawn(async move {
-            let mut acked = Vec::new();
-            let mut round = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let batch = values(&format!("during-{round:04}"), ROUND_VALUES);
-                acked.extend(produce_acked(&client, TOPIC, &batch).await);
-                round += 1;
-            }
-            (round, acked)
-        })
-    };
+    let writer = Writer::start(&runtime, &client, TOPIC, ROUND_VALUES);
     std::thread::sleep(Duration::from_millis(500));
 
     let sent_at = Instant::now();
@@ -100,21 +80,11 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     std::thread::sleep(Duration::from_millis(500));
     cluster.restart(old);
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let (rounds, during) = runtime.block_on(writer).expect("writer task");
+    let (rounds, during) = writer.finish(&runtime);
     assert!(rounds > 0, "the writer wrote nothing");
     acked.extend(during);
-    acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &values("after", 100))));
-    let reads = runtime.block_on(async {
-        let mut reads = std::collections::BTreeMap::new();
-        for p in 0..PARTITIONS {
-            let read = read_partition(&client, TOPIC, p, SETTLE)
-                .await
-                .unwrap_or_else(|e| panic!("read partition {p}: {e}"));
-            reads.insert(p, read);
-        }
-        reads
-    });
+    acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &phase_values("after", 100))));
+    let reads = runtime.block_on(read_topic(&client, TOPIC, PARTITIONS, SETTLE));
     let known = |v: &[u8]| {
         let v = String::from_utf8_lossy(v);
         v.starts_with("before-") || v.starts_with("during-") || v.starts_with("after-")

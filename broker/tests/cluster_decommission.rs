@@ -13,13 +13,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Acked, Cluster, ClusterOptions, DescribedPartition, check_reads, produce_acked, read_partition,
-    test_client_config, wait_until,
+    Acked, Cluster, ClusterOptions, DescribedPartition, Writer, check_reads, phase_values,
+    produce_acked, read_topic, test_client_config, wait_until,
 };
 use sluice_client::Client;
 
@@ -33,10 +31,6 @@ const DECOMMISSION_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_WAIT_SECS: &str = "20";
 /// Longest wait for metadata to settle (elections, the 9 s broker session).
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn values(phase: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{phase}-{i:05}")).collect()
-}
 
 fn describe(cluster: &mut Cluster, topic: &str) -> Vec<DescribedPartition> {
     cluster
@@ -107,24 +101,10 @@ fn a_decommissioned_node_hands_its_replicas_over_without_losing_a_record() {
             .expect("connect")
     });
     let mut acked: Vec<Acked> =
-        runtime.block_on(produce_acked(&client, TOPIC, &values("before", 200)));
+        runtime.block_on(produce_acked(&client, TOPIC, &phase_values("before", 200)));
 
     // A writer that keeps going while the replicas move.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let client = client.clone();
-        let stop = stop.clone();
-        runtime.spawn(async move {
-            let mut acked = Vec::new();
-            let mut round = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let batch = values(&format!("during-{round:04}"), ROUND_VALUES);
-                acked.extend(produce_acked(&client, TOPIC, &batch).await);
-                round += 1;
-            }
-            (round, acked)
-        })
-    };
+    let writer = Writer::start(&runtime, &client, TOPIC, ROUND_VALUES);
 
     let victim_id = victim.to_string();
     let decommission_started = Instant::now();
@@ -158,8 +138,7 @@ fn a_decommissioned_node_hands_its_replicas_over_without_losing_a_record() {
     );
     let took = decommission_started.elapsed();
 
-    stop.store(true, Ordering::Relaxed);
-    let (rounds, during) = runtime.block_on(writer).expect("writer task");
+    let (rounds, during) = writer.finish(&runtime);
     assert!(
         rounds > 0,
         "the writer wrote nothing during the decommission"
@@ -190,17 +169,8 @@ fn a_decommissioned_node_hands_its_replicas_over_without_losing_a_record() {
 
     // The node leaves for good: nothing depends on it.
     cluster.kill(victim);
-    acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &values("after", 200))));
-    let reads = runtime.block_on(async {
-        let mut reads = std::collections::BTreeMap::new();
-        for p in 0..PARTITIONS {
-            let read = read_partition(&client, TOPIC, p, SETTLE)
-                .await
-                .unwrap_or_else(|e| panic!("read partition {p}: {e}"));
-            reads.insert(p, read);
-        }
-        reads
-    });
+    acked.extend(runtime.block_on(produce_acked(&client, TOPIC, &phase_values("after", 200))));
+    let reads = runtime.block_on(read_topic(&client, TOPIC, PARTITIONS, SETTLE));
     let known = |v: &[u8]| {
         let v = String::from_utf8_lossy(v);
         v.starts_with("before-") || v.starts_with("during-") || v.starts_with("after-")

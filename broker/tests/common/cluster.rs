@@ -1299,3 +1299,65 @@ pub fn check_phases(
     );
     (end, records)
 }
+
+/// Unique values `PHASE-00000`, `PHASE-00001`, ...
+pub fn phase_values(phase: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{phase}-{i:05}")).collect()
+}
+
+/// A background writer on a tokio runtime: rounds of `round_values` unique values
+/// (`during-RRRR-NNNNN`) sent with [`produce_acked`] (each must be acknowledged) until
+/// [`Writer::finish`].
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<Acked>)>,
+}
+
+impl Writer {
+    /// Starts writing to `topic` through `client`.
+    pub fn start(
+        runtime: &tokio::runtime::Runtime,
+        client: &sluice_client::Client,
+        topic: &str,
+        round_values: usize,
+    ) -> Writer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, topic, flag) = (client.clone(), topic.to_owned(), stop.clone());
+        let task = runtime.spawn(async move {
+            let mut acked = Vec::new();
+            let mut round = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let batch = phase_values(&format!("during-{round:04}"), round_values);
+                acked.extend(produce_acked(&client, &topic, &batch).await);
+                round += 1;
+            }
+            (round, acked)
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops after the round under way; returns the rounds written and what was acknowledged.
+    pub fn finish(self, runtime: &tokio::runtime::Runtime) -> (usize, Vec<Acked>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.block_on(self.task).expect("writer task")
+    }
+}
+
+/// [`read_partition`] for partitions `0..partitions` of `topic` (panics naming the first that
+/// cannot be read within `timeout`).
+pub async fn read_topic(
+    client: &sluice_client::Client,
+    topic: &str,
+    partitions: u32,
+    timeout: Duration,
+) -> std::collections::BTreeMap<u32, (u64, std::collections::BTreeMap<u64, Vec<u8>>)> {
+    let mut reads = std::collections::BTreeMap::new();
+    for p in 0..partitions {
+        let read = read_partition(client, topic, p, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("read {topic}-{p}: {e}"));
+        reads.insert(p, read);
+    }
+    reads
+}
