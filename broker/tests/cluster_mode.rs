@@ -139,6 +139,29 @@ fn three_nodes_form_a_quorum_replicate_metadata_and_survive_the_controller_kill(
         }
     }
 
+    // A replicated topic whose batches could not fit one replica fetch is refused.
+    let addr0 = c.nodes[0].client_addr().to_string();
+    let big = run_sluice(
+        &[
+            "topic",
+            "create",
+            "huge",
+            "--partitions",
+            "1",
+            "--config",
+            "max.message.bytes=8388608",
+            "--brokers",
+            &addr0,
+        ],
+        None,
+    );
+    assert_ne!(big.code, 0, "8 MiB batches accepted on a replicated topic");
+    assert!(
+        big.stderr.contains("INVALID_CONFIG") && big.stderr.contains("max.message.bytes"),
+        "{}",
+        big.stderr
+    );
+
     // A topic with replication factor 3, created through node 0, seen from node 1.
     let created = create(c.nodes[0].client_addr(), "orders", 3, Some(3));
     assert_eq!(created.code, 0, "create: {}", created.stderr);

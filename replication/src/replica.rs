@@ -25,6 +25,11 @@ pub const REPLICA_WIRE_VERSION: u8 = 1;
 /// `replica.fetch.response.max.bytes` analogue, sized so a response fits one peer frame.
 pub const REPLICA_FETCH_BYTES_MAX: u32 = 8 * 1024 * 1024;
 
+/// Largest batch a replicated topic takes (`max.message.bytes` in cluster mode): it always
+/// fits one fetch response, whatever the partition list (whose overhead stays below half a
+/// frame, asserted below), so no batch can stall its followers.
+pub const REPLICATED_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Most partitions in one replica fetch request or response.
 pub const REPLICA_FETCH_PARTITIONS_MAX: u32 = 4096;
 
@@ -53,6 +58,10 @@ const _: () = assert!(
     5 + REPLICA_FETCH_PARTITIONS_MAX as usize
         * (RESPONSE_PARTITION_FIXED + REPLICA_TOPIC_BYTES_MAX + REPLICA_MESSAGE_BYTES_MAX + 12)
         < REPLICA_RESPONSE_BYTES_MAX / 2
+);
+const _: () = assert!(
+    REPLICATED_BATCH_BYTES_MAX <= REPLICA_RESPONSE_BYTES_MAX / 2
+        && REPLICATED_BATCH_BYTES_MAX <= REPLICA_FETCH_BYTES_MAX as usize
 );
 
 /// The most bytes a response to partitions with these topic name lengths takes besides its

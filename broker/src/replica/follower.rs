@@ -164,8 +164,10 @@ fn build_request(shard: &Shard, parts: &Parts, rotate: &mut usize) -> FetchReque
     let parts = parts.borrow();
     let total = parts.len();
     let max = REPLICA_FETCH_PARTITIONS_MAX as usize;
-    let skip = if total > max { *rotate % total } else { 0 };
-    *rotate = rotate.wrapping_add(max);
+    // A different partition first each time, so that one with a lot to fetch cannot keep
+    // taking the whole response from the ones after it.
+    let skip = if total == 0 { 0 } else { *rotate % total };
+    *rotate = rotate.wrapping_add(if total > max { max } else { 1 });
     let mut partitions = Vec::with_capacity(total.min(max));
     for ((topic, index), epoch) in parts.iter().cycle().skip(skip).take(total.min(max)) {
         let Some(p) = shard.partition(topic, *index) else {

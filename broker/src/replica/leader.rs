@@ -299,7 +299,10 @@ async fn fetch_one(
                 }
                 records.extend_from_slice(&batch.into_bytes());
             }
-            if records.is_empty() {
+            // A batch that does not fit what other partitions left of this response waits
+            // for the next one (the follower rotates its partition order); one that does not
+            // fit an empty response never will.
+            if records.is_empty() && *used == 0 {
                 out.error = ErrorCode::MESSAGE_TOO_LARGE.0;
                 out.message = format!(
                     "the batch at offset {} does not fit a replica fetch of {room} bytes",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_replication::controller::{ControllerDriver, DriverError};
+use sluice_replication::replica::REPLICATED_BATCH_BYTES_MAX;
 
 use sluice_proto::protocol::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
@@ -105,6 +106,26 @@ async fn close_on_owners(shard: &Rc<Shard>, topic: &str, partitions: std::ops::R
 const REPLICATION_FACTOR_MAX: i16 = 16;
 /// The default replication factor is min(this, registered brokers not being decommissioned).
 const REPLICATION_FACTOR_DEFAULT_MAX: usize = 3;
+
+/// Cluster mode: `max.message.bytes` at most [`REPLICATED_BATCH_BYTES_MAX`], so that every
+/// batch fits one replica fetch.
+fn check_replicated_batch_size(
+    configs: &topic_config::TopicConfigs,
+) -> Result<(), (ErrorCode, String)> {
+    let max = topic_config::log_config(configs)
+        .map_err(|m| (ErrorCode::INVALID_CONFIG, m))?
+        .max_batch_bytes;
+    if max > REPLICATED_BATCH_BYTES_MAX {
+        return Err((
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "max.message.bytes={max} is above {REPLICATED_BATCH_BYTES_MAX}, the largest batch a \
+                 replicated topic takes (it must fit one replica fetch)"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a topic's replication factor and `min.insync.replicas` against each other: `rf`
 /// is the replication factor the topic gets.
@@ -253,6 +274,10 @@ async fn create_topics_in_cluster(
             })
             .and_then(|()| {
                 topic_config::validate(&topic.configs).map_err(|m| (ErrorCode::INVALID_CONFIG, m))
+            })
+            .and_then(|configs| {
+                check_replicated_batch_size(&configs)?;
+                Ok(configs)
             })
             .and_then(|configs| {
                 let rf = match topic.replication_factor {
