@@ -629,6 +629,73 @@ fn fencing_moves_leaders_to_isr_members_and_offline_unless_unclean() {
 }
 
 #[test]
+fn a_controlled_shutdown_fences_at_once_and_a_late_heartbeat_does_not_undo_it() {
+    let mut sim = Sim::new(3, 21, fast());
+    let _ = sim.wait_leader();
+    sim.bring_up(&[0, 1, 2]);
+    topic(&mut sim, "t", 6, 3, &[]);
+    assert!(
+        sim.nodes[&0].state().topics["t"]
+            .partitions
+            .iter()
+            .any(|p| p.leader == Some(1)),
+        "broker 1 leads nothing to hand over"
+    );
+    // A stale incarnation is refused.
+    let leader = sim.wait_leader();
+    assert!(matches!(
+        sim.node(leader).controlled_shutdown(1, 7),
+        Err(ControllerError::Invalid(Rejection::StaleIncarnation { .. }))
+    ));
+    let index = loop {
+        let leader = sim.wait_leader();
+        match sim.node(leader).controlled_shutdown(1, 1) {
+            Ok(Some(index)) => {
+                sim.drain(leader);
+                break index;
+            }
+            Ok(None) => panic!("broker 1 was fenced already"),
+            Err(ControllerError::Busy) => sim.tick(),
+            Err(e) => panic!("controlled shutdown: {e}"),
+        }
+    };
+    assert!(sim.run_until(500, |s| {
+        s.nodes.values().all(|c| c.applied_index() >= index)
+    }));
+    for c in sim.nodes.values() {
+        assert!(!c.state().is_live(1));
+        for p in &c.state().topics["t"].partitions {
+            assert_ne!(p.leader, Some(1), "{p:?}");
+            assert!(p.leader.is_some(), "{p:?}");
+            assert!(!p.isr.contains(&1), "{p:?}");
+        }
+    }
+    // A heartbeat of the stopping incarnation that was already on its way: still fenced.
+    for _ in 0..20 {
+        sim.heartbeat(1, 1);
+        sim.heartbeat(0, 1);
+        sim.heartbeat(2, 1);
+        sim.tick();
+    }
+    assert!(sim.nodes.values().all(|c| !c.state().is_live(1)));
+    // Asked again: nothing more to do.
+    let leader = sim.wait_leader();
+    assert_eq!(sim.node(leader).controlled_shutdown(1, 1).ok(), Some(None));
+    // Restarted (a new incarnation), it comes back.
+    for _ in 0..100 {
+        sim.heartbeat(1, 2);
+        sim.heartbeat(0, 1);
+        sim.heartbeat(2, 1);
+        sim.tick();
+        if sim.nodes.values().all(|c| c.state().is_live(1)) {
+            break;
+        }
+    }
+    assert!(sim.nodes.values().all(|c| c.state().is_live(1)));
+    sim.assert_converged();
+}
+
+#[test]
 fn a_stale_alter_partition_is_rejected() {
     let mut sim = Sim::new(3, 13, fast());
     sim.wait_leader();

@@ -190,6 +190,10 @@ pub struct Controller {
     leading_since: Option<Instant>,
     /// Active controller only: last heartbeat seen per broker.
     last_heartbeat: BTreeMap<NodeId, Instant>,
+    /// Active controller only: brokers (by incarnation) in a controlled shutdown; a heartbeat
+    /// of theirs that was already on its way never unfences them again. At most one entry
+    /// per registered broker (a new incarnation replaces it).
+    stopping: BTreeMap<NodeId, u64>,
     /// Index of the last state-dependent proposal; none is made until it applies.
     pending_index: Option<u64>,
     /// Leader-local choice of where replica assignment starts (Kafka picks at random).
@@ -281,6 +285,7 @@ impl Controller {
             outbox: Vec::new(),
             leading_since: None,
             last_heartbeat: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             pending_index: None,
         };
         // Apply the committed entries after the snapshot now, so `state()` is current.
@@ -674,7 +679,11 @@ impl Controller {
                         })?;
                     }
                 }
-                Some(b) if b.fenced && hb.want_unfence => {
+                Some(b)
+                    if b.fenced
+                        && hb.want_unfence
+                        && self.stopping.get(&reg.id) != Some(&reg.incarnation) =>
+                {
                     let changes = changes_for_unfence(&self.state, reg.id);
                     self.propose_decision(&Command::UnfenceBroker {
                         broker: reg.id,
@@ -869,6 +878,12 @@ impl Controller {
             }
             .into());
         }
+        if !self.stopping.contains_key(&broker) && self.stopping.len() >= state::CLUSTER_BROKERS_MAX
+        {
+            self.stopping
+                .retain(|b, _| self.state.brokers.contains_key(b));
+        }
+        self.stopping.insert(broker, incarnation);
         if info.fenced {
             return Ok(None);
         }
