@@ -952,6 +952,7 @@ fn a_restarted_broker_is_fenced_reregistered_and_unfenced_and_topic_requests_are
     // A proposal with an assignment on an unknown broker commits as a rejection everywhere.
     assert!(!sim.commit(Command::CreateTopic {
         name: "v".into(),
+        id: 1,
         configs: BTreeMap::new(),
         assignment: vec![vec![0, 9]],
     }));

@@ -136,7 +136,7 @@ proptest! {
                 configs.insert("unclean.leader.election.enable".to_string(), "true".to_string());
             }
             let assignment = assign_replicas(&live, *partitions, *rf, *start, 0);
-            s.apply(&Command::CreateTopic { name: format!("t{i}"), configs, assignment })
+            s.apply(&Command::CreateTopic { name: format!("t{i}"), id: i as u64 + 1, configs, assignment })
                 .expect("create");
         }
         check_invariants(&s);
@@ -214,6 +214,7 @@ fn commands_round_trip_and_garbage_is_refused() {
         },
         Command::CreateTopic {
             name: "orders".into(),
+            id: 7,
             configs: [(
                 "unclean.leader.election.enable".to_string(),
                 "true".to_string(),
@@ -267,6 +268,7 @@ fn decommission_moves_every_replica_away_keeping_the_replication_factor() {
     let assignment = assign_replicas(&[0, 1, 2, 3], 8, 2, 0, 0);
     s.apply(&Command::CreateTopic {
         name: "t".into(),
+        id: 7,
         configs: BTreeMap::new(),
         assignment,
     })
@@ -276,6 +278,7 @@ fn decommission_moves_every_replica_away_keeping_the_replication_factor() {
     let mut wide = s.clone();
     wide.apply(&Command::CreateTopic {
         name: "wide".into(),
+        id: 7,
         configs: BTreeMap::new(),
         assignment: vec![vec![0, 1, 2, 3]],
     })
@@ -332,6 +335,7 @@ fn decommission_moves_every_replica_away_keeping_the_replication_factor() {
     moving
         .apply(&Command::CreateTopic {
             name: "m".into(),
+            id: 7,
             configs: BTreeMap::new(),
             assignment: vec![vec![0, 1]],
         })

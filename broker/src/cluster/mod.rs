@@ -399,6 +399,8 @@ async fn heartbeat_loop(driver: Rc<ControllerDriver>, registration: BrokerRegist
 
 async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
     let mut opened: BTreeSet<(String, u32)> = BTreeSet::new();
+    // The id of each topic with logs open here, as of the last view.
+    let mut ids: BTreeMap<String, u64> = BTreeMap::new();
     let mut installed: Option<u64> = None;
     loop {
         let index = driver.applied_index();
@@ -431,7 +433,7 @@ async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
                 // A topic deleted since the previous view that exists again under the same
                 // name: its old logs go first (a plain delete is handled after the
                 // broadcast, like any partition no longer assigned here).
-                let recreated: BTreeSet<String> = driver
+                let mut recreated: BTreeSet<String> = driver
                     .applied_after(previous)
                     .into_iter()
                     .filter(|a| a.index <= index && a.result.is_ok())
@@ -442,6 +444,13 @@ async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
                         _ => None,
                     })
                     .collect();
+                // The same by topic id, also when the history does not reach back (a
+                // snapshot was installed, or more entries applied than it keeps).
+                for (topic, id) in &ids {
+                    if view.state.topics.get(topic).is_some_and(|t| t.id != *id) {
+                        recreated.insert(topic.clone());
+                    }
+                }
                 let stale: Vec<(String, u32)> = opened
                     .iter()
                     .filter(|(t, _)| recreated.contains(t))
@@ -455,13 +464,21 @@ async fn view_loop(shard: Rc<Shard>, driver: Rc<ControllerDriver>) {
                     }
                     for topic in &recreated {
                         // Empty unless the new topic has replicas here (opened below).
-                        let _ =
-                            std::fs::remove_dir(topic_dir(&shard.cluster.config.data_dir, topic));
+                        remove_topic_dir_if_empty(&topic_dir(
+                            &shard.cluster.config.data_dir,
+                            topic,
+                        ));
                     }
                 }
             }
         }
         install(&shard, &view, &mut opened).await;
+        ids.clear();
+        for (topic, _) in &opened {
+            if let Some(t) = view.state.topics.get(topic) {
+                ids.insert(topic.clone(), t.id);
+            }
+        }
         installed = Some(index);
     }
 }
@@ -499,8 +516,53 @@ pub(crate) fn metadata_of(state: &ClusterState) -> Metadata {
     }
 }
 
+/// File in a topic's directory (cluster mode) that holds the topic's id, in decimal: written
+/// before the topic's first log opens on this node.
+const TOPIC_ID_FILE: &str = "topic-id";
+
+fn read_topic_id(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(TOPIC_ID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Records `id` in the topic directory `dir` (created if needed): a temporary file, fsync,
+/// rename, directory fsync.
+fn write_topic_id(dir: &Path, id: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if read_topic_id(dir) == Some(id) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("topic-id.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("{id}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(TOPIC_ID_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a topic directory that holds no partition directory any more (its id file goes
+/// with it); leaves one that does.
+fn remove_topic_dir_if_empty(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let partitions = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count();
+    if partitions == 0 {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// At the first view after start-up (no log is open yet): deletes partition directories not
-/// assigned here: topics deleted, or partitions moved away, while this node was down.
+/// assigned here (topics deleted, or partitions moved away, while this node was down), and
+/// whole topic directories whose recorded id is not the topic's (deleted and created again
+/// under the same name meanwhile).
 fn remove_unassigned_dirs(data_dir: &Path, view: &ClusterView) {
     let assigned = assigned_here(view);
     let Ok(topics) = std::fs::read_dir(data_dir.join("topics")) else {
@@ -508,10 +570,24 @@ fn remove_unassigned_dirs(data_dir: &Path, view: &ClusterView) {
     };
     for topic in topics.flatten() {
         let name = topic.file_name().to_string_lossy().into_owned();
+        if let (Some(state), Some(recorded)) =
+            (view.state.topics.get(&name), read_topic_id(&topic.path()))
+            && state.id != recorded
+        {
+            tracing::warn!(dir = %topic.path().display(), recorded, id = state.id,
+                "removing the logs of an older topic of the same name (deleted and created again)");
+            if let Err(e) = std::fs::remove_dir_all(topic.path()) {
+                tracing::error!(dir = %topic.path().display(), error = %e, "cannot remove directory");
+            }
+            continue;
+        }
         if let Ok(parts) = std::fs::read_dir(topic.path()) {
             for part in parts.flatten() {
-                let index = part.file_name().to_string_lossy().parse::<u32>();
-                if index.is_ok_and(|i| assigned.contains(&(name.clone(), i))) {
+                // Only partition directories (the topic id file stays with its directory).
+                let Ok(index) = part.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if assigned.contains(&(name.clone(), index)) {
                     continue;
                 }
                 tracing::warn!(dir = %part.path().display(),
@@ -522,7 +598,7 @@ fn remove_unassigned_dirs(data_dir: &Path, view: &ClusterView) {
             }
         }
         if !view.state.topics.contains_key(&name) {
-            let _ = std::fs::remove_dir(topic.path());
+            remove_topic_dir_if_empty(&topic.path());
         }
     }
 }
@@ -541,12 +617,16 @@ async fn install(shard: &Rc<Shard>, view: &Arc<ClusterView>, opened: &mut BTreeS
     }
     let mut pending = Vec::new();
     for ((owner, topic), partitions) in to_open {
-        let configs = view
-            .state
-            .topics
-            .get(&topic)
-            .map(|t| t.configs.clone())
-            .unwrap_or_default();
+        let Some(state) = view.state.topics.get(&topic) else {
+            continue;
+        };
+        let configs = state.configs.clone();
+        let dir = topic_dir(&shard.cluster.config.data_dir, &topic);
+        if let Err(e) = write_topic_id(&dir, state.id) {
+            tracing::error!(%topic, dir = %dir.display(), error = %e,
+                "cannot record the topic id; its logs open at the next view");
+            continue;
+        }
         let (reply, rx) = reply_channel();
         shard
             .send(
@@ -619,7 +699,7 @@ async fn install(shard: &Rc<Shard>, view: &Arc<ClusterView>, opened: &mut BTreeS
         opened.remove(&(topic.clone(), *p));
         if !view.state.topics.contains_key(topic) {
             // Empty once its partitions are gone; a leftover is removed at the next start.
-            let _ = std::fs::remove_dir(topic_dir(data_dir, topic));
+            remove_topic_dir_if_empty(&topic_dir(data_dir, topic));
         }
     }
     tracing::info!(
@@ -701,6 +781,7 @@ mod tests {
         state.topics.insert(
             "t".into(),
             TopicState {
+                id: 1,
                 configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
                 partitions: vec![partition(vec![0, 1]), partition(vec![1, 2])],
             },

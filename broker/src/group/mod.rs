@@ -1445,6 +1445,7 @@ mod tests {
             state.topics.insert(
                 OFFSETS_TOPIC.into(),
                 TopicState {
+                    id: 1,
                     configs: BTreeMap::new(),
                     partitions: leaders
                         .into_iter()

@@ -800,6 +800,7 @@ mod tests {
     fn min_insync_defaults_to_one_and_ignores_bad_values() {
         let mut state = ClusterState::default();
         let topic = |v: Option<&str>| TopicState {
+            id: 1,
             configs: v
                 .map(|v| BTreeMap::from([(MIN_INSYNC_REPLICAS_CONFIG.to_string(), v.to_string())]))
                 .unwrap_or_default(),

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
     while Instant::now() < deadline {
         let command = Command::CreateTopic {
             name: format!("t{tag}"),
+            id: 1,
             configs: BTreeMap::new(),
             assignment: vec![vec![0]],
         };

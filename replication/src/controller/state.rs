@@ -114,6 +114,10 @@ impl PartitionState {
 /// A topic and its partitions.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TopicState {
+    /// Chosen by the active controller at creation (Kafka's topic id): a topic deleted and
+    /// created again under the same name has another, so a replica that missed the delete
+    /// can tell its old log from the new topic's.
+    pub id: u64,
     /// Topic configs (`key = value`).
     pub configs: BTreeMap<String, String>,
     /// Partition `p` is `partitions[p]`.
@@ -221,6 +225,8 @@ mod command {
         CreateTopic {
             /// Topic name.
             name: String,
+            /// Its id (see [`TopicState::id`](super::TopicState::id)).
+            id: u64,
             /// Topic configs.
             configs: BTreeMap<String, String>,
             /// Replicas per partition, preferred leader first.
@@ -547,6 +553,7 @@ impl ClusterState {
             }
             Command::CreateTopic {
                 name,
+                id,
                 configs,
                 assignment,
             } => {
@@ -565,6 +572,7 @@ impl ClusterState {
                 self.topics.insert(
                     name.clone(),
                     TopicState {
+                        id: *id,
                         configs: configs.clone(),
                         partitions,
                     },
