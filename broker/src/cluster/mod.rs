@@ -697,10 +697,8 @@ async fn install(shard: &Rc<Shard>, view: &Arc<ClusterView>, opened: &mut BTreeS
     let data_dir = &shard.cluster.config.data_dir;
     for (topic, p) in &gone {
         opened.remove(&(topic.clone(), *p));
-        if !view.state.topics.contains_key(topic) {
-            // Empty once its partitions are gone; a leftover is removed at the next start.
-            remove_topic_dir_if_empty(&topic_dir(data_dir, topic));
-        }
+        // Gone with its last partition here (a leftover is removed at the next start).
+        remove_topic_dir_if_empty(&topic_dir(data_dir, topic));
     }
     tracing::info!(
         partitions = gone.len(),

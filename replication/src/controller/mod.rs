@@ -770,7 +770,9 @@ impl Controller {
         self.assign_start = self.assign_start.wrapping_add(1);
         self.propose(&Command::CreateTopic {
             name: name.to_string(),
-            id: fresh_topic_id(self.applied_index),
+            // The raft index this entry gets: only one committed entry ever holds it, so no
+            // two topics share an id, and replays (the simulation's seeds) stay identical.
+            id: self.raw.raft.raft_log.last_index() + 1,
             configs,
             assignment,
         })
@@ -927,15 +929,6 @@ impl Controller {
         self.propose_decision(&Command::Reassign { changes })?;
         Ok(n)
     }
-}
-
-/// A topic id no earlier topic has had (in practice): the wall clock in nanoseconds mixed
-/// with the applied index, never 0.
-fn fresh_topic_id(applied_index: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (nanos ^ applied_index.rotate_left(48)).max(1)
 }
 
 fn push_message(out: &mut Vec<(NodeId, Vec<u8>)>, msg: Message) {
