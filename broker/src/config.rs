@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::protocol::REQUEST_FRAME_BYTES_MAX;
 use sluice_proto::{BATCH_BYTES_MAX, protocol::FETCH_BYTES_MAX};
 
+use sluice_storage::WRITE_BUFFER_BYTES_PER_SHARD_DEFAULT;
+
 use crate::doctor::IoDriver;
 use crate::limits::{
     RETENTION_CHECK_MS_DEFAULT, SHARD_FETCH_BYTES_DEFAULT, SHARD_REQUEST_BYTES_DEFAULT, SHARDS_MAX,
@@ -102,6 +104,7 @@ struct FileConfig {
     offsets_topic_partitions: Option<u32>,
     shard_request_bytes: Option<usize>,
     shard_fetch_bytes: Option<usize>,
+    shard_write_buffer_bytes: Option<usize>,
     allow_epoll_fallback: Option<bool>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
@@ -134,6 +137,8 @@ pub(crate) struct BrokerConfig {
     pub(crate) shard_request_bytes: usize,
     /// Per-shard budget of fetched bytes not yet written.
     pub(crate) shard_fetch_bytes: usize,
+    /// Per-shard budget of partition-log write-buffer chunks (`write_buffer_bytes_per_shard`).
+    pub(crate) shard_write_buffer_bytes: usize,
     /// Whether epoll may replace an unusable io_uring.
     pub(crate) allow_epoll_fallback: bool,
     /// The driver the shards run on: set by the start-up checks.
@@ -391,6 +396,17 @@ impl BrokerConfig {
                 "shard_fetch_bytes {shard_fetch_bytes} is below one whole fetch ({one_fetch})"
             )));
         }
+        let shard_write_buffer_bytes = file
+            .shard_write_buffer_bytes
+            .unwrap_or(WRITE_BUFFER_BYTES_PER_SHARD_DEFAULT);
+        let largest_batch = crate::topic_config::write_buffer_bytes_for_batch(BATCH_BYTES_MAX);
+        if shard_write_buffer_bytes < 2 * largest_batch {
+            return Err(ConfigError(format!(
+                "shard_write_buffer_bytes {shard_write_buffer_bytes} is below twice the write \
+                 buffers of the largest batch ({})",
+                2 * largest_batch
+            )));
+        }
         let metrics_listen = parse_metrics_listen(
             args.metrics_listen
                 .as_deref()
@@ -449,6 +465,7 @@ impl BrokerConfig {
             offsets_topic_partitions,
             shard_request_bytes,
             shard_fetch_bytes,
+            shard_write_buffer_bytes,
             allow_epoll_fallback: args.allow_epoll_fallback
                 || file.allow_epoll_fallback.unwrap_or(false),
             io_driver: IoDriver::IoUring,
@@ -519,6 +536,32 @@ mod deploy_example_tests {
             missing.is_empty(),
             "deploy/sluice.toml does not set (and document) {missing:?}"
         );
+    }
+
+    #[test]
+    fn write_buffer_budget_must_hold_twice_the_largest_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolve = |bytes: usize| {
+            let path = dir.path().join(format!("wb{bytes}.toml"));
+            std::fs::write(&path, format!("shard_write_buffer_bytes = {bytes}\n")).expect("write");
+            BrokerConfig::resolve(&ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+        };
+        // A 16 MiB batch spans 17 chunks of 1 MiB less a block, plus one: 18 MiB, twice 36.
+        let least = 36 << 20;
+        assert_eq!(
+            resolve(least).expect("enough").shard_write_buffer_bytes,
+            least
+        );
+        let err = resolve(least - 1).expect_err("too small");
+        assert!(
+            err.to_string().contains("shard_write_buffer_bytes"),
+            "{err}"
+        );
+        let default = BrokerConfig::resolve(&ServeArgs::default()).expect("defaults");
+        assert_eq!(default.shard_write_buffer_bytes, 256 << 20);
     }
 
     #[test]

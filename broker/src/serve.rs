@@ -252,7 +252,8 @@ fn reload(args: &ServeArgs, running: &mut BrokerConfig, inboxes: &[flume::Sender
         log_format,
         allow_epoll_fallback,
         cluster,
-        replica_lag_time_max_ms
+        replica_lag_time_max_ms,
+        shard_write_buffer_bytes
     );
     let mut applied = Vec::new();
     macro_rules! dynamic {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use sluice_proto::BATCH_BYTES_MAX;
 use sluice_proto::protocol::ConfigEntry;
 use sluice_proto::protocol::config::{self as names, TOPIC_CONFIGS};
-use sluice_storage::{CompactionConfig, FlushPolicy, LogConfig};
+use sluice_storage::{CompactionConfig, FlushPolicy, LogConfig, WriteBudget};
 
 use crate::limits::{
     CLEANER_DEDUPE_BUFFER_BYTES, CLEANER_IO_BYTES_PER_S, LOG_TAIL_CACHE_BYTES,
@@ -20,8 +20,6 @@ use crate::limits::{
 
 /// Configs set on a topic (only those that differ from the defaults are stored).
 pub(crate) type TopicConfigs = BTreeMap<String, String>;
-
-const BLOCK_BYTES: usize = 4096;
 
 /// The broker default of each config, as DescribeTopics shows it (`-1`: none / unbounded).
 fn default_value(name: &str) -> String {
@@ -41,6 +39,18 @@ fn default_value(name: &str) -> String {
         names::UNCLEAN_LEADER_ELECTION_ENABLE => "false".into(),
         _ => String::new(),
     }
+}
+
+/// Write-buffer bytes (whole chunks) a batch of `max_batch_bytes` may need: its chunks, each
+/// losing up to a block to a carried partial block, plus the fresh chunk taken when one fills.
+/// The shard's write budget must hold twice this for the largest batch (idle logs may keep
+/// half of it; see `sluice_storage::WriteBudget`).
+pub(crate) fn write_buffer_bytes_for_batch(max_batch_bytes: u32) -> usize {
+    WriteBudget::bytes_for_batch(&LogConfig {
+        max_batch_bytes: max_batch_bytes as usize,
+        write_chunk_bytes: LOG_WRITE_CHUNK_BYTES,
+        ..LogConfig::default()
+    })
 }
 
 /// Checks requested configs: known names, no duplicates, parseable values, and a
@@ -190,8 +200,8 @@ pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
         FlushPolicy::Interval { messages, ms }
     };
     // Enough chunks that a whole batch fits beside a filling one.
-    let per_chunk = LOG_WRITE_CHUNK_BYTES - BLOCK_BYTES;
-    let write_chunks_max = LOG_WRITE_CHUNKS_DEFAULT.max(max_batch_bytes.div_ceil(per_chunk) + 1);
+    let write_chunks_max = LOG_WRITE_CHUNKS_DEFAULT
+        .max(write_buffer_bytes_for_batch(max_message as u32) / LOG_WRITE_CHUNK_BYTES);
     let config = LogConfig {
         segment_bytes: required_u64(configs, names::SEGMENT_BYTES)?,
         segment_ms,

@@ -239,6 +239,17 @@ fn counters_move_by_what_was_produced_and_fetched() {
         "computed on a single broker too"
     );
     assert_eq!(get(&before, "sluice_under_replicated_partitions"), 0.0);
+    // Opening a partition maps no write buffer; the limit is the default budget.
+    assert_eq!(sum(&before, "sluice_write_buffer_bytes"), 0.0);
+    for shard in 0..2 {
+        assert_eq!(
+            get(
+                &before,
+                &format!("sluice_write_buffer_limit_bytes{{shard=\"{shard}\"}}")
+            ),
+            (256u64 << 20) as f64
+        );
+    }
 
     // 5 batches of 3 records to partition 0 with acks=all, 4 of 2 to partition 1 with acks=1.
     let mut bytes = [0usize; 2];
@@ -257,6 +268,11 @@ fn counters_move_by_what_was_produced_and_fetched() {
         let r = c.produce("m", 1, 1, b);
         assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
     }
+    // The two partitions hold write-buffer chunks (far below half the budget, idle logs
+    // keep theirs): whole 1 MiB chunks, at least one each.
+    let mapped = sum(&scrape(maddr), "sluice_write_buffer_bytes");
+    assert!(mapped >= (2u64 << 20) as f64, "mapped {mapped}");
+    assert_eq!(mapped % (1u64 << 20) as f64, 0.0, "whole chunks");
     // One produce to a partition that does not exist: an error by API and code.
     let r = c.produce("m", 7, 1, batch(&[b"z"], 1_000));
     assert_eq!(r.error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
@@ -441,4 +457,60 @@ fn metrics_listen_off_disables_the_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start_with(dir.path(), 1, &["--metrics-listen", "off"]);
     assert!(broker.metrics_addr.is_none());
+}
+
+#[test]
+fn write_buffers_of_many_partitions_stay_within_the_shard_budget() {
+    // The smallest budget the broker accepts (twice the chunks of a 16 MiB batch): 36 chunks
+    // of 1 MiB. 48 partitions that each kept a chunk would need more.
+    const LIMIT: u64 = 36 << 20;
+    const PARTITIONS: u32 = 48;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, format!("shard_write_buffer_bytes = {LIMIT}\n")).expect("write");
+    let data = dir.path().join("data");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let broker = Broker::start_with(&data, 1, &["--config", config_arg]);
+    let maddr = broker.metrics_addr.expect("metrics endpoint on");
+    let mut c = Conn::connect(broker.addr);
+    let created = c.create_topic("wb", PARTITIONS, &[]);
+    assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
+    let limit = get(
+        &scrape(maddr),
+        "sluice_write_buffer_limit_bytes{shard=\"0\"}",
+    );
+    assert_eq!(limit, LIMIT as f64);
+
+    let value = |round: u8, p: u32| vec![round ^ p as u8; 100_000];
+    for round in 0..2u8 {
+        for p in 0..PARTITIONS {
+            let r = c.produce("wb", p, -1, batch(&[&value(round, p)], 1_000));
+            assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
+            let m = scrape(maddr);
+            let mapped = get(&m, "sluice_write_buffer_bytes{shard=\"0\"}")
+                + get(&m, "sluice_write_buffer_free_bytes{shard=\"0\"}");
+            assert!(mapped <= LIMIT as f64, "mapped {mapped} over the limit");
+        }
+    }
+    // Every partition is idle now: together they keep at most half of the budget.
+    let mapped = get(&scrape(maddr), "sluice_write_buffer_bytes{shard=\"0\"}");
+    assert!(
+        mapped <= (LIMIT / 2) as f64,
+        "idle partitions keep {mapped}"
+    );
+    for p in 0..PARTITIONS {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let r = c.fetch("wb", p, got.len() as u64, 1_000, 1);
+            assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
+            let v = values(r.records);
+            assert!(!v.is_empty(), "partition {p}: no record at {}", got.len());
+            got.extend(v);
+        }
+        assert_eq!(got.len(), 2, "partition {p}");
+        for (round, (offset, v)) in got.into_iter().enumerate() {
+            assert_eq!(offset, round as u64);
+            assert!(v == value(round as u8, p), "partition {p} record {round}");
+        }
+    }
 }

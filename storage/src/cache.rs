@@ -64,6 +64,16 @@ impl TailCache {
         });
     }
 
+    /// Changes the byte budget; the next [`TailCache::evict`] applies it.
+    pub(crate) fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Drops the oldest written batches while over budget.
     pub(crate) fn evict(&mut self, written_log_pos: u64) {
         while self.bytes > self.budget {

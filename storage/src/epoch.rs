@@ -323,8 +323,9 @@ mod tests {
         let mut c = cache(&[(2, 5)]);
         assert!(!c.assign(2, Offset(7)));
         assert!(!c.assign(1, Offset(7)));
+        // Newer epochs start at or after the latest one's start (5).
         for e in 3..(3 + LEADER_EPOCH_ENTRIES_MAX as u32) {
-            c.assign(e, Offset(u64::from(e)));
+            assert!(c.assign(e, Offset(5 + u64::from(e))));
         }
         assert_eq!(c.entries().len(), LEADER_EPOCH_ENTRIES_MAX);
         assert_eq!(c.entries()[0].epoch, 3);

@@ -62,6 +62,18 @@ pub enum LogError {
     /// The configuration is inconsistent.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
+    /// The shard's write-buffer budget (`write_buffer_bytes_per_shard`) cannot serve this
+    /// log's largest batch: idle logs may keep half of the budget, so the other half must
+    /// hold the chunks of one `max.message.bytes` batch.
+    #[error(
+        "write buffer budget of {limit_bytes} bytes is below the {needed_bytes} bytes a largest batch needs"
+    )]
+    WriteBudgetTooSmall {
+        /// The shard's budget.
+        limit_bytes: usize,
+        /// The smallest budget that serves this log.
+        needed_bytes: usize,
+    },
     /// The disk holding the log has no room for this append. Unlike a failed write or
     /// fdatasync this does not stop the log: reads go on, and appends are accepted again
     /// once space is freed (the log retries its allocation).

@@ -9,6 +9,7 @@
 //! cache, older ones by direct reads with their CRC checked. See `docs/ARCHITECTURE.md`.
 
 mod aligned;
+mod budget;
 mod cache;
 mod compact;
 mod config;
@@ -24,6 +25,7 @@ mod stats;
 mod writer;
 
 pub use aligned::{AlignedBuf, BLOCK_BYTES};
+pub use budget::{WRITE_BUFFER_BYTES_PER_SHARD_DEFAULT, WriteBudget};
 pub use compact::{CLEANER_READ_BYTES, CLEANER_WRITE_BYTES, OFFSET_MAP_ENTRY_OVERHEAD_BYTES};
 pub use config::{
     CLEANER_DEDUPE_BUFFER_BYTES_MIN, Clock, CompactionConfig, FlushPolicy, LogConfig,

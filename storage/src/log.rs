@@ -24,6 +24,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Offset, RecordBatch};
 
 use crate::aligned::{AlignedBuf, BLOCK_BYTES, align_down, align_up};
+use crate::budget::WriteBudget;
 use crate::cache::TailCache;
 use crate::config::{FlushPolicy, LogConfig, READ_BYTES_MAX};
 use crate::error::{LogError, LogResult};
@@ -271,6 +272,8 @@ impl State {
 struct Shared {
     dir: PathBuf,
     config: LogConfig,
+    /// The shard's write-buffer budget (waiting appends register on it).
+    budget: WriteBudget,
     state: RefCell<State>,
     /// I/O counters (never borrowed across an await).
     io: RefCell<LogIoStats>,
@@ -308,6 +311,9 @@ pub struct LogStats {
 
 enum Step {
     Wait,
+    /// No room because the shard's write-buffer budget is spent: wait for this log's
+    /// progress or for any log of the shard to give chunks back.
+    WaitBudget,
     Roll(Offset),
     /// The disk was full: allocate up to this file position before appending.
     Allocate(Rc<SegmentFile>, u64),
@@ -315,6 +321,15 @@ enum Step {
 
 /// Waits until the next wake-up of the log's waiters.
 fn wait_progress(shared: &Shared) -> impl Future<Output = ()> + '_ {
+    wait_wake(shared, false)
+}
+
+/// Waits until the next wake-up of the log's waiters or of the shard's write budget.
+fn wait_budget(shared: &Shared) -> impl Future<Output = ()> + '_ {
+    wait_wake(shared, true)
+}
+
+fn wait_wake(shared: &Shared, budget_too: bool) -> impl Future<Output = ()> + '_ {
     let mut registered = false;
     poll_fn(move |cx| {
         if registered {
@@ -322,6 +337,9 @@ fn wait_progress(shared: &Shared) -> impl Future<Output = ()> + '_ {
         }
         registered = true;
         shared.state.borrow_mut().waiters.push(cx.waker().clone());
+        if budget_too {
+            shared.budget.register(cx.waker());
+        }
         Poll::Pending
     })
 }
@@ -336,7 +354,20 @@ impl PartitionLog {
     /// Every segment file is `flock`ed while open; a second instance waits up to
     /// `lock_wait_ms` and then fails.
     pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> LogResult<Self> {
+        let budget = WriteBudget::unshared(&config);
+        Self::open_with_budget(dir, config, budget).await
+    }
+
+    /// [`PartitionLog::open`], with the log's write-buffer chunks taken from `budget`, the
+    /// shard's [`WriteBudget`] shared by all its logs. Fails with
+    /// [`LogError::WriteBudgetTooSmall`] if the budget cannot serve the log's largest batch.
+    pub async fn open_with_budget(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        budget: WriteBudget,
+    ) -> LogResult<Self> {
         config.validate()?;
+        budget.check(&config)?;
         let dir = dir.as_ref().to_path_buf();
         compio::fs::create_dir_all(&dir)
             .await
@@ -346,6 +377,7 @@ impl PartitionLog {
             config.write_chunk_bytes,
             config.write_chunks_max,
             config.preallocate_bytes,
+            budget.clone(),
         );
         let active = recovered
             .segments
@@ -394,6 +426,7 @@ impl PartitionLog {
         let shared = Rc::new(Shared {
             dir,
             config,
+            budget,
             state: RefCell::new(state),
             io: RefCell::new(LogIoStats::default()),
         });
@@ -437,6 +470,21 @@ impl PartitionLog {
             needs_sync: self.shared.config.flush == FlushPolicy::EveryBatch,
             watch: true,
         }
+    }
+
+    /// Changes the tail cache's budget (initially `LogConfig::tail_cache_bytes`): a shard
+    /// shares one budget among its logs and gives each its part. Written batches over the
+    /// new budget are dropped at once; batches not yet written stay until they are.
+    pub fn set_tail_cache_bytes(&self, bytes: usize) {
+        let mut st = self.shared.state.borrow_mut();
+        let written = st.pipeline.written();
+        st.cache.set_budget(bytes);
+        st.cache.evict(written);
+    }
+
+    /// Bytes of record batches in the tail cache now.
+    pub fn tail_cache_held_bytes(&self) -> usize {
+        self.shared.state.borrow().cache.bytes()
     }
 
     /// Segment count and bytes.
@@ -522,12 +570,11 @@ impl PartitionLog {
                         got: header.base_offset,
                     });
                 } else if !active.is_empty() && (too_big || too_old) {
-                    if st.pipeline.can_start_segment() {
-                        st.rolling = true;
-                        Step::Roll(st.next_offset)
-                    } else {
-                        Step::Wait
-                    }
+                    // The new segment starts parked: it needs no chunk until appended to.
+                    st.rolling = true;
+                    Step::Roll(st.next_offset)
+                } else if st.pipeline.waits_for_budget(len) {
+                    Step::WaitBudget
                 } else if !st.pipeline.has_room(len) {
                     Step::Wait
                 } else if st.write_no_space {
@@ -549,6 +596,7 @@ impl PartitionLog {
             };
             match step {
                 Step::Wait => wait_progress(&self.shared).await,
+                Step::WaitBudget => wait_budget(&self.shared).await,
                 Step::Roll(base) => self.roll(base).await?,
                 Step::Allocate(file, to) => self.allocate_for_append(&file, to).await?,
             }
@@ -730,7 +778,7 @@ impl PartitionLog {
                 if st.active().is_empty() {
                     return Ok(());
                 }
-                if st.rolling || st.repl.truncating || !st.pipeline.can_start_segment() {
+                if st.rolling || st.repl.truncating {
                     None
                 } else {
                     st.rolling = true;
@@ -1133,6 +1181,9 @@ async fn run_flusher(shared: Rc<Shared>) {
         }
         {
             let mut st = shared.state.borrow_mut();
+            // Every job that may start has: if nothing is left to write, the chunks go
+            // back to the shard's budget when it is under pressure.
+            st.pipeline.release_idle();
             let written = st.pipeline.written();
             let unsynced = written > st.acks.synced_pos;
             if sync.is_none() && st.stopped.is_none() && unsynced {

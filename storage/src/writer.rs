@@ -10,11 +10,20 @@
 //! A partial block at the end of a write is written padded with zeros and written again,
 //! with more data, by the next write of the same file. Two writes to one block must not be
 //! in flight together, so while a padded write is in flight nothing is issued after it.
+//!
+//! Chunks are mapped only when the shard's [`WriteBudget`] grants them. Without a chunk the
+//! pipeline is *parked*: it keeps only the partial last block (the carry, already on disk or
+//! in the padded write in flight) and its positions, exactly as a chunk starting with that
+//! carry would; the next append takes a chunk and restores the carry. A segment starts
+//! parked; the filling chunk is parked when it is written and no chunk is free for the carry
+//! (so writing never waits for the budget); and an idle pipeline parks and unmaps its chunks
+//! when the budget is under pressure ([`Pipeline::release_idle`]).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 use crate::aligned::{AlignedBuf, BLOCK_BYTES, align_down, align_up};
+use crate::budget::WriteBudget;
 use crate::config::WRITE_DEPTH_MAX;
 use crate::segment::SegmentFile;
 
@@ -40,6 +49,19 @@ impl Chunk {
     fn has_unwritten(&self) -> bool {
         self.buf.len() > self.clean_len
     }
+}
+
+/// The filling position of a pipeline that holds no chunk: what a chunk taken for the next
+/// append starts with.
+struct Parked {
+    file: Rc<SegmentFile>,
+    /// File position of the carry's first byte (block aligned).
+    file_pos: u64,
+    /// Log position just past the carry (the next appended byte).
+    log_pos: u64,
+    /// The partial last block, already on disk or in the padded write in flight (shorter
+    /// than a block).
+    carry: Vec<u8>,
 }
 
 enum Queued {
@@ -96,13 +118,17 @@ pub(crate) struct Pipeline {
     /// half of it of the allocated end, so they rarely wait for an fallocate.
     allocate_ahead: u64,
     active: Option<Chunk>,
+    /// Set instead of `active` while the pipeline holds no filling chunk.
+    parked: Option<Parked>,
     queue: VecDeque<Queued>,
     in_flight: VecDeque<InFlight>,
     /// A padded partial write is in flight; the next write of its file rewrites that block.
     padded_in_flight: Option<u64>,
     next_id: u64,
     pool: Vec<AlignedBuf>,
+    /// Chunks mapped (filling, queued, in flight, pooled), each taken from `budget`.
     allocated: usize,
+    budget: WriteBudget,
     appended: u64,
     written: u64,
     /// The disk ran out of space at the last allocation: allocate only what queued data
@@ -111,18 +137,25 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) fn new(chunk_bytes: usize, chunks_max: usize, allocate_ahead: u64) -> Self {
+    pub(crate) fn new(
+        chunk_bytes: usize,
+        chunks_max: usize,
+        allocate_ahead: u64,
+        budget: WriteBudget,
+    ) -> Self {
         Self {
             chunk_bytes,
             chunks_max,
             allocate_ahead,
             active: None,
+            parked: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
             padded_in_flight: None,
             next_id: 0,
             pool: Vec::new(),
             allocated: 0,
+            budget,
             appended: 0,
             written: 0,
             space_short: false,
@@ -136,9 +169,11 @@ impl Pipeline {
 
     /// The file and file position just past the last byte buffered for the active segment.
     pub(crate) fn active_end(&self) -> Option<(&Rc<SegmentFile>, u64)> {
-        self.active
-            .as_ref()
-            .map(|c| (&c.file, c.file_pos + c.buf.len() as u64))
+        match (&self.active, &self.parked) {
+            (Some(c), _) => Some((&c.file, c.file_pos + c.buf.len() as u64)),
+            (None, Some(p)) => Some((&p.file, p.file_pos + p.carry.len() as u64)),
+            (None, None) => None,
+        }
     }
 
     /// Log position after the last appended byte.
@@ -156,16 +191,34 @@ impl Pipeline {
         self.written == self.appended && self.in_flight.is_empty() && self.queue.is_empty()
     }
 
+    /// A chunk from the pool, or a newly mapped one if the log's `chunks_max` and the
+    /// shard's budget allow.
     fn take_buffer(&mut self) -> Option<AlignedBuf> {
         if let Some(mut buf) = self.pool.pop() {
             buf.clear();
             return Some(buf);
         }
-        if self.allocated < self.chunks_max {
+        if self.allocated < self.chunks_max
+            && let Some(buf) = self.budget.take_chunk(self.chunk_bytes)
+        {
             self.allocated += 1;
-            return Some(AlignedBuf::mapped(self.chunk_bytes));
+            return Some(buf);
         }
         None
+    }
+
+    /// Gives chunks back to the budget's free list.
+    fn put_back(&mut self, chunks: Vec<AlignedBuf>) {
+        debug_assert!(chunks.len() <= self.allocated);
+        self.allocated -= chunks.len();
+        self.budget.put_back(chunks);
+    }
+
+    /// Gives back `n` chunks already dropped (unmapped).
+    fn unmapped(&mut self, n: usize) {
+        debug_assert!(n <= self.allocated);
+        self.allocated -= n;
+        self.budget.give_back(n * self.chunk_bytes);
     }
 
     /// Whether `len` more bytes can be buffered now. Strictly more room than `len` is
@@ -173,35 +226,39 @@ impl Pipeline {
     /// buffer must be free. Conservative: a chunk that starts with a carried partial block
     /// loses up to one block of room.
     pub(crate) fn has_room(&self, len: usize) -> bool {
+        self.room(self.spare_buffers()) > len
+    }
+
+    /// Whether an append of `len` bytes has no room only because the shard's budget is spent
+    /// (the log's own `chunks_max` would allow it): it must wait for other logs to give
+    /// chunks back, not only for this log's writes.
+    pub(crate) fn waits_for_budget(&self, len: usize) -> bool {
+        !self.has_room(len) && self.room(self.pool.len() + (self.chunks_max - self.allocated)) > len
+    }
+
+    fn room(&self, spare_buffers: usize) -> usize {
         let active = self.active.as_ref().map_or(0, |c| c.buf.remaining());
-        active + self.spare_buffers() * (self.chunk_bytes - BLOCK_BYTES) > len
+        active + spare_buffers * (self.chunk_bytes - BLOCK_BYTES)
     }
 
     fn spare_buffers(&self) -> usize {
-        self.pool.len() + (self.chunks_max - self.allocated)
-    }
-
-    /// Whether a segment can be started now (it needs a buffer of its own).
-    pub(crate) fn can_start_segment(&self) -> bool {
-        self.spare_buffers() > 0
+        let mappable =
+            (self.chunks_max - self.allocated).min(self.budget.available() / self.chunk_bytes);
+        self.pool.len() + mappable
     }
 
     /// Starts the segment `file` at file position `file_pos` whose partial last block
-    /// `carry` (already on disk) will be rewritten by the first write.
+    /// `carry` (already on disk) will be rewritten by the first write. No chunk is needed
+    /// yet: the pipeline starts parked.
     pub(crate) fn start_segment(&mut self, file: Rc<SegmentFile>, file_pos: u64, carry: &[u8]) {
-        debug_assert!(self.active.is_none());
+        debug_assert!(self.active.is_none() && self.parked.is_none());
         debug_assert_eq!(file_pos % BLOCK_BYTES as u64, 0);
         debug_assert!(carry.len() < BLOCK_BYTES);
-        let mut buf = self
-            .take_buffer()
-            .expect("a buffer is free when a segment starts");
-        buf.extend_from_slice(carry);
-        self.active = Some(Chunk {
+        self.parked = Some(Parked {
             file,
             file_pos,
             log_pos: self.appended,
-            clean_len: carry.len(),
-            buf,
+            carry: carry.to_vec(),
         });
     }
 
@@ -212,11 +269,63 @@ impl Pipeline {
         if let Some(chunk) = self.active.take() {
             self.pool.push(chunk.buf);
         }
+        self.parked = None;
         self.start_segment(file, file_pos, carry);
+    }
+
+    /// Takes a chunk for a parked pipeline and puts the carry back at its start. The caller
+    /// checked [`Pipeline::has_room`], which counts a free chunk whenever none is filling.
+    fn unpark(&mut self) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        let mut buf = self.take_buffer().expect("room was checked");
+        buf.extend_from_slice(&parked.carry);
+        debug_assert_eq!(parked.log_pos, self.appended);
+        self.active = Some(Chunk {
+            file: parked.file,
+            file_pos: parked.file_pos,
+            log_pos: parked.log_pos,
+            clean_len: parked.carry.len(),
+            buf,
+        });
+    }
+
+    /// Idle, with the budget under pressure: gives the pooled chunks back and parks the
+    /// filling chunk (it holds only its carried partial block, already on disk). Returns the
+    /// chunks given back.
+    pub(crate) fn release_idle(&mut self) -> usize {
+        if !self.budget.under_pressure() {
+            return 0;
+        }
+        self.release()
+    }
+
+    /// [`Pipeline::release_idle`] whatever the budget's state (if idle).
+    fn release(&mut self) -> usize {
+        if !self.is_idle() || self.padded_in_flight.is_some() {
+            return 0;
+        }
+        let mut released = std::mem::take(&mut self.pool);
+        if let Some(chunk) = self.active.take_if(|c| !c.has_unwritten()) {
+            debug_assert!(chunk.clean_len < BLOCK_BYTES);
+            debug_assert_eq!(chunk.log_pos, self.appended);
+            self.parked = Some(Parked {
+                file: chunk.file,
+                file_pos: chunk.file_pos,
+                log_pos: chunk.log_pos,
+                carry: chunk.buf.as_slice()[..chunk.clean_len].to_vec(),
+            });
+            released.push(chunk.buf);
+        }
+        let n = released.len();
+        self.put_back(released);
+        n
     }
 
     /// Copies `bytes` into the buffers. The caller checked [`Pipeline::has_room`].
     pub(crate) fn append(&mut self, file: &Rc<SegmentFile>, bytes: &[u8]) {
+        self.unpark();
         let mut rest = bytes;
         while !rest.is_empty() {
             let chunk = match self.active.as_mut() {
@@ -247,7 +356,10 @@ impl Pipeline {
 
     /// Ends the current segment: what is buffered for it is queued, then its seal.
     pub(crate) fn seal_segment(&mut self) {
-        if let Some(chunk) = self.active.take() {
+        if let Some(parked) = self.parked.take() {
+            // Its carry is on disk (or in the padded write in flight, queued before the seal).
+            self.queue.push_back(Queued::Seal(parked.file));
+        } else if let Some(chunk) = self.active.take() {
             let file = chunk.file.clone();
             if chunk.has_unwritten() {
                 self.queue.push_back(Queued::Chunk(chunk));
@@ -346,18 +458,42 @@ impl Pipeline {
                     Allocation::Blocked => return None,
                     Allocation::Start(job) => return Some(job),
                 }
-                let mut carry_buf = self.take_buffer()?;
+                // A chunk for the carry, unless the budget is short: then park (the write
+                // must not wait for the budget, or logs holding each one filling chunk
+                // could wait for each other forever).
+                let carry_buf = match self.pool.pop() {
+                    Some(mut buf) => {
+                        buf.clear();
+                        Some(buf)
+                    }
+                    None if !self.budget.under_pressure() => self.take_buffer(),
+                    None => None,
+                };
                 let chunk = self.active.take().expect("active chunk");
                 let full = align_down(chunk.buf.len() as u64) as usize;
-                carry_buf.extend_from_slice(&chunk.buf.as_slice()[full..]);
+                let carry = &chunk.buf.as_slice()[full..];
                 let padded = full < chunk.buf.len();
-                self.active = Some(Chunk {
-                    file: chunk.file.clone(),
-                    file_pos: chunk.file_pos + full as u64,
-                    log_pos: chunk.end_log_pos(),
-                    clean_len: carry_buf.len(),
-                    buf: carry_buf,
-                });
+                let file_pos = chunk.file_pos + full as u64;
+                match carry_buf {
+                    Some(mut buf) => {
+                        buf.extend_from_slice(carry);
+                        self.active = Some(Chunk {
+                            file: chunk.file.clone(),
+                            file_pos,
+                            log_pos: chunk.end_log_pos(),
+                            clean_len: buf.len(),
+                            buf,
+                        });
+                    }
+                    None => {
+                        self.parked = Some(Parked {
+                            file: chunk.file.clone(),
+                            file_pos,
+                            log_pos: chunk.end_log_pos(),
+                            carry: carry.to_vec(),
+                        });
+                    }
+                }
                 let job = self.write_job(chunk);
                 if padded && let Job::Write(w) = &job {
                     self.padded_in_flight = Some(w.id);
@@ -395,10 +531,31 @@ impl Pipeline {
     /// hole, acknowledging, under `FlushPolicy::Interval`, batches that are not on disk.)
     pub(crate) fn abandon_write(&mut self, id: u64) {
         debug_assert!(self.in_flight.iter().any(|w| w.id == id && !w.done));
-        self.allocated -= 1;
+        self.unmapped(1);
         if self.padded_in_flight == Some(id) {
             self.padded_in_flight = None;
         }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // The log is gone: its chunks go back to the shard's free list (writes in flight
+        // hold none by then: the flusher exits only once they completed; any other chunk
+        // counted is one a failed write dropped).
+        let mut chunks = std::mem::take(&mut self.pool);
+        if let Some(chunk) = self.active.take() {
+            chunks.push(chunk.buf);
+        }
+        for queued in self.queue.drain(..) {
+            if let Queued::Chunk(chunk) = queued {
+                chunks.push(chunk.buf);
+            }
+        }
+        let kept = chunks.len().min(self.allocated);
+        chunks.truncate(kept);
+        self.put_back(chunks);
+        self.budget.give_back(self.allocated * self.chunk_bytes);
     }
 }
 
@@ -412,7 +569,17 @@ mod tests {
     /// Drives the pipeline against an in-memory disk with writes completing in random order,
     /// and checks that no two writes in flight touch the same block and that the disk ends up
     /// holding exactly the appended bytes.
-    fn simulate(seed: u64, chunk_bytes: usize, chunks_max: usize, max_append: usize) {
+    ///
+    /// With `budget_chunks`, the chunks come from a budget of that many chunks (less than
+    /// `chunks_max`, so the filling chunk is parked when no chunk is left for its carry) and
+    /// the idle pipeline gives its chunks back at random: the carry must survive every park.
+    fn simulate(
+        seed: u64,
+        chunk_bytes: usize,
+        chunks_max: usize,
+        max_append: usize,
+        budget_chunks: Option<usize>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         compio::runtime::Runtime::new()
             .expect("runtime")
@@ -422,14 +589,20 @@ mod tests {
                     .expect("open");
                 let file = Rc::new(SegmentFile::new(direct, Offset::ZERO, 64 * 1024));
                 let mut rng = StdRng::seed_from_u64(seed);
-                let mut p = Pipeline::new(chunk_bytes, chunks_max, 64 * 1024);
+                let budget = match budget_chunks {
+                    Some(n) => WriteBudget::new(n * chunk_bytes),
+                    None => WriteBudget::new(2 * chunks_max * chunk_bytes),
+                };
+                let mut p = Pipeline::new(chunk_bytes, chunks_max, 64 * 1024, budget.clone());
                 p.start_segment(file.clone(), 0, &[]);
                 let mut disk = vec![0u8; 0];
                 let mut expected = Vec::new();
                 let mut in_flight: Vec<WriteJob> = Vec::new();
                 let mut allocating: Option<u64> = None;
                 for step in 0..3000 {
-                    match rng.random_range(0..4) {
+                    assert!(budget.resident_bytes() <= budget.limit_bytes());
+                    assert_eq!(budget.mapped_bytes(), p.allocated * chunk_bytes);
+                    match rng.random_range(0..5) {
                         0 | 1 if step < 2500 => {
                             let len = rng.random_range(1..=max_append);
                             if p.has_room(len) {
@@ -450,6 +623,15 @@ mod tests {
                         3 if allocating.is_some() => {
                             file.set_allocated(allocating.take().expect("some"));
                             file.set_allocating(false);
+                        }
+                        4 if budget_chunks.is_some() => {
+                            if p.is_idle() {
+                                p.release();
+                                assert!(p.pool.is_empty());
+                                assert!(p.active.as_ref().is_none_or(|c| c.has_unwritten()));
+                            } else {
+                                assert_eq!(p.release(), 0, "released while not idle");
+                            }
                         }
                         _ => {}
                     }
@@ -496,6 +678,10 @@ mod tests {
                     }
                 }
                 assert_eq!(p.written(), expected.len() as u64);
+                if budget_chunks.is_some() {
+                    p.release();
+                    assert_eq!(budget.mapped_bytes(), 0, "an idle pipeline holds no chunk");
+                }
                 assert!(disk.len() >= expected.len());
                 assert!(
                     disk[..expected.len()] == expected[..],
@@ -507,9 +693,18 @@ mod tests {
     #[test]
     fn pipeline_writes_exactly_the_appended_bytes() {
         for seed in 0..20 {
-            simulate(seed, 16 * 1024, 4, 20_000);
-            simulate(seed, 4096, 2, 3000);
-            simulate(seed, 64 * 1024, 8, 200_000);
+            simulate(seed, 16 * 1024, 4, 20_000, None);
+            simulate(seed, 4096, 2, 3000, None);
+            simulate(seed, 64 * 1024, 8, 200_000, None);
+        }
+    }
+
+    #[test]
+    fn pipeline_parks_and_restores_the_carry_under_a_budget() {
+        for seed in 0..8 {
+            simulate(seed, 16 * 1024, 4, 20_000, Some(2));
+            simulate(seed, 16 * 1024, 8, 9_000, Some(3));
+            simulate(seed, 8192, 4, 3000, Some(2));
         }
     }
 }

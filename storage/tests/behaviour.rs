@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{check_batch, fake_clock_ms, make_batch, run, set_fake_clock_ms, within};
-use sluice_proto::{BatchBuilder, Compression, DecodeError, Limits, Offset, RecordBatch};
+use common::{check_batch, fake_clock_ms, make_batch, read_all, run, set_fake_clock_ms, within};
+use sluice_proto::{BatchBuilder, Compression, DecodeError, Limits, Offset};
 use sluice_storage::{BLOCK_BYTES, FaultInjector, FlushPolicy, LogConfig, LogError, PartitionLog};
 
 fn segment_files(log: &PartitionLog) -> Vec<u64> {
@@ -47,23 +47,6 @@ async fn append_acked(log: &PartitionLog, batch: BytesMut) -> Offset {
         .await
         .expect("durable");
     appended.base_offset
-}
-
-/// Reads every batch from the log start to the log end.
-async fn read_all(log: &PartitionLog) -> Vec<RecordBatch> {
-    let offsets = log.offsets();
-    let mut out = Vec::new();
-    let mut from = offsets.log_start;
-    while from < offsets.log_end {
-        let got = within(30, "read", log.read(from, 1 << 20))
-            .await
-            .expect("read");
-        assert!(!got.is_empty(), "no batch at {from}");
-        assert_eq!(got[0].base_offset(), from, "batches are contiguous");
-        from = got.last().expect("non-empty").next_offset();
-        out.extend(got);
-    }
-    out
 }
 
 fn is_stopped<T>(result: &Result<T, LogError>) -> bool {
@@ -1210,6 +1193,60 @@ fn tail_cache_and_disk_reads_are_identical() {
         compare_reads(&[&cached, &disk], &expected).await;
         cached.close().await.expect("close");
         disk.close().await.expect("close");
+    });
+}
+
+/// A shard shrinks a log's tail cache when it holds more logs: the written batches over the
+/// new budget leave memory at once, the cache keeps within it as appends go on, and every
+/// read still returns the appended bytes (from disk).
+#[test]
+fn tail_cache_budget_can_shrink_and_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 256 * 1024,
+        index_interval_bytes: 4096,
+        tail_cache_bytes: 64 << 20,
+        ..LogConfig::default()
+    };
+    let mut expected: Vec<bytes::Bytes> = Vec::new();
+    run(async {
+        let log = PartitionLog::open(dir.path(), config).await.expect("open");
+        let mut appended = 0usize;
+        let append = async |log: &PartitionLog, tag: u64, expected: &mut Vec<bytes::Bytes>| {
+            let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
+            let value = common::value_for(tag, 0, 3_000);
+            b.push(1_000 + tag as i64, None, Some(&value), &[])
+                .expect("push");
+            let batch = b.build().expect("build");
+            let len = batch.len();
+            let base = append_acked(log, batch.clone()).await;
+            let mut stamped = batch;
+            sluice_proto::stamp_base_offset(&mut stamped, base);
+            expected.push(stamped.freeze());
+            len
+        };
+        for tag in 0..40u64 {
+            appended += append(&log, tag, &mut expected).await;
+        }
+        assert_eq!(
+            log.tail_cache_held_bytes(),
+            appended,
+            "everything fits the cache"
+        );
+        log.set_tail_cache_bytes(0);
+        assert_eq!(log.tail_cache_held_bytes(), 0, "every batch was written");
+        compare_reads(&[&log], &expected).await;
+        log.set_tail_cache_bytes(10_000);
+        for tag in 40..80u64 {
+            append(&log, tag, &mut expected).await;
+            assert!(log.tail_cache_held_bytes() <= 10_000);
+        }
+        assert!(
+            log.tail_cache_held_bytes() > 0,
+            "the latest batches are cached"
+        );
+        compare_reads(&[&log], &expected).await;
+        log.close().await.expect("close");
     });
 }
 

@@ -272,6 +272,12 @@ pub(crate) struct ShardSnapshot {
     pub(crate) inbox: u64,
     /// Partitions the shard owns.
     pub(crate) partitions_owned: u64,
+    /// Write-buffer bytes held by the shard's logs now.
+    pub(crate) write_buffer_bytes: u64,
+    /// Write-buffer bytes given back by logs, still mapped, for the next log that needs them.
+    pub(crate) write_buffer_free_bytes: u64,
+    /// `shard_write_buffer_bytes`.
+    pub(crate) write_buffer_limit_bytes: u64,
     /// I/O counters of the shard's logs (fsync latency, cache hits, disk-full refusals).
     pub(crate) io: LogIoStats,
     /// Consumer-group lag series set through [`set_group_lag`].
@@ -370,6 +376,10 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
             connections: shard.connections.get() as u64,
             inbox: shard.cluster.inboxes[shard.id].len() as u64,
             partitions_owned: owned.len() as u64,
+            write_buffer_bytes: shard.write_budget.mapped_bytes() as u64,
+            write_buffer_free_bytes: (shard.write_budget.resident_bytes()
+                - shard.write_budget.mapped_bytes()) as u64,
+            write_buffer_limit_bytes: shard.write_budget.limit_bytes() as u64,
             io,
             group_lag: m
                 .group_lag

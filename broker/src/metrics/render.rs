@@ -55,7 +55,7 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
 
     type ShardValue = fn(&ShardSnapshot) -> f64;
-    let per_shard: [(&str, &str, &str, ShardValue); 14] = [
+    let per_shard: [(&str, &str, &str, ShardValue); 17] = [
         (
             "sluice_shard_produce_bytes_total",
             "counter",
@@ -133,6 +133,25 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
             "gauge",
             "Partitions the shard owns.",
             |s| s.partitions_owned as f64,
+        ),
+        (
+            "sluice_write_buffer_bytes",
+            "gauge",
+            "Write-buffer chunk bytes held by the shard's partition logs.",
+            |s| s.write_buffer_bytes as f64,
+        ),
+        (
+            "sluice_write_buffer_free_bytes",
+            "gauge",
+            "Write-buffer chunk bytes given back by the shard's logs, still mapped for reuse \
+             (with sluice_write_buffer_bytes, at most the limit).",
+            |s| s.write_buffer_free_bytes as f64,
+        ),
+        (
+            "sluice_write_buffer_limit_bytes",
+            "gauge",
+            "The shard's write-buffer budget (shard_write_buffer_bytes).",
+            |s| s.write_buffer_limit_bytes as f64,
         ),
         (
             "sluice_shard_up",

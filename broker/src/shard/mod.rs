@@ -55,6 +55,8 @@ pub(crate) struct Shard {
     pub(crate) request_budget: Budget,
     /// Fetched bytes not yet written.
     pub(crate) fetch_budget: Budget,
+    /// Write-buffer chunks mapped by the shard's partition logs.
+    pub(crate) write_budget: sluice_storage::WriteBudget,
     /// Open connections.
     pub(crate) connections: Cell<usize>,
     /// Accept loops, cancelled when draining.

@@ -52,7 +52,8 @@ pub(crate) fn log_error(topic: &str, partition: u32, err: &LogError) -> Failure 
         LogError::Io { .. }
         | LogError::Stopped { .. }
         | LogError::Corrupt { .. }
-        | LogError::InvalidConfig(_) => ErrorCode::STORAGE_ERROR,
+        | LogError::InvalidConfig(_)
+        | LogError::WriteBudgetTooSmall { .. } => ErrorCode::STORAGE_ERROR,
         // Only the replication path appends replica batches or changes epochs; it maps
         // these itself. Reaching here would be a broker bug.
         LogError::NonContiguous { .. }

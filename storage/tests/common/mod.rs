@@ -50,3 +50,20 @@ pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F:
         Err(_) => panic!("{what}: no progress within {secs} s (hang or deadlock)"),
     }
 }
+
+/// Reads every batch from the log start to the log end.
+pub async fn read_all(log: &sluice_storage::PartitionLog) -> Vec<RecordBatch> {
+    let offsets = log.offsets();
+    let mut out = Vec::new();
+    let mut from = offsets.log_start;
+    while from < offsets.log_end {
+        let got = within(30, "read", log.read(from, 1 << 20))
+            .await
+            .expect("read");
+        assert!(!got.is_empty(), "no batch at {from}");
+        assert_eq!(got[0].base_offset(), from, "batches are contiguous");
+        from = got.last().expect("non-empty").next_offset();
+        out.extend(got);
+    }
+    out
+}
