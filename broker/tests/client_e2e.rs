@@ -236,6 +236,24 @@ async fn concurrent_producers_through_the_bootstrap_address() {
     concurrent_producers_round_trip(false).await;
 }
 
+/// Produces one record "late" to partition 0 of `topic` (acknowledged), then polls once and
+/// expects exactly that record.
+async fn produce_and_poll_one(
+    producer: &Producer,
+    consumer: &mut Consumer,
+    topic: &str,
+) -> ConsumerRecord {
+    producer
+        .send(ProducerRecord::new(topic, "late"))
+        .await
+        .expect("send")
+        .await
+        .expect("delivered");
+    let mut got = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+    assert_eq!(got.len(), 1);
+    got.remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_beginning_end_offset_timestamp_and_position() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -307,15 +325,8 @@ async fn seek_beginning_end_offset_timestamp_and_position() {
     );
 
     // A record produced now arrives at the end position.
-    producer
-        .send(ProducerRecord::new("seek", "late"))
-        .await
-        .expect("send")
-        .await
-        .expect("delivered");
-    let got = consumer.poll(Duration::from_secs(5)).await.expect("poll");
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].offset, 100);
+    let late = produce_and_poll_one(&producer, &mut consumer, "seek").await;
+    assert_eq!(late.offset, 100);
     assert_eq!(consumer.position(&tp), Some(101));
 
     // Seeking an unassigned partition is a typed error.
@@ -352,6 +363,84 @@ async fn seek_beginning_end_offset_timestamp_and_position() {
         consumer.position(&tp),
         Some(5_000),
         "an error moves nothing"
+    );
+    producer.close().await.expect("close");
+}
+
+/// `poll` keeps one fetch round ahead: many small rounds return every record once and in
+/// order; a round still long-polling at a poll's deadline is kept and delivers the next
+/// record to arrive; a seek drops the round fetched ahead from the old position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_fetched_ahead_deliver_every_record_once_and_follow_seeks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), 2);
+    let client = client(&broker, true).await;
+    client.create_topic("ahead", 1, &[]).await.expect("create");
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut futures = Vec::new();
+    for i in 0..2_000u32 {
+        futures.push(
+            producer
+                .send(ProducerRecord::new("ahead", format!("v{i}")))
+                .await
+                .expect("send"),
+        );
+        if i % 50 == 49 {
+            // Many batches, so small fetches take many rounds.
+            producer.flush().await.expect("flush");
+        }
+    }
+    for f in futures {
+        f.await.expect("delivered");
+    }
+    let tp = TopicPartition::new("ahead", 0);
+    let config = ConsumerConfig {
+        // One batch per fetch (the first batch is returned whatever its size).
+        partition_max_bytes: 1,
+        fetch_max_wait: Duration::from_millis(500),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(vec![tp.clone()]);
+    let mut next = 0u64;
+    let mut polls = 0;
+    while next < 2_000 {
+        let got = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+        polls += 1;
+        assert!(polls < 2_000, "stuck at offset {next}");
+        for r in got {
+            assert_eq!(r.offset, next, "every record once, in order");
+            assert_eq!(r.value.as_deref(), Some(format!("v{next}").as_bytes()));
+            next += 1;
+        }
+    }
+    assert!(
+        polls >= 40,
+        "one batch per round, 40 or more batches ({polls})"
+    );
+    assert_eq!(consumer.position(&tp), Some(2_000));
+
+    // At the end the round fetched ahead long-polls; a short poll returns nothing and keeps
+    // it, and it delivers the record produced next.
+    let none = consumer
+        .poll(Duration::from_millis(50))
+        .await
+        .expect("poll");
+    assert!(none.is_empty());
+    let late = produce_and_poll_one(&producer, &mut consumer, "ahead").await;
+    assert_eq!(late.offset, 2_000);
+    assert_eq!(late.value.as_deref(), Some(&b"late"[..]));
+
+    // A poll that returned records left a round fetched ahead from offset 2,001; a seek
+    // moves the position, and the next poll reads from there, not from the round ahead.
+    consumer.seek(&tp, SeekTo::Offset(3)).await.expect("seek");
+    let got = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+    assert_eq!(got[0].offset, 3);
+    let got_next = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+    assert_eq!(
+        got_next[0].offset,
+        got.last().expect("records").offset + 1,
+        "the round fetched ahead continues where the last poll ended"
     );
     producer.close().await.expect("close");
 }

@@ -9,6 +9,12 @@
 //! positions of what it returned. At-least-once: positions are committed before partitions
 //! are revoked, so a partition's next owner starts at or before the first record this
 //! consumer has not returned.
+//!
+//! Like Kafka's consumer, `poll` keeps one fetch round ahead: when it returns records it
+//! starts the next round from the new positions in the background, and the next `poll`
+//! uses it if the positions are still the same (no seek, assignment change or rebalance in
+//! between; otherwise it is dropped and a fresh round is sent). The application's handling
+//! of one batch of records then overlaps the broker's read and the transfer of the next.
 
 mod config;
 mod decode;
@@ -61,6 +67,29 @@ pub struct Consumer {
     /// Positions last committed (auto-commit sends only what changed).
     committed: BTreeMap<TopicPartition, u64>,
     last_auto_commit: Instant,
+    /// The round started ahead by the last `poll` that returned records.
+    prefetch: Option<Prefetch>,
+}
+
+/// A fetch round started ahead from `positions` (at most one: its memory is one round's).
+struct Prefetch {
+    positions: BTreeMap<TopicPartition, u64>,
+    task: tokio::task::JoinHandle<Result<Round, ClientError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Unused (positions moved, or the consumer is gone): stop it.
+        self.task.abort();
+    }
+}
+
+/// What a fetch round needs from the consumer's config.
+#[derive(Clone, Copy)]
+struct FetchSettings {
+    min_bytes: u32,
+    max_bytes: u32,
+    partition_max_bytes: u32,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -95,6 +124,7 @@ impl Consumer {
             listener: std::sync::Mutex::new(Box::new(())),
             committed: BTreeMap::new(),
             last_auto_commit: Instant::now(),
+            prefetch: None,
         }
     }
 
@@ -395,7 +425,21 @@ impl Consumer {
                     return Ok(Vec::new());
                 }
             }
-            let (records, fetched, retry_error, leader_moved) = match self.round(wait).await {
+            let positions = self.resolved_positions();
+            let round = match self.prefetch.take() {
+                Some(mut ahead) if ahead.positions == positions => {
+                    match tokio::time::timeout_at(deadline.into(), &mut ahead.task).await {
+                        Ok(joined) => joined.expect("fetch rounds do not panic"),
+                        Err(_) => {
+                            // Still long-polling: keep it for the next poll.
+                            self.prefetch = Some(ahead);
+                            return Ok(Vec::new());
+                        }
+                    }
+                }
+                _ => fetch_round(self.client.clone(), self.fetch_settings(), positions, wait).await,
+            };
+            let (records, fetched, retry_error, leader_moved) = match round {
                 // A group member whose position fell out of the log (retention deleted it,
                 // or a reset went past the end) starts over per `auto_offset_reset`.
                 Err(ClientError::OffsetOutOfRange {
@@ -426,6 +470,14 @@ impl Consumer {
                 self.positions.insert(f.tp, Some(f.next));
             }
             if !records.is_empty() {
+                let positions = self.resolved_positions();
+                let task = tokio::spawn(fetch_round(
+                    self.client.clone(),
+                    self.fetch_settings(),
+                    positions.clone(),
+                    self.config.fetch_max_wait,
+                ));
+                self.prefetch = Some(Prefetch { positions, task });
                 return Ok(records);
             }
             let now = Instant::now();
@@ -443,71 +495,127 @@ impl Consumer {
         }
     }
 
-    /// One fetch per destination (each partition's leader), concurrently. Leader moves
-    /// (`NOT_LEADER_OR_FOLLOWER` and the like, no leader in the metadata) ask for a metadata
-    /// refresh and are not errors: those partitions are fetched again from the same position
-    /// in the next round. Other retriable errors are handed back (and `poll` returns one at
-    /// its deadline if no records came).
-    async fn round(&self, wait: Duration) -> Result<Round, ClientError> {
-        let mut by_addr: BTreeMap<String, BTreeMap<String, Vec<FetchPartition>>> = BTreeMap::new();
-        // A leader move seen this round (absorbed: the partitions are fetched again from the
-        // same position once the metadata names the new leader).
-        let mut leader_moved: Option<ClientError> = None;
-        for (tp, position) in &self.positions {
-            let offset = position.expect("positions are resolved before a round");
-            let addr = match self.client.partition_address(&tp.topic, tp.partition).await {
-                Ok(addr) => addr,
-                // No leader right now (an election): this partition sits the round out.
-                Err(e) if e.is_retriable() => {
-                    leader_moved = Some(e);
+    /// Every assigned partition's position (all are resolved before a round).
+    fn resolved_positions(&self) -> BTreeMap<TopicPartition, u64> {
+        self.positions
+            .iter()
+            .map(|(tp, p)| {
+                (
+                    tp.clone(),
+                    p.expect("positions are resolved before a round"),
+                )
+            })
+            .collect()
+    }
+
+    fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            min_bytes: self.config.fetch_min_bytes,
+            max_bytes: self.config.fetch_max_bytes,
+            partition_max_bytes: self.config.partition_max_bytes,
+        }
+    }
+}
+
+/// One fetch round from `positions`: one fetch per destination (each partition's leader),
+/// concurrently. Leader moves (`NOT_LEADER_OR_FOLLOWER` and the like, no leader in the
+/// metadata) ask for a metadata refresh and are not errors: those partitions are fetched
+/// again from the same position in the next round. Other retriable errors are handed back
+/// (and `poll` returns one at its deadline if no records came).
+async fn fetch_round(
+    client: Client,
+    settings: FetchSettings,
+    positions: BTreeMap<TopicPartition, u64>,
+    wait: Duration,
+) -> Result<Round, ClientError> {
+    let mut by_addr: BTreeMap<String, BTreeMap<String, Vec<FetchPartition>>> = BTreeMap::new();
+    // A leader move seen this round (absorbed: the partitions are fetched again from the
+    // same position once the metadata names the new leader).
+    let mut leader_moved: Option<ClientError> = None;
+    for (tp, &offset) in &positions {
+        let addr = match client.partition_address(&tp.topic, tp.partition).await {
+            Ok(addr) => addr,
+            // No leader right now (an election): this partition sits the round out.
+            Err(e) if e.is_retriable() => {
+                leader_moved = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        by_addr
+            .entry(addr)
+            .or_default()
+            .entry(tp.topic.clone())
+            .or_default()
+            .push(FetchPartition {
+                partition: tp.partition,
+                fetch_offset: offset,
+                partition_max_bytes: settings.partition_max_bytes,
+            });
+    }
+    let timeout = client.request_timeout() + wait;
+    let mut tasks = JoinSet::new();
+    for (addr, topics) in by_addr {
+        let request = FetchRequest {
+            max_wait_ms: millis_u32(wait),
+            min_bytes: settings.min_bytes,
+            max_bytes: settings.max_bytes,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| FetchTopic { name, partitions })
+                .collect(),
+        };
+        let client = client.clone();
+        tasks.spawn(async move {
+            let result = async {
+                let conn = client.connection(&addr).await?;
+                conn.call::<_, FetchResponse>(ApiKey::Fetch, &request, timeout)
+                    .await
+            }
+            .await;
+            (request, result)
+        });
+    }
+    let mut records = Vec::new();
+    let mut fetched = Vec::new();
+    let mut retry_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (_, result) = joined.expect("fetch tasks do not panic");
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                if e.wants_metadata_refresh() {
+                    client.request_metadata_refresh();
+                }
+                if e.is_retriable() {
+                    retry_error = Some(e);
                     continue;
                 }
-                Err(e) => return Err(e),
-            };
-            by_addr
-                .entry(addr)
-                .or_default()
-                .entry(tp.topic.clone())
-                .or_default()
-                .push(FetchPartition {
-                    partition: tp.partition,
-                    fetch_offset: offset,
-                    partition_max_bytes: self.config.partition_max_bytes,
-                });
-        }
-        let timeout = self.client.request_timeout() + wait;
-        let mut tasks = JoinSet::new();
-        for (addr, topics) in by_addr {
-            let request = FetchRequest {
-                max_wait_ms: millis_u32(wait),
-                min_bytes: self.config.fetch_min_bytes,
-                max_bytes: self.config.fetch_max_bytes,
-                topics: topics
-                    .into_iter()
-                    .map(|(name, partitions)| FetchTopic { name, partitions })
-                    .collect(),
-            };
-            let client = self.client.clone();
-            tasks.spawn(async move {
-                let result = async {
-                    let conn = client.connection(&addr).await?;
-                    conn.call::<_, FetchResponse>(ApiKey::Fetch, &request, timeout)
-                        .await
+                return Err(e);
+            }
+        };
+        for topic in response.topics {
+            for p in topic.partitions {
+                let tp = TopicPartition::new(topic.name.clone(), p.partition);
+                let Some(&position) = positions.get(&tp) else {
+                    continue;
+                };
+                if p.error == ErrorCode::OFFSET_OUT_OF_RANGE {
+                    return Err(ClientError::OffsetOutOfRange {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        offset: position,
+                        start: p.log_start_offset,
+                        end: p.high_watermark,
+                    });
                 }
-                .await;
-                (request, result)
-            });
-        }
-        let mut records = Vec::new();
-        let mut fetched = Vec::new();
-        let mut retry_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            let (_, result) = joined.expect("fetch tasks do not panic");
-            let response = match result {
-                Ok(response) => response,
-                Err(e) => {
+                if p.error != ErrorCode::NONE {
+                    let e = ClientError::from_code(p.error, &p.message, &tp.topic);
                     if e.wants_metadata_refresh() {
-                        self.client.request_metadata_refresh();
+                        tracing::debug!(%tp, error = %e, "fetch: leader moved; refreshing metadata");
+                        client.request_metadata_refresh();
+                        leader_moved = Some(e);
+                        continue;
                     }
                     if e.is_retriable() {
                         retry_error = Some(e);
@@ -515,51 +623,20 @@ impl Consumer {
                     }
                     return Err(e);
                 }
-            };
-            for topic in response.topics {
-                for p in topic.partitions {
-                    let tp = TopicPartition::new(topic.name.clone(), p.partition);
-                    let Some(Some(position)) = self.positions.get(&tp).copied() else {
-                        continue;
-                    };
-                    if p.error == ErrorCode::OFFSET_OUT_OF_RANGE {
-                        return Err(ClientError::OffsetOutOfRange {
-                            topic: tp.topic,
-                            partition: tp.partition,
-                            offset: position,
-                            start: p.log_start_offset,
-                            end: p.high_watermark,
-                        });
-                    }
-                    if p.error != ErrorCode::NONE {
-                        let e = ClientError::from_code(p.error, &p.message, &tp.topic);
-                        if e.wants_metadata_refresh() {
-                            tracing::debug!(%tp, error = %e, "fetch: leader moved; refreshing metadata");
-                            self.client.request_metadata_refresh();
-                            leader_moved = Some(e);
-                            continue;
-                        }
-                        if e.is_retriable() {
-                            retry_error = Some(e);
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                    let next = decode::decode_records(
-                        &tp.topic,
-                        tp.partition,
-                        p.records.into_bytes(),
-                        position,
-                        &mut records,
-                    )?;
-                    if next != position {
-                        fetched.push(Fetched { tp, next });
-                    }
+                let next = decode::decode_records(
+                    &tp.topic,
+                    tp.partition,
+                    p.records.into_bytes(),
+                    position,
+                    &mut records,
+                )?;
+                if next != position {
+                    fetched.push(Fetched { tp, next });
                 }
             }
         }
-        Ok((records, fetched, retry_error, leader_moved.is_some()))
     }
+    Ok((records, fetched, retry_error, leader_moved.is_some()))
 }
 
 fn not_in_group() -> ClientError {

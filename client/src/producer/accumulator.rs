@@ -133,6 +133,16 @@ struct PartitionQueue {
     retry_in_flight: Option<u64>,
 }
 
+impl PartitionQueue {
+    /// Whether a batch closed now would have to wait: the batches already queued take
+    /// every free in-flight slot. Kafka's rule for a lingered batch: while its partition
+    /// cannot send, it stays open and keeps filling, so a short linger under load makes
+    /// bigger batches rather than a queue of tiny ones.
+    fn is_blocked(&self, max_in_flight: usize) -> bool {
+        self.in_flight + self.ready.len() >= max_in_flight
+    }
+}
+
 /// An idempotent producer's identity from InitProducerId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProducerIdentity {
@@ -166,6 +176,10 @@ pub(crate) struct Drained {
 pub(crate) struct Accumulator {
     config: ProducerConfig,
     partitions: BTreeMap<TopicPartition, PartitionQueue>,
+    /// Partitions with an open batch or batches waiting to be sent: the only ones `drain`
+    /// and `close_all` look at, so their cost follows the partitions being written, not
+    /// every partition the producer ever wrote (at most the entries of `partitions`).
+    pending: BTreeSet<TopicPartition>,
     sticky: HashMap<String, u32>,
     next_seq: u64,
     unfinished: BTreeSet<u64>,
@@ -183,6 +197,7 @@ impl Accumulator {
         Accumulator {
             config,
             partitions: BTreeMap::new(),
+            pending: BTreeSet::new(),
             sticky: HashMap::new(),
             next_seq: 0,
             unfinished: BTreeSet::new(),
@@ -279,6 +294,7 @@ impl Accumulator {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.unfinished.insert(seq);
+                self.pending.insert(tp.clone());
                 self.partitions.entry(tp.clone()).or_default().open = Some(OpenBatch {
                     builder: BatchBuilder::with_capacity(
                         self.config.compression,
@@ -378,10 +394,10 @@ impl Accumulator {
     /// existing now is below.
     pub(crate) fn close_all(&mut self) -> u64 {
         let open: Vec<TopicPartition> = self
-            .partitions
+            .pending
             .iter()
-            .filter(|(_, q)| q.open.is_some())
-            .map(|(tp, _)| tp.clone())
+            .filter(|tp| self.partitions.get(tp).is_some_and(|q| q.open.is_some()))
+            .cloned()
             .collect();
         for tp in open {
             self.close_open(&tp);
@@ -397,21 +413,37 @@ impl Accumulator {
         let mut out = Drained::default();
         let linger = self.config.linger;
         let max_in_flight = self.config.max_in_flight_per_partition;
+        let delivery_timeout = self.config.delivery_timeout;
         let lingered: Vec<TopicPartition> = self
-            .partitions
+            .pending
             .iter()
-            .filter_map(|(tp, q)| {
+            .filter_map(|tp| {
+                let q = self.partitions.get(tp)?;
                 let open = q.open.as_ref()?;
-                (self.closed || now >= open.created + linger).then(|| tp.clone())
+                let due = self.closed || now >= open.created + linger;
+                (due && (!q.is_blocked(max_in_flight) || now >= open.created + delivery_timeout))
+                    .then(|| tp.clone())
             })
             .collect();
         for tp in &lingered {
             self.close_open(tp);
         }
-        let delivery_timeout_ms = millis_u64(self.config.delivery_timeout);
-        for (tp, q) in self.partitions.iter_mut() {
+        let delivery_timeout_ms = millis_u64(delivery_timeout);
+        // Partitions left with nothing to send leave `pending` (retained in place: no
+        // rebuilding of the set on every drain).
+        self.pending.retain(|tp| {
+            let Some(q) = self.partitions.get_mut(tp) else {
+                return false;
+            };
             if let Some(open) = &q.open {
-                wake_at(&mut out.next_wake, open.created + linger);
+                // A lingered batch of a blocked partition keeps filling; a settled request
+                // wakes the sender (`after_settle`), and the delivery timeout still applies.
+                let at = if now >= open.created + linger {
+                    open.created + delivery_timeout
+                } else {
+                    open.created + linger
+                };
+                wake_at(&mut out.next_wake, at);
             }
             while let Some(front) = q.ready.front() {
                 if let Some(fatal) = &self.fatal {
@@ -498,7 +530,8 @@ impl Accumulator {
                 q.in_flight += 1;
                 out.send.push(batch);
             }
-        }
+            q.open.is_some() || !q.ready.is_empty()
+        });
         for seq in &out.failed {
             self.unfinished.remove(seq);
         }
@@ -526,6 +559,7 @@ impl Accumulator {
             q.retry_in_flight = None;
         }
         let at = q.ready.partition_point(|b| b.seq < batch.seq);
+        self.pending.insert(batch.tp.clone());
         q.ready.insert(at, batch);
     }
 
@@ -692,6 +726,57 @@ mod tests {
         assert_eq!(again.send.len(), 1);
         assert_eq!(again.send[0].seq, seq_a, "the retried batch goes first");
         assert_eq!(again.send[0].attempts, 2);
+    }
+
+    #[test]
+    fn lingered_batch_keeps_filling_while_its_partition_is_blocked() {
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut acc = Accumulator::new(ProducerConfig {
+            max_in_flight_per_partition: 1,
+            linger: Duration::ZERO,
+            ..config(1 << 16)
+        });
+        let tp = TopicPartition::new("t", 0);
+        let now = Instant::now();
+        let record = ProducerRecord::new("t", vec![1u8; 100]);
+        acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            .expect("append");
+        let first = acc.drain(now, true);
+        assert_eq!(
+            first.send.len(),
+            1,
+            "linger 0: the first record goes at once"
+        );
+        // The only in-flight slot is taken: later records join one open batch instead of
+        // each closing a batch of their own.
+        for _ in 0..10 {
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .expect("append");
+            let drained = acc.drain(now, true);
+            assert!(drained.send.is_empty(), "the partition is blocked");
+            assert_eq!(
+                drained.next_wake,
+                Some(now + acc.config().delivery_timeout),
+                "no busy wake-up for a blocked lingered batch"
+            );
+        }
+        let b = first.send.into_iter().next().expect("sent");
+        let seq = b.complete(Some(0));
+        acc.finished(&tp, seq);
+        let second = acc.drain(now, true);
+        assert_eq!(second.send.len(), 1);
+        assert_eq!(
+            second.send[0].record_count(),
+            10,
+            "one batch of every waiting record"
+        );
+        // A blocked batch still closes at its delivery deadline, to be failed there.
+        acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            .expect("append");
+        let late = now + acc.config().delivery_timeout;
+        let drained = acc.drain(late, true);
+        assert!(drained.send.is_empty());
+        assert_eq!(drained.failed.len(), 1, "past its deadline the batch fails");
     }
 
     #[test]
