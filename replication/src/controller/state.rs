@@ -1136,6 +1136,18 @@ pub fn decommission_blocker(state: &ClusterState, broker: NodeId) -> Option<Reje
 ///   a replica) that holds the fewest replicas (lowest id on a tie), which the leader's
 ///   fetchers bring into the ISR.
 pub fn reassignment_steps(state: &ClusterState, in_flight_max: usize) -> Vec<Reassignment> {
+    // The controller's ticker asks every 100 ms: the usual answer (nothing being
+    // decommissioned or moved) costs one pass without allocations.
+    let decommissioning = state.brokers.values().any(|b| b.decommissioning);
+    if !decommissioning
+        && !state
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.reassigning())
+    {
+        return Vec::new();
+    }
     let mut steps = Vec::new();
     let mut in_flight = 0usize;
     let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
