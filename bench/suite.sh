@@ -11,7 +11,8 @@
 # latency.png to OUT_DIR.
 #
 # Sizes: SUITE_TOTAL (bytes of values per closed-loop run, default 1GiB), SUITE_ROUNDS (3),
-# SUITE_OPEN_SECS (20), SUITE_FIO_SIZE (1GiB), SUITE_SHARDS (the broker's default).
+# SUITE_OPEN_SECS (20), SUITE_FIO_SIZE (1GiB), SUITE_SHARDS (the broker's default),
+# SUITE_OPEN_LINGER_MS (linger of the open-loop runs, default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench/suite}

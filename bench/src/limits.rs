@@ -49,6 +49,9 @@ pub(crate) struct Limits {
     pub(crate) fdatasync_p50_us: Option<f64>,
     /// See `fdatasync_p50_us`.
     pub(crate) fdatasync_p99_us: Option<f64>,
+    /// See `fdatasync_p50_us` (null in limits files written before it was measured).
+    #[serde(default)]
+    pub(crate) fdatasync_p999_us: Option<f64>,
     /// iperf3 loopback TCP bandwidth, MB/s.
     pub(crate) loopback_mb_per_s: Option<f64>,
     /// Tools not found on PATH.
@@ -91,9 +94,10 @@ fn print_text(l: &Limits) {
         f(l.disk_seq_write_mb_per_s, "MB/s")
     );
     println!(
-        "  4 KiB write + fdatasync latency (fio):      p50 {}, p99 {}",
+        "  4 KiB write + fdatasync latency (fio):      p50 {}, p99 {}, p99.9 {}",
         f(l.fdatasync_p50_us, "µs"),
-        f(l.fdatasync_p99_us, "µs")
+        f(l.fdatasync_p99_us, "µs"),
+        f(l.fdatasync_p999_us, "µs")
     );
     println!(
         "  loopback TCP (iperf3):                      {}",
@@ -113,6 +117,7 @@ pub(crate) fn measure(data_dir: &Path, fio_size: u64) -> Limits {
         disk_seq_write_mb_per_s: None,
         fdatasync_p50_us: None,
         fdatasync_p99_us: None,
+        fdatasync_p999_us: None,
         loopback_mb_per_s: None,
         missing: Vec::new(),
         errors: Vec::new(),
@@ -124,9 +129,10 @@ pub(crate) fn measure(data_dir: &Path, fio_size: u64) -> Limits {
             Err(e) => limits.errors.push(e),
         }
         match fio_fdatasync(data_dir) {
-            Ok((p50, p99)) => {
+            Ok([p50, p99, p999]) => {
                 limits.fdatasync_p50_us = Some(p50);
                 limits.fdatasync_p99_us = Some(p99);
+                limits.fdatasync_p999_us = Some(p999);
             }
             Err(e) => limits.errors.push(e),
         }
@@ -196,7 +202,8 @@ fn fio_seq_write(dir: &Path, size: u64) -> Result<f64, String> {
         .ok_or_else(|| "fio: no write bandwidth in its output".into())
 }
 
-fn fio_fdatasync(dir: &Path) -> Result<(f64, f64), String> {
+/// fdatasync latency p50, p99 and p99.9 in µs.
+fn fio_fdatasync(dir: &Path) -> Result<[f64; 3], String> {
     let job = fio(
         dir,
         "fdatasync",
@@ -214,9 +221,10 @@ fn fio_fdatasync(dir: &Path) -> Result<(f64, f64), String> {
             .and_then(Value::as_f64)
             .map(|ns| ns / 1000.0)
     };
-    pct("50.000000")
-        .zip(pct("99.000000"))
-        .ok_or_else(|| "fio: no fdatasync latency percentiles in its output".into())
+    match (pct("50.000000"), pct("99.000000"), pct("99.900000")) {
+        (Some(p50), Some(p99), Some(p999)) => Ok([p50, p99, p999]),
+        _ => Err("fio: no fdatasync latency percentiles in its output".into()),
+    }
 }
 
 fn free_port() -> Result<u16, String> {

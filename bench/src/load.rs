@@ -238,9 +238,10 @@ pub(crate) struct LoadArgs {
     /// How long the client waits to fill a batch.
     #[arg(long, default_value_t = 2)]
     linger_ms: u64,
-    /// Client memory for records not yet acknowledged, per producer. In a closed loop it is
-    /// the queue every record waits behind, so it sets the latency figures.
-    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    /// Client memory for records not yet acknowledged, per producer (default: the client's
+    /// and Kafka's `buffer.memory`). In a closed loop it is the queue every record waits
+    /// behind, so it sets the latency figures.
+    #[arg(long, default_value = "32MiB", value_parser = parse_bytes)]
     buffer_bytes: u64,
     /// Produce requests in flight per partition.
     #[arg(long, default_value_t = 5)]
@@ -1250,61 +1251,91 @@ async fn produce_one(
         }
         Ok::<_, String>(result)
     });
-    let template = vec![b'x'; record_bytes];
-    let mut rng = Rng(0x5eed ^ (p << 32));
-    let targets = plan.targets.len() as u64;
-    // Producers start at different partitions so they do not all fill the same batches.
-    let offset = p * targets / producers;
-    let start = plan.clock.start;
-    let mut i = 0u64;
-    let mut send_error = None;
-    loop {
-        if count.is_some_and(|c| i >= c) {
-            break;
-        }
-        let now = Instant::now();
-        let intended = match rate {
-            Some(rate) => {
-                let at = start + Duration::from_secs_f64(i as f64 / rate);
-                if at > now {
-                    tokio::time::sleep_until(at.into()).await;
+    let mut records = RecordSource {
+        template: vec![b'x'; record_bytes],
+        rng: Rng(0x5eed ^ (p << 32)),
+        keygen,
+        // Producers start at different partitions so they do not all fill the same batches.
+        offset: p * plan.targets.len() as u64 / producers,
+        batch_records,
+        p,
+        plan: Arc::clone(&plan),
+    };
+    let send_error = match rate {
+        None => {
+            // Owned here, so the collector sees the channel close when the loop ends.
+            let tx = tx;
+            let mut i = 0u64;
+            loop {
+                if count.is_some_and(|c| i >= c) {
+                    break None;
                 }
-                at
-            }
-            None => now,
-        };
-        if plan.deadline.is_some_and(|d| intended >= d) {
-            break;
-        }
-        let mut value = BytesMut::from(&template[..]);
-        value[..TIMESTAMP_BYTES as usize]
-            .copy_from_slice(&plan.clock.unix_ns(intended).to_le_bytes());
-        let chunk = i / batch_records;
-        let record = match keygen.key(&mut rng) {
-            None => {
-                let (t, part) = plan.targets[((offset + chunk) % targets) as usize];
-                ProducerRecord::new(plan.topics[t].clone(), value.freeze()).partition(part)
-            }
-            Some(key) => {
-                let t = ((chunk + p) % plan.topics.len() as u64) as usize;
-                ProducerRecord::new(plan.topics[t].clone(), value.freeze()).key(key)
-            }
-        };
-        match producer.send(record).await {
-            Ok(delivery) => {
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                if tx.send((intended, delivery)).await.is_err() {
-                    break;
+                let intended = Instant::now();
+                if plan.deadline.is_some_and(|d| intended >= d) {
+                    break None;
                 }
-            }
-            Err(e) => {
-                send_error = Some(e.to_string());
-                break;
+                match producer.send(records.record(i, intended)).await {
+                    Ok(delivery) => {
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        if tx.send((intended, delivery)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Err(e) => break Some(e.to_string()),
+                }
+                i += 1;
             }
         }
-        i += 1;
-    }
-    drop(tx);
+        Some(rate) => {
+            // tokio's timers have millisecond resolution: a paced loop on them would send
+            // records up to a millisecond after their intended time, in bursts, and count
+            // that as the broker's latency. A thread of its own sleeps with the kernel's
+            // resolution (plus its ~50 µs timer slack).
+            let handle = tokio::runtime::Handle::current();
+            let producer = producer.clone();
+            let counters = Arc::clone(&counters);
+            let plan = Arc::clone(&plan);
+            tokio::task::spawn_blocking(move || {
+                let start = plan.clock.start;
+                let at = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+                let mut i = 0u64;
+                let mut last_wake = Instant::now();
+                loop {
+                    let done = |i: u64| {
+                        count.is_some_and(|c| i >= c) || plan.deadline.is_some_and(|d| at(i) >= d)
+                    };
+                    if done(i) {
+                        return None;
+                    }
+                    // Wake-ups at least PACING_TICK apart: each costs the runtime a visit
+                    // and a few thread wake-ups, which on a small machine would take CPU
+                    // from the broker; the wait still counts as latency.
+                    sleep_until_precise(at(i).max(last_wake + PACING_TICK));
+                    last_wake = Instant::now();
+                    // Every record due by now goes in one visit to the runtime.
+                    let now = Instant::now();
+                    let sent = handle.block_on(async {
+                        while !done(i) && at(i) <= now {
+                            let intended = at(i);
+                            let delivery = producer
+                                .send(records.record(i, intended))
+                                .await
+                                .map_err(|e| Some(e.to_string()))?;
+                            counters.sent.fetch_add(1, Ordering::Relaxed);
+                            tx.send((intended, delivery)).await.map_err(|_| None)?;
+                            i += 1;
+                        }
+                        Ok::<(), Option<String>>(())
+                    });
+                    if let Err(stop) = sent {
+                        return stop;
+                    }
+                }
+            })
+            .await
+            .map_err(|e| format!("paced producer thread: {e}"))?
+        }
+    };
     let flushed = producer.flush().await;
     let mut result = collector.await.map_err(|e| e.to_string())??;
     let _ = producer.close().await;
@@ -1316,6 +1347,55 @@ async fn produce_one(
         result.first_error.get_or_insert(e.to_string());
     }
     Ok(result)
+}
+
+/// Builds a producer's records: values stamped with their intended send time, sent to
+/// `batch_records` consecutive records per partition (or keyed).
+struct RecordSource {
+    template: Vec<u8>,
+    rng: Rng,
+    keygen: KeyGen,
+    offset: u64,
+    batch_records: u64,
+    p: u64,
+    plan: Arc<Plan>,
+}
+
+impl RecordSource {
+    fn record(&mut self, i: u64, intended: Instant) -> ProducerRecord {
+        let plan = &self.plan;
+        let mut value = BytesMut::from(&self.template[..]);
+        value[..TIMESTAMP_BYTES as usize]
+            .copy_from_slice(&plan.clock.unix_ns(intended).to_le_bytes());
+        let chunk = i / self.batch_records;
+        match self.keygen.key(&mut self.rng) {
+            None => {
+                let targets = plan.targets.len() as u64;
+                let (t, part) = plan.targets[((self.offset + chunk) % targets) as usize];
+                ProducerRecord::new(plan.topics[t].clone(), value.freeze()).partition(part)
+            }
+            Some(key) => {
+                let t = ((chunk + self.p) % plan.topics.len() as u64) as usize;
+                ProducerRecord::new(plan.topics[t].clone(), value.freeze()).key(key)
+            }
+        }
+    }
+}
+
+/// Shortest interval between two wake-ups of an open-loop producer's pacing thread: every
+/// record due by a wake-up is sent then, so a record waits at most this long (plus the
+/// kernel's timer slack, ~50 µs) after its intended time, and that wait counts as latency.
+const PACING_TICK: Duration = Duration::from_micros(200);
+
+/// Blocks the calling thread until `at` (never returns before it).
+fn sleep_until_precise(at: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        std::thread::sleep(at - now);
+    }
 }
 
 /// Starts the consumers: positioned (tail or beginning) before this returns, so that no
