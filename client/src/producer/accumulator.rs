@@ -29,21 +29,18 @@ use sluice_proto::{BatchBuilder, BuildError, Limits, stamp_producer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::config::ProducerConfig;
-use super::record::{DeliveryFuture, DeliverySender, ProducerRecord, RecordMetadata};
+use super::record::{DeliveryFuture, DeliverySender, ProducerRecord};
 use crate::config::millis_u64;
 use crate::error::ClientError;
 use crate::partitioner::pick_sticky;
 use crate::topic_partition::TopicPartition;
 
-/// One record's place in a batch: who to tell, and its timestamp.
-pub(crate) struct RecordSlot {
-    reply: DeliverySender,
-    timestamp: i64,
-}
-
 struct OpenBatch {
     builder: BatchBuilder,
-    records: Vec<RecordSlot>,
+    /// Records in the batch.
+    records: u32,
+    /// Tells the records' futures how the batch ended.
+    outcome: DeliverySender,
     created: Instant,
     memory: Option<OwnedSemaphorePermit>,
     seq: u64,
@@ -53,7 +50,8 @@ struct OpenBatch {
 pub(crate) struct ReadyBatch {
     pub(crate) tp: TopicPartition,
     pub(crate) bytes: Bytes,
-    records: Vec<RecordSlot>,
+    records: u32,
+    outcome: DeliverySender,
     /// Deadline for delivery (`delivery_timeout` after the batch opened).
     pub(crate) deadline: Instant,
     /// Sends so far.
@@ -75,31 +73,18 @@ pub(crate) struct ReadyBatch {
 impl ReadyBatch {
     /// Number of records.
     pub(crate) fn record_count(&self) -> usize {
-        self.records.len()
+        self.records as usize
     }
 
     /// Tells every record where it landed. `base_offset` is `None` for `acks=0`.
     pub(crate) fn complete(self, base_offset: Option<u64>) -> u64 {
-        for (i, slot) in self.records.into_iter().enumerate() {
-            let offset = match base_offset {
-                Some(base) => i64::try_from(base + i as u64).unwrap_or(i64::MAX),
-                None => -1,
-            };
-            let _ = slot.reply.send(Ok(RecordMetadata {
-                topic: self.tp.topic.clone(),
-                partition: self.tp.partition,
-                offset,
-                timestamp: slot.timestamp,
-            }));
-        }
+        self.outcome.complete(base_offset);
         self.seq
     }
 
     /// Fails every record with `error`.
     pub(crate) fn fail(self, error: &ClientError) -> u64 {
-        for slot in self.records {
-            let _ = slot.reply.send(Err(error.clone()));
-        }
+        self.outcome.fail(error.clone());
         self.seq
     }
 
@@ -270,6 +255,33 @@ impl Accumulator {
     ) -> Result<(DeliveryFuture, bool), ClientError> {
         let estimate = record.payload_bytes() + crate::limits::RECORD_OVERHEAD_BYTES;
         let batch_bytes = self.config.batch_bytes;
+        let headers: Vec<(&[u8], Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
+            .collect();
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        // The usual case, with one lookup: the open batch takes the record. Anything else
+        // (no open batch, too full, refused) takes the general path below.
+        let mut memory = Some(memory);
+        if let Some(open) = self.partitions.get_mut(&tp).and_then(|q| q.open.as_mut())
+            && (open.builder.is_empty() || open.builder.estimated_bytes() + estimate <= batch_bytes)
+            && open.builder.push(timestamp, key, value, &headers).is_ok()
+        {
+            let future = open.outcome.future(open.records, timestamp);
+            open.records += 1;
+            let memory = memory.take().expect("not used yet");
+            match open.memory.as_mut() {
+                Some(held) => held.merge(memory),
+                None => open.memory = Some(memory),
+            }
+            let full = open.builder.estimated_bytes() >= batch_bytes;
+            if full {
+                self.close_open(&tp);
+            }
+            return Ok((future, full));
+        }
         let mut wake = false;
         let too_full = self
             .partitions
@@ -282,13 +294,6 @@ impl Accumulator {
             self.close_open(&tp);
             wake = true;
         }
-        let headers: Vec<(&[u8], Option<&[u8]>)> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
-            .collect();
-        let key = record.key.as_deref();
-        let value = record.value.as_deref();
         for fresh_try in [false, true] {
             if self.partitions.get(&tp).is_none_or(|q| q.open.is_none()) {
                 let seq = self.next_seq;
@@ -301,7 +306,8 @@ impl Accumulator {
                         Limits::DEFAULT,
                         batch_bytes.min(crate::limits::BATCH_PREALLOC_BYTES_MAX),
                     ),
-                    records: Vec::new(),
+                    records: 0,
+                    outcome: DeliverySender::new(tp.clone()),
                     created: now,
                     memory: None,
                     seq,
@@ -315,8 +321,9 @@ impl Accumulator {
                 .expect("an open batch was just ensured");
             match open.builder.push(timestamp, key, value, &headers) {
                 Ok(()) => {
-                    let (reply, future) = DeliveryFuture::new();
-                    open.records.push(RecordSlot { reply, timestamp });
+                    let future = open.outcome.future(open.records, timestamp);
+                    open.records += 1;
+                    let memory = memory.take().expect("taken once: this arm returns");
                     match open.memory.as_mut() {
                         Some(held) => held.merge(memory),
                         None => open.memory = Some(memory),
@@ -369,6 +376,7 @@ impl Accumulator {
                 tp: tp.clone(),
                 bytes: bytes.freeze(),
                 records: open.records,
+                outcome: open.outcome,
                 deadline,
                 attempts: 0,
                 retry_at: None,
@@ -382,9 +390,7 @@ impl Accumulator {
             Err(e) => {
                 let error = ClientError::Build(e);
                 tracing::warn!(%tp, %error, "batch could not be built");
-                for slot in open.records {
-                    let _ = slot.reply.send(Err(error.clone()));
-                }
+                open.outcome.fail(error);
                 self.unfinished.remove(&open.seq);
             }
         }
@@ -515,7 +521,10 @@ impl Accumulator {
                     let sequence = q.next_sequence;
                     let count = i32::try_from(batch.record_count()).unwrap_or(i32::MAX);
                     q.next_sequence = seq_add(sequence, count);
-                    let mut bytes = BytesMut::from(&batch.bytes[..]);
+                    // The batch's only reference until it is sent: stamped in place.
+                    let mut bytes = std::mem::take(&mut batch.bytes)
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
                     stamp_producer(&mut bytes, identity.id, identity.epoch, sequence);
                     batch.bytes = bytes.freeze();
                     batch.sequence = Some(sequence);

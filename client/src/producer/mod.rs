@@ -137,7 +137,7 @@ impl Producer {
     /// Queues a record. Waits only while the buffer is full (or to learn a topic's
     /// partition count the first time). The returned future resolves when the record is
     /// acknowledged or has failed for good.
-    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+    pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let shared = self.shared();
         if let Some(e) = &shared.config_error {
             return Err(e.clone());
@@ -195,7 +195,8 @@ impl Producer {
                 Some(p) => p,
                 None => acc.sticky_partition(&record.topic, partitions),
             };
-            let tp = TopicPartition::new(record.topic.clone(), partition);
+            // The record's own topic string names its batch: no copy per record.
+            let tp = TopicPartition::new(std::mem::take(&mut record.topic), partition);
             acc.append(tp, &record, timestamp, memory, Instant::now())?
         };
         if wake {
