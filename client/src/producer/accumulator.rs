@@ -244,14 +244,15 @@ impl Accumulator {
     }
 
     /// Adds a record to `tp`'s open batch. Returns its future and whether the sender should
-    /// look (a batch became ready, or a new one started its linger clock).
+    /// look (a batch became ready, or a new one started its linger clock). `now` is read only
+    /// when the record opens a batch.
     pub(crate) fn append(
         &mut self,
         tp: TopicPartition,
         record: &ProducerRecord,
         timestamp: i64,
         memory: OwnedSemaphorePermit,
-        now: Instant,
+        now: impl Fn() -> Instant,
     ) -> Result<(DeliveryFuture, bool), ClientError> {
         let estimate = record.payload_bytes() + crate::limits::RECORD_OVERHEAD_BYTES;
         let batch_bytes = self.config.batch_bytes;
@@ -308,7 +309,7 @@ impl Accumulator {
                     ),
                     records: 0,
                     outcome: DeliverySender::new(tp.clone()),
-                    created: now,
+                    created: now(),
                     memory: None,
                     seq,
                 });
@@ -677,13 +678,13 @@ mod tests {
         let now = Instant::now();
         let record = ProducerRecord::new("t", vec![7u8; 250]);
         for _ in 0..3 {
-            acc.append(tp.clone(), &record, 1, permit(&sem, 364), now)
+            acc.append(tp.clone(), &record, 1, permit(&sem, 364), || now)
                 .expect("append");
         }
         // 3 x ~260 bytes fit in 1024 with the header; the fourth does not and closes the
         // first batch.
         let (_f, wake) = acc
-            .append(tp.clone(), &record, 1, permit(&sem, 364), now)
+            .append(tp.clone(), &record, 1, permit(&sem, 364), || now)
             .expect("append");
         assert!(wake);
         let drained = acc.drain(now, true);
@@ -718,7 +719,7 @@ mod tests {
         for i in 0..5u8 {
             // Each record is over batch_bytes, so each is its own batch.
             let record = ProducerRecord::new("t", vec![i; 200]);
-            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
                 .expect("append");
         }
         let first = acc.drain(now, true);
@@ -748,7 +749,7 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         let now = Instant::now();
         let record = ProducerRecord::new("t", vec![1u8; 100]);
-        acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+        acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
             .expect("append");
         let first = acc.drain(now, true);
         assert_eq!(
@@ -759,7 +760,7 @@ mod tests {
         // The only in-flight slot is taken: later records join one open batch instead of
         // each closing a batch of their own.
         for _ in 0..10 {
-            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
                 .expect("append");
             let drained = acc.drain(now, true);
             assert!(drained.send.is_empty(), "the partition is blocked");
@@ -780,7 +781,7 @@ mod tests {
             "one batch of every waiting record"
         );
         // A blocked batch still closes at its delivery deadline, to be failed there.
-        acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+        acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
             .expect("append");
         let late = now + acc.config().delivery_timeout;
         let drained = acc.drain(late, true);
@@ -796,7 +797,7 @@ mod tests {
         let huge_key = vec![0u8; sluice_proto::KEY_BYTES_MAX as usize + 1];
         let record = ProducerRecord::new("t", "v").key(huge_key);
         let err = acc
-            .append(tp, &record, 1, permit(&sem, 1), Instant::now())
+            .append(tp, &record, 1, permit(&sem, 1), Instant::now)
             .expect_err("too large");
         assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("key bytes"), "{err}");
@@ -812,9 +813,9 @@ mod tests {
         for i in 0..3u8 {
             // Two records per batch: each record is over half of batch_bytes.
             let record = ProducerRecord::new("t", vec![i; 60]);
-            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
                 .expect("append");
-            acc.append(tp.clone(), &record, 1, permit(&sem, 1), now)
+            acc.append(tp.clone(), &record, 1, permit(&sem, 1), || now)
                 .expect("append");
         }
         // Without an identity nothing is sent.
@@ -894,7 +895,7 @@ mod tests {
                 &ProducerRecord::new("t", "v"),
                 1,
                 permit(&sem, 1),
-                now,
+                || now,
             )
             .expect("append");
         let drained = acc.drain(now + Duration::from_millis(60), true);
@@ -920,7 +921,7 @@ mod tests {
         for tp in [&t0, &t0, &t1] {
             let record = ProducerRecord::new("t", vec![1u8; 200]);
             let (f, _) = acc
-                .append(tp.clone(), &record, 1, permit(&sem, 1), now)
+                .append(tp.clone(), &record, 1, permit(&sem, 1), || now)
                 .expect("append");
             futures.push(f);
         }
@@ -948,7 +949,7 @@ mod tests {
                 &ProducerRecord::new("t", vec![2u8; 200]),
                 1,
                 permit(&sem, 1),
-                now,
+                || now,
             )
             .expect("append");
         let drained = acc.drain(now + Duration::from_secs(1), true);

@@ -197,7 +197,8 @@ impl Producer {
             };
             // The record's own topic string names its batch: no copy per record.
             let tp = TopicPartition::new(std::mem::take(&mut record.topic), partition);
-            acc.append(tp, &record, timestamp, memory, Instant::now())?
+            // The clock is read only when the record opens a batch (its linger starts).
+            acc.append(tp, &record, timestamp, memory, Instant::now)?
         };
         if wake {
             shared.wake.notify_one();
