@@ -20,6 +20,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -1218,8 +1219,7 @@ async fn produce_one(
     plan: Arc<Plan>,
     counters: Arc<Counters>,
 ) -> Result<ProducerResult, String> {
-    let (tx, mut rx) =
-        mpsc::channel::<(Instant, sluice_client::DeliveryFuture)>(OUTSTANDING_DELIVERIES_MAX);
+    let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(OUTSTANDING_DELIVERIES_MAX / DELIVERY_CHUNK);
     let measure_from = plan.measure_from;
     let collector_counters = Arc::clone(&counters);
     let collector = tokio::spawn(async move {
@@ -1230,25 +1230,27 @@ async fn produce_one(
             first_error: None,
             last_ack: Instant::now(),
         };
-        while let Some((intended, delivery)) = rx.recv().await {
-            match delivery.await {
-                Ok(_) => {
-                    let now = Instant::now();
-                    collector_counters.acked.fetch_add(1, Ordering::Relaxed);
-                    if intended >= measure_from {
-                        let us = now.saturating_duration_since(intended).as_micros().max(1);
-                        result
-                            .histogram
-                            .record(us as u64)
-                            .map_err(|e| e.to_string())?;
-                        result.measured += 1;
-                        result.last_ack = now;
+        while let Some(chunk) = rx.recv().await {
+            for (intended, delivery) in chunk {
+                match delivery.await {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        collector_counters.acked.fetch_add(1, Ordering::Relaxed);
+                        if intended >= measure_from {
+                            let us = now.saturating_duration_since(intended).as_micros().max(1);
+                            result
+                                .histogram
+                                .record(us as u64)
+                                .map_err(|e| e.to_string())?;
+                            result.measured += 1;
+                            result.last_ack = now;
+                        }
                     }
-                }
-                Err(e) => {
-                    result.errors += 1;
-                    collector_counters.errors.fetch_add(1, Ordering::Relaxed);
-                    result.first_error.get_or_insert(e.to_string());
+                    Err(e) => {
+                        result.errors += 1;
+                        collector_counters.errors.fetch_add(1, Ordering::Relaxed);
+                        result.first_error.get_or_insert(e.to_string());
+                    }
                 }
             }
         }
@@ -1269,8 +1271,9 @@ async fn produce_one(
         None => {
             // Owned here, so the collector sees the channel close when the loop ends.
             let tx = tx;
+            let mut chunk: Vec<Delivery> = Vec::with_capacity(DELIVERY_CHUNK);
             let mut i = 0u64;
-            loop {
+            let stop = loop {
                 if count.is_some_and(|c| i >= c) {
                     break None;
                 }
@@ -1278,17 +1281,16 @@ async fn produce_one(
                 if plan.deadline.is_some_and(|d| intended >= d) {
                     break None;
                 }
-                match producer.send(records.record(i, intended)).await {
-                    Ok(delivery) => {
-                        counters.sent.fetch_add(1, Ordering::Relaxed);
-                        if tx.send((intended, delivery)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Err(e) => break Some(e.to_string()),
+                let record = records.record(i, intended);
+                if let Err(stop) = send_tracked(&producer, record, intended, &tx, &mut chunk).await
+                {
+                    break stop;
                 }
+                counters.sent.fetch_add(1, Ordering::Relaxed);
                 i += 1;
-            }
+            };
+            hand_over(&tx, &mut chunk).await;
+            stop
         }
         Some(rate) => {
             // tokio's timers have millisecond resolution: a paced loop on them would send
@@ -1318,18 +1320,24 @@ async fn produce_one(
                     last_wake = Instant::now();
                     // Every record due by now goes in one visit to the runtime.
                     let now = Instant::now();
+                    // The burst's deliveries go to the collector together, at its end.
                     let sent = handle.block_on(async {
+                        let mut chunk = Vec::with_capacity(DELIVERY_CHUNK);
+                        let mut sent = Ok(());
                         while !done(i) && at(i) <= now {
                             let intended = at(i);
-                            let delivery = producer
-                                .send(records.record(i, intended))
-                                .await
-                                .map_err(|e| Some(e.to_string()))?;
+                            let record = records.record(i, intended);
+                            sent = send_tracked(&producer, record, intended, &tx, &mut chunk).await;
+                            if sent.is_err() {
+                                break;
+                            }
                             counters.sent.fetch_add(1, Ordering::Relaxed);
-                            tx.send((intended, delivery)).await.map_err(|_| None)?;
                             i += 1;
                         }
-                        Ok::<(), Option<String>>(())
+                        if !hand_over(&tx, &mut chunk).await && sent.is_ok() {
+                            sent = Err(None);
+                        }
+                        sent
                     });
                     if let Err(stop) = sent {
                         return stop;
@@ -1351,6 +1359,49 @@ async fn produce_one(
         result.first_error.get_or_insert(e.to_string());
     }
     Ok(result)
+}
+
+/// A record's intended send time and its delivery.
+type Delivery = (Instant, sluice_client::DeliveryFuture);
+
+/// Deliveries a producer hands its collector at once (one channel message per
+/// this many records; sooner when the producer has to wait, so nothing waits unobserved).
+const DELIVERY_CHUNK: usize = 64;
+
+/// Sends the queued deliveries to the collector. False when it is gone.
+async fn hand_over(tx: &mpsc::Sender<Vec<Delivery>>, chunk: &mut Vec<Delivery>) -> bool {
+    if chunk.is_empty() {
+        return true;
+    }
+    let full = std::mem::replace(chunk, Vec::with_capacity(DELIVERY_CHUNK));
+    tx.send(full).await.is_ok()
+}
+
+/// Sends one record; its delivery joins `chunk`, which goes to the collector when full, and
+/// before the producer waits for room in its buffer (so no delivery waits unobserved behind
+/// a blocked producer). `Err(None)`: the collector is gone.
+async fn send_tracked(
+    producer: &Producer,
+    record: ProducerRecord,
+    intended: Instant,
+    tx: &mpsc::Sender<Vec<Delivery>>,
+    chunk: &mut Vec<Delivery>,
+) -> Result<(), Option<String>> {
+    let mut send = std::pin::pin!(producer.send(record));
+    let sent = match futures_util::poll!(send.as_mut()) {
+        Poll::Ready(sent) => sent,
+        Poll::Pending => {
+            if !hand_over(tx, chunk).await {
+                return Err(None);
+            }
+            send.await
+        }
+    };
+    chunk.push((intended, sent.map_err(|e| Some(e.to_string()))?));
+    if chunk.len() >= DELIVERY_CHUNK && !hand_over(tx, chunk).await {
+        return Err(None);
+    }
+    Ok(())
 }
 
 /// Builds a producer's records: values stamped with their intended send time, sent to
