@@ -372,7 +372,14 @@ impl Accumulator {
             self.sticky.remove(&tp.topic);
         }
         let deadline = open.created + self.config.delivery_timeout;
-        match open.builder.build() {
+        // An idempotent producer's batches are stamped (and their CRC computed) when first
+        // taken to be sent, and nothing is sent before that (see `drain`).
+        let built = if self.config.is_idempotent() {
+            open.builder.build_unsealed()
+        } else {
+            open.builder.build()
+        };
+        match built {
             Ok(bytes) => q.ready.push_back(ReadyBatch {
                 tp: tp.clone(),
                 bytes: bytes.freeze(),
@@ -532,6 +539,10 @@ impl Accumulator {
                     batch.stamped_with = Some(identity);
                     q.stamped.insert(batch.seq);
                 }
+                debug_assert!(
+                    !self.config.is_idempotent() || batch.sequence.is_some(),
+                    "an idempotent batch is stamped (and sealed) before it is sent"
+                );
                 if retry {
                     q.retry_in_flight = Some(batch.seq);
                 }
@@ -662,11 +673,20 @@ mod tests {
         sem.clone().try_acquire_many_owned(n).expect("permits")
     }
 
+    /// A plain (not idempotent) producer's config; the idempotence tests say so.
     fn config(batch_bytes: usize) -> ProducerConfig {
         ProducerConfig {
             batch_bytes,
             linger: Duration::from_millis(10),
+            idempotence: Some(false),
             ..ProducerConfig::default()
+        }
+    }
+
+    fn idempotent(batch_bytes: usize) -> ProducerConfig {
+        ProducerConfig {
+            idempotence: Some(true),
+            ..config(batch_bytes)
         }
     }
 
@@ -807,7 +827,7 @@ mod tests {
     #[test]
     fn idempotent_batches_are_stamped_once_and_requeued_in_order() {
         let sem = Arc::new(Semaphore::new(1 << 20));
-        let mut acc = Accumulator::new(config(100));
+        let mut acc = Accumulator::new(idempotent(100));
         let tp = TopicPartition::new("t", 0);
         let now = Instant::now();
         for i in 0..3u8 {
@@ -912,7 +932,7 @@ mod tests {
         let sem = Arc::new(Semaphore::new(1 << 20));
         let mut acc = Accumulator::new(ProducerConfig {
             max_in_flight_per_partition: 5,
-            ..config(100)
+            ..idempotent(100)
         });
         let (t0, t1) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         let now = Instant::now();

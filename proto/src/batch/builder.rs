@@ -233,6 +233,18 @@ impl BatchBuilder {
     /// The finished batch: base offset 0 and leader epoch 0 (the broker stamps them in
     /// place), format version [`BATCH_FORMAT_VERSION`], CRC filled in.
     pub fn build(self) -> Result<BytesMut, BuildError> {
+        self.finish(true)
+    }
+
+    /// [`BatchBuilder::build`] without the CRC (left 0), for a batch whose producer fields
+    /// are stamped later with [`crate::stamp_producer`], which computes it: an idempotent
+    /// producer's batch gets one CRC pass instead of two. Sent unstamped, it is refused as
+    /// corrupt.
+    pub fn build_unsealed(self) -> Result<BytesMut, BuildError> {
+        self.finish(false)
+    }
+
+    fn finish(self, seal: bool) -> Result<BytesMut, BuildError> {
         let (Some(base_timestamp), Some(last_offset_delta)) =
             (self.base_timestamp, self.record_count.checked_sub(1))
         else {
@@ -274,7 +286,7 @@ impl BatchBuilder {
             record_count: self.record_count,
         };
         out[..BATCH_HEADER_BYTES].copy_from_slice(&header.encode());
-        let crc = compute_crc(&out);
+        let crc = if seal { compute_crc(&out) } else { 0 };
         out[CRC_AT..CRC_AT + size_of::<u32>()].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(
             BatchHeader::parse(&out, &self.limits).map(|h| (h.batch_length as usize, h.crc)),

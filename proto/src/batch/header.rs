@@ -250,6 +250,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_unsealed_batch_is_refused_until_stamped() {
+        let mut b = crate::BatchBuilder::new(Compression::None, Limits::DEFAULT);
+        b.push(1, None, Some(b"v"), &[]).expect("push");
+        let sealed = b.clone().build().expect("build");
+        let mut bytes = b.build_unsealed().expect("build");
+        assert!(crate::verify_crc(&bytes).is_err(), "no CRC yet");
+        stamp_producer(&mut bytes, -1, -1, -1);
+        assert_eq!(bytes, sealed, "stamping computes the CRC build would have");
+    }
+
     fn sample() -> BatchHeader {
         BatchHeader {
             base_offset: Offset(5),
