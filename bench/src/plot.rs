@@ -201,7 +201,9 @@ fn draw(runs: &[Run], output: &Path, title: &str) -> Result<(), String> {
         .map_err(|x| e(&x))?;
 
     // Throughput bars, one per run, coloured as its line.
-    let mb_max = runs.iter().map(|r| r.mb_per_s).fold(1.0f64, f64::max) * 1.15;
+    // Headroom above the tallest bar for the run labels drawn at the top left (18 px each).
+    let mb_max =
+        runs.iter().map(|r| r.mb_per_s).fold(1.0f64, f64::max) * (1.25 + 0.05 * runs.len() as f64);
     let n = runs.len();
     let mut bars = ChartBuilder::on(&right)
         .caption("throughput (MB/s of values)", ("sans-serif", 20))
