@@ -46,6 +46,20 @@ struct OpenBatch {
     seq: u64,
 }
 
+impl OpenBatch {
+    /// A record was pushed into the builder: counts it, holds its buffer memory until the
+    /// batch is settled, and returns its future.
+    fn admitted(&mut self, timestamp: i64, memory: OwnedSemaphorePermit) -> DeliveryFuture {
+        let future = self.outcome.future(self.records, timestamp);
+        self.records += 1;
+        match self.memory.as_mut() {
+            Some(held) => held.merge(memory),
+            None => self.memory = Some(memory),
+        }
+        future
+    }
+}
+
 /// A built batch, waiting to be sent or in flight.
 pub(crate) struct ReadyBatch {
     pub(crate) tp: TopicPartition,
@@ -270,13 +284,7 @@ impl Accumulator {
             && (open.builder.is_empty() || open.builder.estimated_bytes() + estimate <= batch_bytes)
             && open.builder.push(timestamp, key, value, &headers).is_ok()
         {
-            let future = open.outcome.future(open.records, timestamp);
-            open.records += 1;
-            let memory = memory.take().expect("not used yet");
-            match open.memory.as_mut() {
-                Some(held) => held.merge(memory),
-                None => open.memory = Some(memory),
-            }
+            let future = open.admitted(timestamp, memory.take().expect("not used yet"));
             let full = open.builder.estimated_bytes() >= batch_bytes;
             if full {
                 self.close_open(&tp);
@@ -322,13 +330,8 @@ impl Accumulator {
                 .expect("an open batch was just ensured");
             match open.builder.push(timestamp, key, value, &headers) {
                 Ok(()) => {
-                    let future = open.outcome.future(open.records, timestamp);
-                    open.records += 1;
                     let memory = memory.take().expect("taken once: this arm returns");
-                    match open.memory.as_mut() {
-                        Some(held) => held.merge(memory),
-                        None => open.memory = Some(memory),
-                    }
+                    let future = open.admitted(timestamp, memory);
                     if open.builder.estimated_bytes() >= batch_bytes {
                         self.close_open(&tp);
                         wake = true;
