@@ -40,12 +40,10 @@ pub(crate) const SHARDS_MAX: usize = 1024;
 pub(crate) const LOG_WRITE_CHUNK_BYTES: usize = MIB;
 /// Write-buffer chunks of a partition log with the default `max.message.bytes`.
 pub(crate) const LOG_WRITE_CHUNKS_DEFAULT: usize = 4;
-/// Tail cache of a partition log, at most: a shard's logs share [`SHARD_TAIL_CACHE_BYTES`].
-pub(crate) const LOG_TAIL_CACHE_BYTES: usize = 4 * MIB;
-/// Tail caches of all the logs of one shard: each log gets an equal part, at most
-/// [`LOG_TAIL_CACHE_BYTES`], so a shard with many partitions keeps a bounded amount of
-/// recent batches in memory (batches not yet written stay cached until they are; the write
-/// buffers bound those).
+/// Tail cache of one shard: the most recent written batches of any of its logs, up to this
+/// many bytes (`sluice_storage::TailCacheBudget`), so a busy partition may use all of it and
+/// a shard with many partitions keeps a bounded amount in memory (batches not yet written
+/// stay cached until they are; the write buffers bound those).
 pub(crate) const SHARD_TAIL_CACHE_BYTES: usize = 128 * MIB;
 /// Default `max.message.bytes` (Kafka's order of magnitude).
 pub(crate) const MAX_MESSAGE_BYTES_DEFAULT: usize = MIB;

@@ -4,7 +4,8 @@
 //!
 //! Memory of one partition: its write buffers (`write_chunks_max` chunks of
 //! [`LOG_WRITE_CHUNK_BYTES`]: 4 MiB with the default `max.message.bytes`, more only when a
-//! topic allows larger batches) plus its tail cache ([`LOG_TAIL_CACHE_BYTES`]).
+//! topic allows larger batches) plus its recent batches in the shard's tail cache (one
+//! budget per shard, [`crate::limits::SHARD_TAIL_CACHE_BYTES`], shared by recency).
 
 use std::collections::BTreeMap;
 
@@ -14,8 +15,8 @@ use sluice_proto::protocol::config::{self as names, TOPIC_CONFIGS};
 use sluice_storage::{CompactionConfig, FlushPolicy, LogConfig, WriteBudget};
 
 use crate::limits::{
-    CLEANER_DEDUPE_BUFFER_BYTES, CLEANER_IO_BYTES_PER_S, LOG_TAIL_CACHE_BYTES,
-    LOG_WRITE_CHUNK_BYTES, LOG_WRITE_CHUNKS_DEFAULT, MAX_MESSAGE_BYTES_DEFAULT,
+    CLEANER_DEDUPE_BUFFER_BYTES, CLEANER_IO_BYTES_PER_S, LOG_WRITE_CHUNK_BYTES,
+    LOG_WRITE_CHUNKS_DEFAULT, MAX_MESSAGE_BYTES_DEFAULT,
 };
 
 /// Configs set on a topic (only those that differ from the defaults are stored).
@@ -213,7 +214,8 @@ pub(crate) fn log_config(configs: &TopicConfigs) -> Result<LogConfig, String> {
         max_batch_bytes,
         write_chunk_bytes: LOG_WRITE_CHUNK_BYTES,
         write_chunks_max,
-        tail_cache_bytes: LOG_TAIL_CACHE_BYTES,
+        // Not used: the shard's logs share its tail-cache budget.
+        tail_cache_bytes: 0,
         // Preallocate in steps no larger than a small segment.
         preallocate_bytes: 16 << 20,
         ..LogConfig::default()

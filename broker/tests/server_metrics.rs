@@ -514,3 +514,55 @@ fn write_buffers_of_many_partitions_stay_within_the_shard_budget() {
         }
     }
 }
+
+/// The shard's tail cache is shared by recency, not split evenly among its partitions: one
+/// busy partition of a topic with many keeps its recent 24 MiB in memory (an even split
+/// gave each of 64 partitions 2 MiB), so a consumer reading them back never reads the disk.
+#[test]
+fn one_busy_partition_may_use_the_whole_shard_tail_cache() {
+    const PARTITIONS: u32 = 64;
+    const BATCHES: u64 = 24;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), 1);
+    let maddr = broker.metrics_addr.expect("metrics endpoint on");
+    let mut c = Conn::connect(broker.addr);
+    let created = c.create_topic("busy", PARTITIONS, &[]);
+    assert_eq!(created.error, ErrorCode::NONE, "{}", created.message);
+    let limit = get(&scrape(maddr), "sluice_tail_cache_limit_bytes{shard=\"0\"}");
+    assert_eq!(limit, (128u64 << 20) as f64);
+
+    let value = |i: u64| vec![i as u8; 1_000_000];
+    let mut produced = 0usize;
+    for i in 0..BATCHES {
+        let b = batch(&[&value(i)], 1_000);
+        produced += b.len();
+        let r = c.produce("busy", 0, -1, b);
+        assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
+    }
+    let m = scrape(maddr);
+    let held = get(&m, "sluice_tail_cache_bytes{shard=\"0\"}");
+    assert!(
+        held >= produced as f64 && held <= limit,
+        "held {held} of {produced} produced"
+    );
+    let misses = get(&m, "sluice_batch_cache_misses_total{shard=\"0\"}");
+    let hits = get(&m, "sluice_batch_cache_hits_total{shard=\"0\"}");
+
+    for i in 0..BATCHES {
+        let r = c.fetch("busy", 0, i, 1_000, 1);
+        assert_eq!(r.error, ErrorCode::NONE, "{}", r.message);
+        let v = values(r.records);
+        assert_eq!(v.first().map(|(o, _)| *o), Some(i));
+        assert!(v[0].1 == value(i), "offset {i}");
+    }
+    let m = scrape(maddr);
+    assert_eq!(
+        get(&m, "sluice_batch_cache_misses_total{shard=\"0\"}"),
+        misses,
+        "every fetch was served from memory"
+    );
+    assert_eq!(
+        get(&m, "sluice_batch_cache_hits_total{shard=\"0\"}"),
+        hits + BATCHES as f64
+    );
+}

@@ -25,7 +25,7 @@ use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Offset, RecordBatch};
 
 use crate::aligned::{AlignedBuf, BLOCK_BYTES, align_down, align_up};
 use crate::budget::WriteBudget;
-use crate::cache::TailCache;
+use crate::cache::{TailCache, TailCacheBudget};
 use crate::config::{FlushPolicy, LogConfig, READ_BYTES_MAX};
 use crate::error::{LogError, LogResult};
 use crate::index::{decode_index, encode_offset_index, encode_time_index, segment_file_names};
@@ -154,7 +154,6 @@ struct State {
     dirty_file: Option<Rc<SegmentFile>>,
     /// `flush.ms` elapsed with unsynced data.
     flush_due: bool,
-    cache: TailCache,
     /// Tasks waiting for progress (room, roll, durability).
     waiters: Vec<Waker>,
     flusher: Option<Waker>,
@@ -274,6 +273,12 @@ struct Shared {
     config: LogConfig,
     /// The shard's write-buffer budget (waiting appends register on it).
     budget: WriteBudget,
+    /// Recent batches, counted in the shard's tail-cache budget (never borrowed across an
+    /// await, nor while the budget's `enforce` runs).
+    cache: Rc<RefCell<TailCache>>,
+    /// The shard's tail-cache budget (the cache's, kept here to enforce it with the cache
+    /// not borrowed).
+    cache_budget: TailCacheBudget,
     state: RefCell<State>,
     /// I/O counters (never borrowed across an await).
     io: RefCell<LogIoStats>,
@@ -355,16 +360,20 @@ impl PartitionLog {
     /// `lock_wait_ms` and then fails.
     pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> LogResult<Self> {
         let budget = WriteBudget::unshared(&config);
-        Self::open_with_budget(dir, config, budget).await
+        let cache_budget = TailCacheBudget::new(config.tail_cache_bytes);
+        Self::open_with_budget(dir, config, budget, cache_budget).await
     }
 
     /// [`PartitionLog::open`], with the log's write-buffer chunks taken from `budget`, the
-    /// shard's [`WriteBudget`] shared by all its logs. Fails with
-    /// [`LogError::WriteBudgetTooSmall`] if the budget cannot serve the log's largest batch.
+    /// shard's [`WriteBudget`] shared by all its logs, and its recent batches cached within
+    /// `cache_budget`, the shard's [`TailCacheBudget`] (`LogConfig::tail_cache_bytes` is
+    /// not used). Fails with [`LogError::WriteBudgetTooSmall`] if the budget cannot serve
+    /// the log's largest batch.
     pub async fn open_with_budget(
         dir: impl AsRef<Path>,
         config: LogConfig,
         budget: WriteBudget,
+        cache_budget: TailCacheBudget,
     ) -> LogResult<Self> {
         config.validate()?;
         budget.check(&config)?;
@@ -412,7 +421,6 @@ impl PartitionLog {
             acks,
             dirty_file: None,
             flush_due: false,
-            cache: TailCache::new(config.tail_cache_bytes),
             waiters: Vec::new(),
             flusher: None,
             flusher_kicked: false,
@@ -427,6 +435,8 @@ impl PartitionLog {
             dir,
             config,
             budget,
+            cache: TailCache::new(cache_budget.clone()),
+            cache_budget,
             state: RefCell::new(state),
             io: RefCell::new(LogIoStats::default()),
         });
@@ -472,19 +482,15 @@ impl PartitionLog {
         }
     }
 
-    /// Changes the tail cache's budget (initially `LogConfig::tail_cache_bytes`): a shard
-    /// shares one budget among its logs and gives each its part. Written batches over the
-    /// new budget are dropped at once; batches not yet written stay until they are.
-    pub fn set_tail_cache_bytes(&self, bytes: usize) {
-        let mut st = self.shared.state.borrow_mut();
-        let written = st.pipeline.written();
-        st.cache.set_budget(bytes);
-        st.cache.evict(written);
+    /// The tail-cache budget the log's recent batches count in (shared by the logs of a
+    /// shard; the log's own with [`PartitionLog::open`]).
+    pub fn tail_cache_budget(&self) -> &TailCacheBudget {
+        &self.shared.cache_budget
     }
 
-    /// Bytes of record batches in the tail cache now.
+    /// Bytes of this log's record batches in the tail cache now.
     pub fn tail_cache_held_bytes(&self) -> usize {
-        self.shared.state.borrow().cache.bytes()
+        self.shared.cache.borrow().bytes()
     }
 
     /// Segment count and bytes.
@@ -637,7 +643,7 @@ impl PartitionLog {
             .pending
             .push_back((end_log_pos, next, batch.record_count()));
         let last_offset = batch.last_offset();
-        st.cache.push(batch, end_log_pos, file.base, position);
+        TailCache::push(&self.shared.cache, batch, end_log_pos, file.base, position);
         st.kick_flusher();
         Ok(Appended {
             base_offset,
@@ -821,9 +827,12 @@ impl PartitionLog {
             if from == st.next_offset {
                 return Ok(Vec::new());
             }
-            if st.cache.first_offset().is_some_and(|first| first <= from) {
-                self.shared.io.borrow_mut().cache_hits += 1;
-                return Ok(st.cache.read(from, end, max_bytes));
+            {
+                let cache = self.shared.cache.borrow();
+                if cache.first_offset().is_some_and(|first| first <= from) {
+                    self.shared.io.borrow_mut().cache_hits += 1;
+                    return Ok(cache.read(from, end, max_bytes));
+                }
             }
             let (_, segment) = st
                 .segments
@@ -843,7 +852,7 @@ impl PartitionLog {
                         )
                     });
             // Everything before the cache is written; read no further than where it starts.
-            let end_position = match st.cache.first_position() {
+            let end_position = match self.shared.cache.borrow().first_position() {
                 Some((base, position)) if base == segment.base() => position,
                 _ => segment.size,
             };
@@ -854,7 +863,7 @@ impl PartitionLog {
                 end_position,
             )
         };
-        let cache_start = self.shared.state.borrow().cache.first_offset();
+        let cache_start = self.shared.cache.borrow().first_offset();
         self.shared.io.borrow_mut().cache_misses += 1;
         let read = read_batches(
             &file.file,
@@ -1263,6 +1272,8 @@ async fn run_flusher(shared: Rc<Shared>) {
         if let Event::Synced(_, _, _, elapsed) = &event {
             shared.io.borrow_mut().fsync.record(*elapsed);
         }
+        // A completed write makes its batches droppable from the tail cache.
+        let wrote = matches!(&event, Event::Write(_, _, _, Ok(()), _));
         match event {
             Event::Write(id, file, _, Ok(()), buf) => {
                 if std::mem::take(&mut st.write_no_space) {
@@ -1272,7 +1283,7 @@ async fn run_flusher(shared: Rc<Shared>) {
                 if acking {
                     st.acks.advance_written(written);
                 }
-                st.cache.evict(written);
+                shared.cache.borrow_mut().set_written(written);
                 st.dirty_file = Some(file);
             }
             Event::Write(id, file, file_pos, Err(e), buf)
@@ -1337,6 +1348,10 @@ async fn run_flusher(shared: Rc<Shared>) {
             Event::Kick => {}
         }
         st.wake_all();
+        drop(st);
+        if wrote {
+            shared.cache_budget.enforce();
+        }
     }
 }
 

@@ -1196,9 +1196,9 @@ fn tail_cache_and_disk_reads_are_identical() {
     });
 }
 
-/// A shard shrinks a log's tail cache when it holds more logs: the written batches over the
-/// new budget leave memory at once, the cache keeps within it as appends go on, and every
-/// read still returns the appended bytes (from disk).
+/// A tail-cache budget's limit can shrink and grow: the written batches over the new limit
+/// leave memory at once, the cache keeps within it as appends go on, and every read still
+/// returns the appended bytes (from disk).
 #[test]
 fn tail_cache_budget_can_shrink_and_grow() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1233,10 +1233,10 @@ fn tail_cache_budget_can_shrink_and_grow() {
             appended,
             "everything fits the cache"
         );
-        log.set_tail_cache_bytes(0);
+        log.tail_cache_budget().set_limit(0);
         assert_eq!(log.tail_cache_held_bytes(), 0, "every batch was written");
         compare_reads(&[&log], &expected).await;
-        log.set_tail_cache_bytes(10_000);
+        log.tail_cache_budget().set_limit(10_000);
         for tag in 40..80u64 {
             append(&log, tag, &mut expected).await;
             assert!(log.tail_cache_held_bytes() <= 10_000);
@@ -1247,6 +1247,93 @@ fn tail_cache_budget_can_shrink_and_grow() {
         );
         compare_reads(&[&log], &expected).await;
         log.close().await.expect("close");
+    });
+}
+
+/// Logs sharing one tail-cache budget (a shard's) share it by recency, not evenly: one busy
+/// log may use all of it, and appends to another log push out the oldest batches of any log
+/// first. A closed log's batches leave the budget. Reads return the appended bytes whether
+/// they come from memory or from disk.
+#[test]
+fn shared_tail_cache_keeps_the_most_recent_batches_of_any_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        index_interval_bytes: 4096,
+        tail_cache_bytes: 0,
+        ..LogConfig::default()
+    };
+    const LIMIT: usize = 64 * 1024;
+    run(async {
+        let budget = sluice_storage::TailCacheBudget::new(LIMIT);
+        let open = |name: &str| {
+            PartitionLog::open_with_budget(
+                dir.path().join(name),
+                config.clone(),
+                sluice_storage::WriteBudget::unshared(&config),
+                budget.clone(),
+            )
+        };
+        let a = open("a").await.expect("open a");
+        let b = open("b").await.expect("open b");
+        let c = open("c").await.expect("open c");
+        let mut expected: [Vec<bytes::Bytes>; 3] = Default::default();
+        let append = async |log: &PartitionLog, tag: u64, expected: &mut Vec<bytes::Bytes>| {
+            let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
+            let value = common::value_for(tag, 0, 4_000);
+            b.push(1_000 + tag as i64, None, Some(&value), &[])
+                .expect("push");
+            let batch = b.build().expect("build");
+            let len = batch.len();
+            let base = append_acked(log, batch.clone()).await;
+            let mut stamped = batch;
+            sluice_proto::stamp_base_offset(&mut stamped, base);
+            expected.push(stamped.freeze());
+            len
+        };
+        // One busy log: it gets the whole budget (an even split would give it a third).
+        let mut batch_len = 0;
+        for tag in 0..40u64 {
+            batch_len = append(&a, tag, &mut expected[0]).await;
+            assert!(budget.held_bytes() <= LIMIT, "{}", budget.held_bytes());
+        }
+        assert!(
+            a.tail_cache_held_bytes() > LIMIT - batch_len,
+            "the busy log uses the whole budget: {} of {LIMIT}",
+            a.tail_cache_held_bytes()
+        );
+        assert_eq!(budget.held_bytes(), a.tail_cache_held_bytes());
+        // Another log gets busy: a's batches, now the oldest, make room for b's.
+        for tag in 0..10u64 {
+            append(&b, tag, &mut expected[1]).await;
+            assert!(budget.held_bytes() <= LIMIT);
+        }
+        let b_held = b.tail_cache_held_bytes();
+        assert_eq!(b_held, 10 * batch_len, "b's recent batches are all cached");
+        assert_eq!(budget.held_bytes(), a.tail_cache_held_bytes() + b_held);
+        assert!(
+            a.tail_cache_held_bytes() > 0,
+            "a keeps its most recent batches"
+        );
+        // Interleaved appends to c: again the oldest go first, so c's newest stay.
+        for tag in 0..30u64 {
+            append(&c, tag, &mut expected[2]).await;
+            append(&b, 100 + tag, &mut expected[1]).await;
+        }
+        assert_eq!(a.tail_cache_held_bytes(), 0, "a's batches are the oldest");
+        let (b_held, c_held) = (b.tail_cache_held_bytes(), c.tail_cache_held_bytes());
+        assert!(b_held.abs_diff(c_held) <= batch_len, "{b_held} / {c_held}");
+        assert_eq!(budget.held_bytes(), b_held + c_held);
+        assert!(budget.held_bytes() > LIMIT - 2 * batch_len);
+        for (log, expected) in [&a, &b, &c].into_iter().zip(&expected) {
+            compare_reads(&[log], expected).await;
+        }
+        // A closed log's batches leave the budget.
+        c.close().await.expect("close c");
+        assert_eq!(budget.held_bytes(), b.tail_cache_held_bytes());
+        a.close().await.expect("close a");
+        b.close().await.expect("close b");
+        assert_eq!(budget.held_bytes(), 0);
     });
 }
 

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sluice_storage::{
-    FlushPolicy, LogConfig, LogError, LogResult, Offset, PartitionLog, WriteBudget,
+    FlushPolicy, LogConfig, LogError, LogResult, Offset, PartitionLog, TailCacheBudget, WriteBudget,
 };
 
 /// Chunk of the logs under test: small, so a few batches fill one.
@@ -67,6 +67,7 @@ fn many_logs_on_one_budget(
                 dir.path().join(format!("p{i}")),
                 config_with(flush),
                 budget.clone(),
+                TailCacheBudget::new(64 * 1024),
             )
             .await
             .expect("open");
@@ -144,6 +145,7 @@ fn many_logs_on_one_budget(
                 dir.path().join(format!("p{i}")),
                 config_with(flush),
                 budget.clone(),
+                TailCacheBudget::new(64 * 1024),
             )
             .await
             .expect("reopen");
@@ -183,12 +185,22 @@ fn an_append_waiting_for_the_budget_is_woken_when_another_log_goes_idle() {
     };
     let budget = WriteBudget::new(4 * CHUNK_BYTES);
     run(async {
-        let a = PartitionLog::open_with_budget(dir.path().join("a"), small.clone(), budget.clone())
-            .await
-            .expect("open a");
-        let b = PartitionLog::open_with_budget(dir.path().join("b"), small.clone(), budget.clone())
-            .await
-            .expect("open b");
+        let a = PartitionLog::open_with_budget(
+            dir.path().join("a"),
+            small.clone(),
+            budget.clone(),
+            TailCacheBudget::new(64 * 1024),
+        )
+        .await
+        .expect("open a");
+        let b = PartitionLog::open_with_budget(
+            dir.path().join("b"),
+            small.clone(),
+            budget.clone(),
+            TailCacheBudget::new(64 * 1024),
+        )
+        .await
+        .expect("open b");
         // Five batches of 12,000 bytes fill A's four chunks (appends that find room do not
         // yield, so A's flusher has not written anything yet).
         let mut acks = Vec::new();
@@ -239,10 +251,15 @@ fn a_budget_too_small_for_the_largest_batch_is_refused() {
     // A 24 KiB batch may need three 16 KiB chunks; idle logs may keep half the budget.
     let budget = WriteBudget::new(5 * CHUNK_BYTES);
     run(async {
-        let err = PartitionLog::open_with_budget(dir.path().join("p"), config(), budget)
-            .await
-            .err()
-            .expect("refused");
+        let err = PartitionLog::open_with_budget(
+            dir.path().join("p"),
+            config(),
+            budget,
+            TailCacheBudget::new(0),
+        )
+        .await
+        .err()
+        .expect("refused");
         assert!(
             matches!(
                 err,

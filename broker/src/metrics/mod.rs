@@ -278,6 +278,10 @@ pub(crate) struct ShardSnapshot {
     pub(crate) write_buffer_free_bytes: u64,
     /// `shard_write_buffer_bytes`.
     pub(crate) write_buffer_limit_bytes: u64,
+    /// Bytes of record batches in the shard's tail cache.
+    pub(crate) tail_cache_bytes: u64,
+    /// The shard's tail-cache budget.
+    pub(crate) tail_cache_limit_bytes: u64,
     /// I/O counters of the shard's logs (fsync latency, cache hits, disk-full refusals).
     pub(crate) io: LogIoStats,
     /// Consumer-group lag series set through [`set_group_lag`].
@@ -380,6 +384,8 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
             write_buffer_free_bytes: (shard.write_budget.resident_bytes()
                 - shard.write_budget.mapped_bytes()) as u64,
             write_buffer_limit_bytes: shard.write_budget.limit_bytes() as u64,
+            tail_cache_bytes: shard.tail_cache.held_bytes() as u64,
+            tail_cache_limit_bytes: shard.tail_cache.limit_bytes() as u64,
             io,
             group_lag: m
                 .group_lag

@@ -55,7 +55,7 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
 
     type ShardValue = fn(&ShardSnapshot) -> f64;
-    let per_shard: [(&str, &str, &str, ShardValue); 17] = [
+    let per_shard: [(&str, &str, &str, ShardValue); 19] = [
         (
             "sluice_shard_produce_bytes_total",
             "counter",
@@ -152,6 +152,19 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
             "gauge",
             "The shard's write-buffer budget (shard_write_buffer_bytes).",
             |s| s.write_buffer_limit_bytes as f64,
+        ),
+        (
+            "sluice_tail_cache_bytes",
+            "gauge",
+            "Bytes of recent record batches the shard keeps in memory for consumers that keep \
+             up (over the limit only while some are not written yet).",
+            |s| s.tail_cache_bytes as f64,
+        ),
+        (
+            "sluice_tail_cache_limit_bytes",
+            "gauge",
+            "The shard's tail-cache budget: its most recent written batches of any partition.",
+            |s| s.tail_cache_limit_bytes as f64,
         ),
         (
             "sluice_shard_up",

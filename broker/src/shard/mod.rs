@@ -57,6 +57,8 @@ pub(crate) struct Shard {
     pub(crate) fetch_budget: Budget,
     /// Write-buffer chunks mapped by the shard's partition logs.
     pub(crate) write_budget: sluice_storage::WriteBudget,
+    /// The shard's tail cache budget, shared by its logs.
+    pub(crate) tail_cache: sluice_storage::TailCacheBudget,
     /// Open connections.
     pub(crate) connections: Cell<usize>,
     /// Accept loops, cancelled when draining.

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use sluice_storage::{PartitionLog, system_clock_ms};
 
 use crate::budget::Budget;
-use crate::limits::{
-    LOG_TAIL_CACHE_BYTES, SHARD_CONNECTIONS_MAX, SHARD_TAIL_CACHE_BYTES, SHUTDOWN_DRAIN_MS_MAX,
-};
+use crate::limits::{SHARD_CONNECTIONS_MAX, SHARD_TAIL_CACHE_BYTES, SHUTDOWN_DRAIN_MS_MAX};
 use crate::metadata::{Metadata, partition_dir};
 use crate::net::conn;
 use crate::placement::ShardId;
@@ -110,6 +108,7 @@ async fn shard_main(start: ShardStart) -> bool {
         request_budget: Budget::new(cluster.config.shard_request_bytes),
         fetch_budget: Budget::new(cluster.config.shard_fetch_bytes),
         write_budget: sluice_storage::WriteBudget::new(cluster.config.shard_write_buffer_bytes),
+        tail_cache: sluice_storage::TailCacheBudget::new(SHARD_TAIL_CACHE_BYTES),
         cluster,
         metadata: RefCell::new(metadata.clone()),
         partitions: RefCell::new(HashMap::new()),
@@ -283,9 +282,14 @@ pub(crate) async fn open_partitions(
             continue;
         }
         let dir = partition_dir(&shard.cluster.config.data_dir, topic, index);
-        let log = PartitionLog::open_with_budget(&dir, config.clone(), shard.write_budget.clone())
-            .await
-            .map_err(|e| format!("cannot open partition {topic}/{index}: {e}"))?;
+        let log = PartitionLog::open_with_budget(
+            &dir,
+            config.clone(),
+            shard.write_budget.clone(),
+            shard.tail_cache.clone(),
+        )
+        .await
+        .map_err(|e| format!("cannot open partition {topic}/{index}: {e}"))?;
         let producers = ProducerStates::rebuild(&log).await.map_err(|e| {
             format!("cannot rebuild producer state of partition {topic}/{index}: {e}")
         })?;
@@ -303,23 +307,7 @@ pub(crate) async fn open_partitions(
             .borrow_mut()
             .insert((topic.to_string(), index), Rc::new(p));
     }
-    share_tail_cache(shard);
     Ok(())
-}
-
-/// Gives each log of the shard its part of [`SHARD_TAIL_CACHE_BYTES`] (at most
-/// [`LOG_TAIL_CACHE_BYTES`]); run whenever the shard's partitions change.
-fn share_tail_cache(shard: &Shard) {
-    let partitions = shard.partitions.borrow();
-    let each = tail_cache_share(partitions.len());
-    for p in partitions.values() {
-        p.log.set_tail_cache_bytes(each);
-    }
-}
-
-/// One log's part of the shard's tail cache when the shard holds `logs` logs.
-fn tail_cache_share(logs: usize) -> usize {
-    (SHARD_TAIL_CACHE_BYTES / logs.max(1)).min(LOG_TAIL_CACHE_BYTES)
 }
 
 /// Closes a partition's log once no task holds it (bounded wait), durably.
@@ -371,7 +359,6 @@ pub(crate) async fn remove_partitions(shard: &Rc<Shard>, topic: &str, partitions
             }
         }
     }
-    share_tail_cache(shard);
 }
 
 async fn close_all(shard: &Rc<Shard>) -> bool {

@@ -619,6 +619,6 @@ async fn swap_in(shared: &Shared, source: &Source, cleaned: Rewritten) -> LogRes
         index: cleaned.index,
         state: SegmentState::Closed,
     };
-    st.cache.drop_segment(source.base);
+    shared.cache.borrow_mut().drop_segment(source.base);
     Ok(true)
 }

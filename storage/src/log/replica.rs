@@ -448,7 +448,7 @@ impl PartitionLog {
             st.acks.written_next = cut.new_end;
             st.acks.synced_next = cut.new_end;
             st.dirty_file = None;
-            st.cache.truncate(cut.new_end);
+            self.shared.cache.borrow_mut().truncate(cut.new_end);
             st.cleaned_to = st.cleaned_to.min(cut.new_end);
             if st.repl.epochs.truncate_from_end(cut.new_end) {
                 st.repl.epochs_dirty = true;
@@ -560,7 +560,7 @@ impl PartitionLog {
             st.acks.written_next = start;
             st.acks.synced_next = start;
             st.dirty_file = None;
-            st.cache.truncate(Offset::ZERO);
+            self.shared.cache.borrow_mut().truncate(Offset::ZERO);
             st.cleaned_to = start;
             if !st.repl.epochs.entries().is_empty() {
                 st.repl.epochs = EpochCache::default();
