@@ -440,9 +440,16 @@ async fn read_frame(r: &mut BufReader<OwnedReadHalf>) -> Result<BytesMut, String
         Err(e) => return Err(format!("read failed: {e}")),
     }
     let len = frame_length(prefix, RESPONSE_FRAME_BYTES_MAX).map_err(|e| e.to_string())?;
-    let mut payload = BytesMut::zeroed(len);
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| format!("read failed mid-frame: {e}"))?;
+    // Read into spare capacity: zeroing a fetch response's megabytes first cost a few
+    // percent of a consumer's CPU.
+    let mut payload = BytesMut::with_capacity(len);
+    let mut rest = (&mut *r).take(len as u64);
+    while payload.len() < len {
+        match rest.read_buf(&mut payload).await {
+            Ok(0) => return Err("the broker closed the connection mid-frame".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed mid-frame: {e}")),
+        }
+    }
     Ok(payload)
 }
