@@ -24,6 +24,10 @@ use sluice_proto::{Offset, RecordBatch};
 /// holds at most twice the cached batches plus this.
 const ORDER_SLACK_ENTRIES: usize = 4096;
 
+/// Bytes the logs of one budget may have read ahead for readers catching up from the disk
+/// (in flight or read and not yet used): 16 reads of the consumer's default 4 MiB.
+pub const READ_AHEAD_BYTES_PER_SHARD: usize = 64 << 20;
+
 struct Cached {
     batch: RecordBatch,
     end_log_pos: u64,
@@ -46,6 +50,8 @@ struct BudgetState {
     /// Cached batches, oldest first (entries of batches dropped otherwise linger until they
     /// reach the front or the order is swept).
     order: VecDeque<Entry>,
+    /// Bytes read ahead by the logs (see `log/read_ahead.rs`).
+    read_ahead_bytes: usize,
 }
 
 /// The tail-cache budget of one shard, shared (cheap clones) by its logs: at most
@@ -74,6 +80,7 @@ impl TailCacheBudget {
                 held_bytes: 0,
                 held_batches: 0,
                 order: VecDeque::new(),
+                read_ahead_bytes: 0,
             })),
         }
     }
@@ -86,6 +93,24 @@ impl TailCacheBudget {
     /// Bytes of batches the logs hold now (over the limit only while some are not written).
     pub fn held_bytes(&self) -> usize {
         self.state.borrow().held_bytes
+    }
+
+    /// Bytes read ahead by the logs now (in flight or read and not yet used).
+    pub fn read_ahead_bytes(&self) -> usize {
+        self.state.borrow().read_ahead_bytes
+    }
+
+    /// A place for `len` bytes of read-ahead, if [`READ_AHEAD_BYTES_PER_SHARD`] allows.
+    pub(crate) fn reserve_read_ahead(&self, len: usize) -> Option<ReadAheadPermit> {
+        let mut st = self.state.borrow_mut();
+        if st.read_ahead_bytes + len > READ_AHEAD_BYTES_PER_SHARD {
+            return None;
+        }
+        st.read_ahead_bytes += len;
+        Some(ReadAheadPermit {
+            budget: self.clone(),
+            len,
+        })
     }
 
     /// Changes the limit; written batches over it are dropped at once.
@@ -161,6 +186,18 @@ impl TailCacheBudget {
                     .map_or(true, |cache| cache.holds(entry.base))
             })
         });
+    }
+}
+
+/// `len` bytes of the budget's read-ahead, given back when dropped.
+pub(crate) struct ReadAheadPermit {
+    budget: TailCacheBudget,
+    len: usize,
+}
+
+impl Drop for ReadAheadPermit {
+    fn drop(&mut self) {
+        self.budget.state.borrow_mut().read_ahead_bytes -= self.len;
     }
 }
 

@@ -26,7 +26,7 @@ mod writer;
 
 pub use aligned::{AlignedBuf, BLOCK_BYTES};
 pub use budget::{WRITE_BUFFER_BYTES_PER_SHARD_DEFAULT, WriteBudget};
-pub use cache::TailCacheBudget;
+pub use cache::{READ_AHEAD_BYTES_PER_SHARD, TailCacheBudget};
 pub use compact::{CLEANER_READ_BYTES, CLEANER_WRITE_BYTES, OFFSET_MAP_ENTRY_OVERHEAD_BYTES};
 pub use config::{
     CLEANER_DEDUPE_BUFFER_BYTES_MIN, Clock, CompactionConfig, FlushPolicy, LogConfig,

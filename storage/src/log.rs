@@ -37,9 +37,11 @@ use crate::stats::LogIoStats;
 use crate::writer::{Job, Pipeline, WriteJob};
 
 mod clean;
+mod read_ahead;
 mod replica;
 
 pub use clean::CleanStats;
+use read_ahead::ReadAhead;
 pub use replica::HW_CHECKPOINT_INTERVAL;
 use replica::Replication;
 
@@ -171,9 +173,21 @@ struct State {
     write_no_space: bool,
     /// Leader epochs, the high watermark, truncation (see `log/replica.rs`).
     repl: Replication,
+    /// Where the last disk read ended, and the read ahead of a sequential reader (see
+    /// `log/read_ahead.rs`). Dropped by truncations and compaction swaps
+    /// ([`State::reset_read_ahead`]).
+    read_ahead: Option<ReadAhead>,
+    /// Counts those drops: a read that saw it change meanwhile leaves no read ahead.
+    read_ahead_resets: u64,
 }
 
 impl State {
+    /// Drops the read ahead: the bytes after the last read may have changed.
+    fn reset_read_ahead(&mut self) {
+        self.read_ahead = None;
+        self.read_ahead_resets += 1;
+    }
+
     fn wake_all(&mut self) {
         for w in self.waiters.drain(..) {
             w.wake();
@@ -430,6 +444,8 @@ impl PartitionLog {
             disk_full: false,
             write_no_space: false,
             repl: Replication::default(),
+            read_ahead: None,
+            read_ahead_resets: 0,
         };
         let shared = Rc::new(Shared {
             dir,
@@ -815,8 +831,8 @@ impl PartitionLog {
         max_bytes: usize,
     ) -> LogResult<Vec<RecordBatch>> {
         let max_bytes = max_bytes.min(READ_BYTES_MAX);
-        let (file, position, position_offset, end_position) = {
-            let st = self.shared.state.borrow();
+        let (file, position, position_offset, end_position, sequential, resets) = {
+            let mut st = self.shared.state.borrow_mut();
             if from < st.log_start || from > st.next_offset {
                 return Err(LogError::OffsetOutOfRange {
                     requested: from,
@@ -839,10 +855,15 @@ impl PartitionLog {
                 .range(..=from)
                 .next_back()
                 .expect("from >= log_start, the first segment's base");
+            let (segment_base, file) = (segment.base(), segment.file.clone());
+            let sequential = ReadAhead::take_if_sequential(&mut st.read_ahead, from, &file);
+            let segment = &st.segments[&segment_base];
             let relative = (from.get() - segment.base().get()) as u32;
-            // The batch the index entry points at, and the offset it must have.
-            let (position, position_offset) =
-                segment
+            // The batch the index entry points at, and the offset it must have; for a read
+            // that goes on where the last one ended, that batch is known exactly.
+            let (position, position_offset) = match &sequential {
+                Some(seq) => (seq.position, from),
+                None => segment
                     .index
                     .floor_offset(relative)
                     .map_or((0, segment.base()), |e| {
@@ -850,21 +871,31 @@ impl PartitionLog {
                             u64::from(e.position),
                             Offset(segment.base().get() + u64::from(e.relative_offset)),
                         )
-                    });
+                    }),
+            };
             // Everything before the cache is written; read no further than where it starts.
             let end_position = match self.shared.cache.borrow().first_position() {
                 Some((base, position)) if base == segment.base() => position,
                 _ => segment.size,
             };
+            let resets = st.read_ahead_resets;
             (
-                segment.file.clone(),
+                file,
                 position,
                 position_offset,
                 end_position,
+                sequential,
+                resets,
             )
         };
         let cache_start = self.shared.cache.borrow().first_offset();
         self.shared.io.borrow_mut().cache_misses += 1;
+        let is_sequential = sequential.is_some();
+        let prefetched = match sequential {
+            Some(seq) => seq.bytes().await,
+            None => None,
+        };
+
         let read = read_batches(
             &file.file,
             ReadFrom {
@@ -876,9 +907,30 @@ impl PartitionLog {
                 max_bytes,
                 limits: &self.shared.config.limits,
                 gaps: self.shared.config.compaction.is_some(),
+                prefetched,
             },
         )
         .await?;
+        if read.used_prefetched {
+            self.shared.io.borrow_mut().read_ahead_hits += 1;
+        }
+        if let Some(last) = read.batches.last() {
+            let ahead = ReadAhead::after_read(
+                file.clone(),
+                last.next_offset(),
+                read.next_position,
+                end_position,
+                max_bytes,
+                is_sequential,
+                &self.shared.cache_budget,
+            );
+            let mut st = self.shared.state.borrow_mut();
+            // A truncation or compaction swap during the read may have changed the bytes
+            // after it.
+            if st.read_ahead_resets == resets {
+                st.read_ahead = Some(ahead);
+            }
+        }
         let batches = read.batches;
         // Only when `end` did not cut the read: with `end <= from` nothing is due, and when
         // `from` is a segment base the retry below would find the same segment and recurse

@@ -216,6 +216,10 @@ pub(crate) struct DiskRead {
     pub batches: Vec<RecordBatch>,
     /// Bytes in `batches`.
     pub bytes: usize,
+    /// File position of the first batch not returned (where a sequential reader goes on).
+    pub next_position: u64,
+    /// The bytes read ahead (`ReadFrom::prefetched`) served the first read.
+    pub used_prefetched: bool,
 }
 
 /// A read request against one segment file.
@@ -236,6 +240,9 @@ pub(crate) struct ReadFrom<'a> {
     pub limits: &'a Limits,
     /// A compacted log: a batch may start past where the previous one ended.
     pub gaps: bool,
+    /// Bytes of the file read ahead, as `(file position, bytes)`: used instead of the first
+    /// read if they start where it does and cover it.
+    pub prefetched: Option<(u64, Bytes)>,
 }
 
 /// Reads whole batches holding offsets `>= offset` from `position` on, with direct reads into
@@ -249,7 +256,10 @@ pub(crate) async fn read_batches(
     let mut out = DiskRead {
         batches: Vec::new(),
         bytes: 0,
+        next_position: req.position,
+        used_prefetched: false,
     };
+    let mut prefetched = req.prefetched;
     let max_bytes = req.max_bytes.max(1);
     let mut pos = req.position;
     // Base offset the batch at `pos` must have. The base offset is outside the CRC (the
@@ -265,11 +275,21 @@ pub(crate) async fn read_batches(
     'reads: while pos < req.end_position && out.bytes < max_bytes {
         let start = align_down(pos);
         let len = align_up(pos - start + want as u64).min(align_up(req.end_position - start));
-        let buf = file
-            .read_at(start, len as usize)
-            .await
-            .map_err(|e| crate::LogError::io("read", file.path(), e))?
-            .freeze();
+        let buf = match prefetched.take() {
+            // Only bytes below the end of written data are used: read ahead when less was
+            // written, they serve only if no more is wanted now.
+            Some((at, bytes))
+                if at == start && bytes.len() as u64 >= len.min(req.end_position - start) =>
+            {
+                out.used_prefetched = true;
+                bytes.slice(..bytes.len().min(len as usize))
+            }
+            _ => file
+                .read_at(start, len as usize)
+                .await
+                .map_err(|e| crate::LogError::io("read", file.path(), e))?
+                .freeze(),
+        };
         let valid = (buf.len() as u64).min(req.end_position - start) as usize;
         let mut at = (pos - start) as usize;
         let first_at = at;
@@ -326,6 +346,7 @@ pub(crate) async fn read_batches(
             }
             at += batch_len;
             pos = start + at as u64;
+            out.next_position = pos;
             expected = header.next_offset();
         }
     }

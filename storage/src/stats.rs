@@ -67,6 +67,8 @@ pub struct LogIoStats {
     pub cache_hits: u64,
     /// Reads that went to the disk.
     pub cache_misses: u64,
+    /// Of those, reads served by bytes read ahead for a sequential reader.
+    pub read_ahead_hits: u64,
     /// Appends refused because the disk was full.
     pub disk_full_refusals: u64,
 }
@@ -77,6 +79,7 @@ impl LogIoStats {
         self.fsync.merge(&other.fsync);
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
+        self.read_ahead_hits += other.read_ahead_hits;
         self.disk_full_refusals += other.disk_full_refusals;
     }
 }

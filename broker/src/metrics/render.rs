@@ -55,7 +55,7 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
 
     type ShardValue = fn(&ShardSnapshot) -> f64;
-    let per_shard: [(&str, &str, &str, ShardValue); 19] = [
+    let per_shard: [(&str, &str, &str, ShardValue); 20] = [
         (
             "sluice_shard_produce_bytes_total",
             "counter",
@@ -91,6 +91,12 @@ pub(crate) fn render(snapshots: &[ShardSnapshot], shards: usize) -> String {
             "counter",
             "Log reads that went to the disk.",
             |s| s.io.cache_misses as f64,
+        ),
+        (
+            "sluice_read_ahead_hits_total",
+            "counter",
+            "Log reads from the disk served by bytes read ahead for a sequential reader.",
+            |s| s.io.read_ahead_hits as f64,
         ),
         (
             "sluice_disk_full_refusals_total",

@@ -301,6 +301,7 @@ async fn for_each_batch(
                 max_bytes: CLEANER_READ_BYTES,
                 limits: &shared.config.limits,
                 gaps: true,
+                prefetched: None,
             },
         )
         .await?;
@@ -431,6 +432,7 @@ async fn rewrite_segment(
                     max_bytes: CLEANER_READ_BYTES,
                     limits,
                     gaps: true,
+                    prefetched: None,
                 },
             )
             .await?;
@@ -620,5 +622,6 @@ async fn swap_in(shared: &Shared, source: &Source, cleaned: Rewritten) -> LogRes
         state: SegmentState::Closed,
     };
     shared.cache.borrow_mut().drop_segment(source.base);
+    st.reset_read_ahead();
     Ok(true)
 }

@@ -449,6 +449,7 @@ impl PartitionLog {
             st.acks.synced_next = cut.new_end;
             st.dirty_file = None;
             self.shared.cache.borrow_mut().truncate(cut.new_end);
+            st.reset_read_ahead();
             st.cleaned_to = st.cleaned_to.min(cut.new_end);
             if st.repl.epochs.truncate_from_end(cut.new_end) {
                 st.repl.epochs_dirty = true;
@@ -561,6 +562,7 @@ impl PartitionLog {
             st.acks.synced_next = start;
             st.dirty_file = None;
             self.shared.cache.borrow_mut().truncate(Offset::ZERO);
+            st.reset_read_ahead();
             st.cleaned_to = start;
             if !st.repl.epochs.entries().is_empty() {
                 st.repl.epochs = EpochCache::default();
