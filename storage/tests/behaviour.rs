@@ -1213,17 +1213,7 @@ fn tail_cache_budget_can_shrink_and_grow() {
         let log = PartitionLog::open(dir.path(), config).await.expect("open");
         let mut appended = 0usize;
         let append = async |log: &PartitionLog, tag: u64, expected: &mut Vec<bytes::Bytes>| {
-            let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
-            let value = common::value_for(tag, 0, 3_000);
-            b.push(1_000 + tag as i64, None, Some(&value), &[])
-                .expect("push");
-            let batch = b.build().expect("build");
-            let len = batch.len();
-            let base = append_acked(log, batch.clone()).await;
-            let mut stamped = batch;
-            sluice_proto::stamp_base_offset(&mut stamped, base);
-            expected.push(stamped.freeze());
-            len
+            append_recorded(log, tag, 3_000, expected).await
         };
         for tag in 0..40u64 {
             appended += append(&log, tag, &mut expected).await;
@@ -1279,17 +1269,7 @@ fn shared_tail_cache_keeps_the_most_recent_batches_of_any_log() {
         let c = open("c").await.expect("open c");
         let mut expected: [Vec<bytes::Bytes>; 3] = Default::default();
         let append = async |log: &PartitionLog, tag: u64, expected: &mut Vec<bytes::Bytes>| {
-            let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
-            let value = common::value_for(tag, 0, 4_000);
-            b.push(1_000 + tag as i64, None, Some(&value), &[])
-                .expect("push");
-            let batch = b.build().expect("build");
-            let len = batch.len();
-            let base = append_acked(log, batch.clone()).await;
-            let mut stamped = batch;
-            sluice_proto::stamp_base_offset(&mut stamped, base);
-            expected.push(stamped.freeze());
-            len
+            append_recorded(log, tag, 4_000, expected).await
         };
         // One busy log: it gets the whole budget (an even split would give it a third).
         let mut batch_len = 0;
@@ -1335,6 +1315,27 @@ fn shared_tail_cache_keeps_the_most_recent_batches_of_any_log() {
         b.close().await.expect("close b");
         assert_eq!(budget.held_bytes(), 0);
     });
+}
+
+/// Appends one record of `value_len` bytes tagged `tag`, waits for it to be durable, adds
+/// the stamped batch to `expected` and returns its size.
+async fn append_recorded(
+    log: &PartitionLog,
+    tag: u64,
+    value_len: usize,
+    expected: &mut Vec<bytes::Bytes>,
+) -> usize {
+    let mut b = BatchBuilder::new(Compression::None, Limits::DEFAULT);
+    let value = common::value_for(tag, 0, value_len);
+    b.push(1_000 + tag as i64, None, Some(&value), &[])
+        .expect("push");
+    let batch = b.build().expect("build");
+    let len = batch.len();
+    let base = append_acked(log, batch.clone()).await;
+    let mut stamped = batch;
+    sluice_proto::stamp_base_offset(&mut stamped, base);
+    expected.push(stamped.freeze());
+    len
 }
 
 /// Reads every offset alone and the whole log with assorted budgets from each log; every
