@@ -222,6 +222,11 @@ impl TailCache {
         }))
     }
 
+    /// The shard's budget this cache is counted in.
+    pub(crate) fn budget(&self) -> &TailCacheBudget {
+        &self.budget
+    }
+
     /// First offset served from memory, if any.
     pub(crate) fn first_offset(&self) -> Option<Offset> {
         self.batches.front().map(|c| c.batch.base_offset())

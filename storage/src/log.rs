@@ -290,9 +290,6 @@ struct Shared {
     /// Recent batches, counted in the shard's tail-cache budget (never borrowed across an
     /// await, nor while the budget's `enforce` runs).
     cache: Rc<RefCell<TailCache>>,
-    /// The shard's tail-cache budget (the cache's, kept here to enforce it with the cache
-    /// not borrowed).
-    cache_budget: TailCacheBudget,
     state: RefCell<State>,
     /// I/O counters (never borrowed across an await).
     io: RefCell<LogIoStats>,
@@ -451,8 +448,7 @@ impl PartitionLog {
             dir,
             config,
             budget,
-            cache: TailCache::new(cache_budget.clone()),
-            cache_budget,
+            cache: TailCache::new(cache_budget),
             state: RefCell::new(state),
             io: RefCell::new(LogIoStats::default()),
         });
@@ -500,8 +496,8 @@ impl PartitionLog {
 
     /// The tail-cache budget the log's recent batches count in (shared by the logs of a
     /// shard; the log's own with [`PartitionLog::open`]).
-    pub fn tail_cache_budget(&self) -> &TailCacheBudget {
-        &self.shared.cache_budget
+    pub fn tail_cache_budget(&self) -> TailCacheBudget {
+        self.shared.cache.borrow().budget().clone()
     }
 
     /// Bytes of this log's record batches in the tail cache now.
@@ -895,7 +891,6 @@ impl PartitionLog {
             Some(seq) => seq.bytes().await,
             None => None,
         };
-
         let read = read_batches(
             &file.file,
             ReadFrom {
@@ -922,7 +917,7 @@ impl PartitionLog {
                 end_position,
                 max_bytes,
                 is_sequential,
-                &self.shared.cache_budget,
+                &self.tail_cache_budget(),
             );
             let mut st = self.shared.state.borrow_mut();
             // A truncation or compaction swap during the read may have changed the bytes
@@ -1402,7 +1397,9 @@ async fn run_flusher(shared: Rc<Shared>) {
         st.wake_all();
         drop(st);
         if wrote {
-            shared.cache_budget.enforce();
+            // Cloned first: enforcing borrows every cache of the shard, this log's included.
+            let budget = shared.cache.borrow().budget().clone();
+            budget.enforce();
         }
     }
 }

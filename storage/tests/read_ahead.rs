@@ -61,7 +61,7 @@ fn a_sequential_reader_is_served_from_bytes_read_ahead() {
             .expect("open");
         append_tagged(&log, 0..600).await;
         assert!(log.stats().segments >= 3, "{:?}", log.stats());
-        let budget = log.tail_cache_budget().clone();
+        let budget = log.tail_cache_budget();
         let mut at = Offset::ZERO;
         let mut reads = 0;
         while at < log.offsets().log_end {
