@@ -40,7 +40,7 @@ use crate::group::{
     position_group, start_group,
 };
 use crate::report::{
-    Latency, cpu_seconds_since, find_listener_pid, latency_histogram, pid_cpu_seconds,
+    Latency, MachineCpu, cpu_seconds_since, find_listener_pid, latency_histogram, pid_cpu_seconds,
     pid_peak_rss_bytes, process_cpu_seconds, spectrum,
 };
 use crate::spawn::{BrokerProcess, sluice_binary};
@@ -363,6 +363,14 @@ pub(crate) struct LoadOutput {
     pub e2e_p999_us: Option<u64>,
     pub e2e_p9999_us: Option<u64>,
     pub e2e_max_us: Option<u64>,
+    /// Open loop: the load generator's own delay (µs), from a record's intended send time
+    /// until `send` handed it to the client (pacing, waiting for a CPU, for the producer's
+    /// lock or for room in its buffer). Part of the produce-to-ack latency above; null in a
+    /// closed loop.
+    pub send_delay_p50_us: Option<u64>,
+    pub send_delay_p99_us: Option<u64>,
+    pub send_delay_p999_us: Option<u64>,
+    pub send_delay_max_us: Option<u64>,
     /// CPU seconds of the bench process in the measured interval.
     pub bench_cpu_s: Option<f64>,
     /// CPU seconds of the broker process in the measured interval.
@@ -370,6 +378,11 @@ pub(crate) struct LoadOutput {
     /// CPU seconds per GB (10^9 bytes of values) moved.
     pub bench_cpu_s_per_gb: Option<f64>,
     pub broker_cpu_s_per_gb: Option<f64>,
+    /// The whole machine's CPU over the run (/proc/stat), in % of all its cores: busy, and
+    /// stolen by the hypervisor (on a virtual machine, time no thread of it ran; latency
+    /// includes it).
+    pub machine_cpu_busy_pct: Option<f64>,
+    pub machine_cpu_steal_pct: Option<f64>,
     /// The broker's peak resident set size (VmHWM) at the end of the run.
     pub broker_peak_rss_bytes: Option<u64>,
     /// How the broker's pid was found: spawn, flag, port, or unavailable.
@@ -423,6 +436,8 @@ pub(crate) struct Counters {
 /// One producer's result.
 struct ProducerResult {
     histogram: Histogram<u64>,
+    /// Open loop: intended send time to `send` returning (see `LoadOutput::send_delay_p50_us`).
+    send_delay: Histogram<u64>,
     measured: u64,
     errors: u64,
     first_error: Option<String>,
@@ -873,8 +888,13 @@ async fn workload(
         }
         (None, _) => start_consumers(mode, &client, args, &plan, &counters).await?,
     };
-    let cpu_before = process_cpu_seconds();
-    let broker_cpu_before = broker_pid.and_then(pid_cpu_seconds);
+    // CPU counts from the end of the warm-up, like the bytes they are divided by.
+    let cpu_at_start = CpuReading::now(broker_pid);
+    let measure_from = plan.measure_from;
+    let cpu_after_warmup = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        CpuReading::now(broker_pid)
+    });
     let progress = (!args.quiet).then(|| tokio::spawn(progress(Arc::clone(&counters), mode)));
     let started = Instant::now();
     let producer_results = if mode == Mode::Consume {
@@ -904,10 +924,21 @@ async fn workload(
     if let Some(p) = progress {
         p.abort();
     }
-    let bench_cpu = cpu_seconds_since(cpu_before);
+    let cpu_before = if cpu_after_warmup.is_finished() {
+        cpu_after_warmup.await.unwrap_or(cpu_at_start)
+    } else {
+        // The run ended within its warm-up (nothing was measured).
+        cpu_after_warmup.abort();
+        cpu_at_start
+    };
+    let bench_cpu = cpu_seconds_since(cpu_before.bench);
+    let machine_cpu = cpu_before
+        .machine
+        .zip(MachineCpu::now())
+        .and_then(|(a, b)| a.busy_and_steal_pct(b));
     let broker_cpu = broker_pid
         .and_then(pid_cpu_seconds)
-        .zip(broker_cpu_before)
+        .zip(cpu_before.broker)
         .map(|(a, b)| a - b);
     let broker_peak_rss_bytes = broker_pid.and_then(pid_peak_rss_bytes);
     let group_figures: Option<GroupFigures> = group.as_deref().map(figures);
@@ -928,12 +959,14 @@ async fn workload(
     });
 
     let mut ack = latency_histogram();
+    let mut send_delay = latency_histogram();
     let mut errors = 0;
     let mut first_error = None;
     let mut produced = 0;
     let mut last_ack = started;
     for r in &producer_results {
         ack.add(&r.histogram).map_err(|e| e.to_string())?;
+        send_delay.add(&r.send_delay).map_err(|e| e.to_string())?;
         errors += r.errors;
         produced += r.measured;
         last_ack = last_ack.max(r.last_ack);
@@ -987,6 +1020,7 @@ async fn workload(
         .map(|rate| records_per_s >= rate * RATE_REACHED_FRACTION);
     let latency = (!ack.is_empty()).then(|| Latency::of(&ack));
     let e2e_latency = (!e2e.is_empty()).then(|| Latency::of(&e2e));
+    let send_delay = (!send_delay.is_empty()).then(|| Latency::of(&send_delay));
     if let Some(path) = &args.hdr_out {
         if mode != Mode::Consume {
             write_hdr(path, &ack)?;
@@ -1066,10 +1100,16 @@ async fn workload(
         e2e_p999_us: e2e_latency.map(|l| l.p999_us),
         e2e_p9999_us: e2e_latency.map(|l| l.p9999_us),
         e2e_max_us: e2e_latency.map(|l| l.max_us),
+        send_delay_p50_us: send_delay.map(|l| l.p50_us),
+        send_delay_p99_us: send_delay.map(|l| l.p99_us),
+        send_delay_p999_us: send_delay.map(|l| l.p999_us),
+        send_delay_max_us: send_delay.map(|l| l.max_us),
         bench_cpu_s: bench_cpu,
         broker_cpu_s: broker_cpu,
         bench_cpu_s_per_gb: bench_cpu.filter(|_| gb > 0.0).map(|c| c / gb),
         broker_cpu_s_per_gb: broker_cpu.filter(|_| gb > 0.0).map(|c| c / gb),
+        machine_cpu_busy_pct: machine_cpu.map(|(busy, _)| busy),
+        machine_cpu_steal_pct: machine_cpu.map(|(_, steal)| steal),
         broker_peak_rss_bytes,
         broker_pid_source: pid_source,
         group: group.as_ref().map(|g| g.group.clone()),
@@ -1225,14 +1265,20 @@ async fn produce_one(
     let collector = tokio::spawn(async move {
         let mut result = ProducerResult {
             histogram: latency_histogram(),
+            send_delay: latency_histogram(),
             measured: 0,
             errors: 0,
             first_error: None,
             last_ack: Instant::now(),
         };
         while let Some(chunk) = rx.recv().await {
-            for (intended, delivery) in chunk {
-                match delivery.await {
+            for Delivery {
+                intended,
+                handed,
+                future,
+            } in chunk
+            {
+                match future.await {
                     Ok(_) => {
                         let now = Instant::now();
                         collector_counters.acked.fetch_add(1, Ordering::Relaxed);
@@ -1242,6 +1288,13 @@ async fn produce_one(
                                 .histogram
                                 .record(us as u64)
                                 .map_err(|e| e.to_string())?;
+                            if let Some(handed) = handed {
+                                let us = handed.saturating_duration_since(intended).as_micros();
+                                result
+                                    .send_delay
+                                    .record((us as u64).max(1))
+                                    .map_err(|e| e.to_string())?;
+                            }
                             result.measured += 1;
                             result.last_ack = now;
                         }
@@ -1282,8 +1335,8 @@ async fn produce_one(
                     break None;
                 }
                 let record = records.record(i, intended);
-                if let Err(stop) = send_tracked(&producer, record, intended, &tx, &mut chunk).await
-                {
+                let sent = send_tracked(&producer, record, intended, false, &tx, &mut chunk);
+                if let Err(stop) = sent.await {
                     break stop;
                 }
                 counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -1327,7 +1380,8 @@ async fn produce_one(
                         while !done(i) && at(i) <= now {
                             let intended = at(i);
                             let record = records.record(i, intended);
-                            sent = send_tracked(&producer, record, intended, &tx, &mut chunk).await;
+                            sent = send_tracked(&producer, record, intended, true, &tx, &mut chunk)
+                                .await;
                             if sent.is_err() {
                                 break;
                             }
@@ -1361,8 +1415,32 @@ async fn produce_one(
     Ok(result)
 }
 
-/// A record's intended send time and its delivery.
-type Delivery = (Instant, sluice_client::DeliveryFuture);
+/// CPU counters read at one moment: the bench's, the broker's, the machine's.
+#[derive(Clone, Copy)]
+struct CpuReading {
+    bench: Option<f64>,
+    broker: Option<f64>,
+    machine: Option<MachineCpu>,
+}
+
+impl CpuReading {
+    fn now(broker_pid: Option<u32>) -> Self {
+        Self {
+            bench: process_cpu_seconds(),
+            broker: broker_pid.and_then(pid_cpu_seconds),
+            machine: MachineCpu::now(),
+        }
+    }
+}
+
+/// A record's intended send time, when `send` returned (open loop only: a clock read per
+/// record is not spent in a closed loop, where the two are the same but for `send`'s wait),
+/// and its delivery.
+struct Delivery {
+    intended: Instant,
+    handed: Option<Instant>,
+    future: sluice_client::DeliveryFuture,
+}
 
 /// Deliveries a producer hands its collector at once (one channel message per
 /// this many records; sooner when the producer has to wait, so nothing waits unobserved).
@@ -1379,11 +1457,13 @@ async fn hand_over(tx: &mpsc::Sender<Vec<Delivery>>, chunk: &mut Vec<Delivery>) 
 
 /// Sends one record; its delivery joins `chunk`, which goes to the collector when full, and
 /// before the producer waits for room in its buffer (so no delivery waits unobserved behind
-/// a blocked producer). `Err(None)`: the collector is gone.
+/// a blocked producer). `Err(None)`: the collector is gone. `timed`: note when `send`
+/// returned.
 async fn send_tracked(
     producer: &Producer,
     record: ProducerRecord,
     intended: Instant,
+    timed: bool,
     tx: &mpsc::Sender<Vec<Delivery>>,
     chunk: &mut Vec<Delivery>,
 ) -> Result<(), Option<String>> {
@@ -1397,7 +1477,12 @@ async fn send_tracked(
             send.await
         }
     };
-    chunk.push((intended, sent.map_err(|e| Some(e.to_string()))?));
+    let future = sent.map_err(|e| Some(e.to_string()))?;
+    chunk.push(Delivery {
+        intended,
+        handed: timed.then(Instant::now),
+        future,
+    });
     if chunk.len() >= DELIVERY_CHUNK && !hand_over(tx, chunk).await {
         return Err(None);
     }
@@ -1717,6 +1802,18 @@ pub(crate) fn print(out: &LoadOutput, json: bool) -> Result<(), String> {
                 opt(o.e2e_max_us)
             );
         }
+        if o.send_delay_p50_us.is_some() {
+            println!(
+                "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "  of it send delay",
+                opt(o.send_delay_p50_us),
+                "",
+                opt(o.send_delay_p99_us),
+                opt(o.send_delay_p999_us),
+                "",
+                opt(o.send_delay_max_us)
+            );
+        }
         if o.consumers > 0 {
             println!(
                 "  consumed {} records, {} MB/s",
@@ -1746,6 +1843,11 @@ pub(crate) fn print(out: &LoadOutput, json: bool) -> Result<(), String> {
             opt_f(o.bench_cpu_s_per_gb, 2),
             opt_f(o.broker_cpu_s_per_gb, 2),
             opt_f(o.broker_peak_rss_bytes.map(|b| b as f64 / 1048576.0), 1)
+        );
+        println!(
+            "  machine CPU (all cores): {}% busy, {}% stolen by the hypervisor",
+            opt_f(o.machine_cpu_busy_pct, 0),
+            opt_f(o.machine_cpu_steal_pct, 1)
         );
         if o.errors > 0 {
             println!("  errors {}", o.errors);

@@ -34,7 +34,12 @@ impl Latency {
 
 /// CPU seconds (user + system) this process has used, from /proc/self/stat.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_seconds("/proc/self/stat")
+}
+
+/// utime + stime of a `/proc/…/stat` file, in seconds.
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -68,14 +73,52 @@ pub(crate) fn print_result<T: Serialize>(
 
 /// CPU seconds (user + system, all threads) process `pid` has used, from /proc/PID/stat.
 pub(crate) fn pid_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((utime + stime) / ticks)
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// The whole machine's CPU time so far, from the first line of /proc/stat (clock ticks).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MachineCpu {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl MachineCpu {
+    pub(crate) fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        Self::parse(stat.lines().next()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`; guest time
+    /// is already counted in user and nice.
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let v: Vec<u64> = fields
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+            return None;
+        };
+        Some(Self {
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// Percentages of the machine's CPU time between `self` and `later`: busy (neither idle
+    /// nor waiting for I/O, steal included) and stolen by the hypervisor.
+    pub(crate) fn busy_and_steal_pct(self, later: Self) -> Option<(f64, f64)> {
+        let total = later.total.checked_sub(self.total).filter(|&t| t > 0)? as f64;
+        let idle = later.idle.saturating_sub(self.idle) as f64;
+        let steal = later.steal.saturating_sub(self.steal) as f64;
+        Some((100.0 * (total - idle) / total, 100.0 * steal / total))
+    }
 }
 
 /// Peak resident set size of process `pid` in bytes (`VmHWM` in /proc/PID/status).
@@ -156,4 +199,23 @@ pub(crate) fn spectrum(h: &Histogram<u64>) -> Vec<[f64; 2]> {
     }
     points.push([100.0, h.max() as f64]);
     points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_parses_proc_stat_and_takes_shares() {
+        let a = MachineCpu::parse("cpu  100 0 50 800 40 0 10 0 0 0").expect("parses");
+        let b = MachineCpu::parse("cpu  250 0 90 900 60 0 30 70 5 0").expect("parses");
+        // 400 ticks in all: 120 idle or waiting, 70 stolen.
+        let (busy, steal) = a.busy_and_steal_pct(b).expect("time passed");
+        assert!((busy - 70.0).abs() < 1e-9, "{busy}");
+        assert!((steal - 17.5).abs() < 1e-9, "{steal}");
+        assert!(a.busy_and_steal_pct(a).is_none(), "no time passed");
+        assert!(MachineCpu::parse("cpu0 1 2 3 4 5 6 7 8").is_none());
+        assert!(MachineCpu::parse("cpu 1 2 3").is_none());
+        assert!(MachineCpu::now().is_some(), "this machine's /proc/stat");
+    }
 }

@@ -301,13 +301,15 @@ fn run_one(config: &Config, spawn: &[String], dir: &Path) -> Result<LoadOutput, 
     let args = LoadArgs::from_flags(f)?;
     let out = load::run(config.mode, &args).map_err(|e| format!("{}: {e}", config.name))?;
     eprintln!(
-        "   {:<11} {:>8.1} MB/s {:>9.0} records/s  p50 {:>7} µs  p99.9 {:>7} µs  p99.99 {:>7} µs{}{}",
+        "   {:<11} {:>8.1} MB/s {:>9.0} records/s  p50 {:>7} µs  p99.9 {:>7} µs  p99.99 {:>7} µs  steal {}%{}{}",
         config.name,
         out.mb_per_s,
         out.records_per_s,
         out.p50_us.map_or("-".into(), |v| v.to_string()),
         out.p999_us.map_or("-".into(), |v| v.to_string()),
         out.p9999_us.map_or("-".into(), |v| v.to_string()),
+        out.machine_cpu_steal_pct
+            .map_or("-".into(), |v| format!("{v:.1}")),
         out.e2e_p999_us
             .map_or(String::new(), |v| format!("  e2e p99.9 {v} µs")),
         match out.rate_reached {
@@ -396,9 +398,9 @@ fn table(
         }
     );
     t += "| run | partitions | acks | loop | MB/s | records/s | p50 | p99 | p99.9 | p99.99 | max | \
-          e2e p99.9 | bench CPU s/GB | broker CPU s/GB | broker peak RSS MiB | ÷ disk | ÷ loopback | \
+          e2e p99.9 | bench CPU s/GB | broker CPU s/GB | broker peak RSS MiB | machine busy / stolen % | ÷ disk | ÷ loopback | \
           p99.9 ÷ fdatasync p50 |\n";
-    t += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    t += "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for (name, v) in medians {
         let loop_mode = match v.get("loop_mode").and_then(Value::as_str) {
             Some("open") => format!(
@@ -422,7 +424,7 @@ fn table(
                 .to_string()
         };
         t += &format!(
-            "| {name} ({bench_kind}) | {} | {acks} | {loop_mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} ({bench_kind}) | {} | {acks} | {loop_mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
             cell(num(v, "partitions"), 0),
             cell(num(v, "mb_per_s"), 0),
             cell(num(v, "records_per_s"), 0),
@@ -435,6 +437,8 @@ fn table(
             cell(num(v, "bench_cpu_s_per_gb"), 1),
             cell(num(v, "broker_cpu_s_per_gb"), 1),
             cell(num(v, "broker_peak_rss_bytes").map(|b| b / 1_048_576.0), 0),
+            cell(num(v, "machine_cpu_busy_pct"), 0),
+            cell(num(v, "machine_cpu_steal_pct"), 1),
             ratio(num(v, "mb_per_s"), disk),
             ratio(num(v, "mb_per_s"), net),
             ratio(num(v, "p999_us"), fsync),
@@ -464,11 +468,12 @@ fn table(
     let p999 = get("open50", "p999_us");
     let r = p999.zip(fsync).map(|(a, b)| a / b);
     t += &format!(
-        "| open loop at 50%: p99.9 ≤ 2x fdatasync latency (p50) | p99.9 {} µs ÷ {} µs = {}x (p99.99 {} µs; vs fdatasync p99 {} µs: {}x; vs fdatasync p99.9 {} µs: {}x) | {} |\n",
+        "| open loop at 50%: p99.9 ≤ 2x fdatasync latency (p50) | p99.9 {} µs ÷ {} µs = {}x (p99.99 {} µs; the load generator's own send delay p99.9 {} µs; vs fdatasync p99 {} µs: {}x; vs fdatasync p99.9 {} µs: {}x) | {} |\n",
         cell(p999, 0),
         cell(fsync, 0),
         cell(r, 2),
         cell(get("open50", "p9999_us"), 0),
+        cell(get("open50", "send_delay_p999_us"), 0),
         cell(limits.fdatasync_p99_us, 0),
         ratio(p999, limits.fdatasync_p99_us),
         cell(limits.fdatasync_p999_us, 0),

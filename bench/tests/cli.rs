@@ -122,6 +122,8 @@ fn produce_spawn_prints_one_json_object_with_sane_figures_and_cleans_up() {
     assert!(0 < p50 && p50 <= p99 && p99 <= max, "{p50} {p99} {max}");
     assert!(u(&v, "p999_us") <= max && u(&v, "p99_us") <= u(&v, "p999_us"));
     assert!(u(&v, "broker_peak_rss_bytes") > 1 << 20, "the broker's RSS");
+    // A closed loop has no intended send times apart from the sends themselves.
+    assert!(v["send_delay_p999_us"].is_null(), "{v}");
     assert_eq!(v["broker_pid_source"], "spawn");
     // The serialized histogram (HdrHistogram V2) holds every measured record.
     let bytes = std::fs::read(&hdr).expect("hdr file written");
@@ -171,6 +173,17 @@ fn open_loop_reaches_a_low_rate_and_e2e_measures_consumers() {
     assert_eq!(u(&v, "consumed_records"), records);
     let (p50, max) = (u(&v, "e2e_p50_us"), u(&v, "e2e_max_us"));
     assert!(0 < p50 && p50 <= u(&v, "e2e_p99_us") && u(&v, "e2e_p99_us") <= max);
+    // The load generator's own delay is measured and is part of produce-to-ack.
+    let (d50, d999, dmax) = (
+        u(&v, "send_delay_p50_us"),
+        u(&v, "send_delay_p999_us"),
+        u(&v, "send_delay_max_us"),
+    );
+    assert!(
+        0 < d50 && d50 <= d999 && d999 <= dmax,
+        "{d50} {d999} {dmax}"
+    );
+    assert!(dmax <= u(&v, "max_us"), "{dmax} > {}", u(&v, "max_us"));
 }
 
 /// `--group`: two members of one consumer group, one replaced every 1.5 s while the
