@@ -19,12 +19,13 @@ mod leader;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compio::net::ToSocketAddrsAsync;
 use compio::runtime::JoinHandle;
 use sluice_proto::Offset;
 use sluice_proto::protocol::ErrorCode;
@@ -425,17 +426,45 @@ impl ShardReplication {
     }
 }
 
+/// Peer hosts of brokers looked up during one [`apply_view`]: each at most once.
+type ResolvedHosts = HashMap<NodeId, Option<IpAddr>>;
+
 /// The address of `broker`'s shard `shard` replication endpoint.
-fn replica_addr(state: &ClusterState, broker: NodeId, shard: usize) -> Option<SocketAddr> {
+async fn replica_addr(
+    state: &ClusterState,
+    resolved: &mut ResolvedHosts,
+    broker: NodeId,
+    shard: usize,
+) -> Option<SocketAddr> {
     let reg = &state.brokers.get(&broker)?.registration;
     let port = u16::try_from(usize::from(reg.peer_port) + 1 + shard).ok()?;
-    let host = reg.peer_host.as_str();
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
+    let ip = match resolved.get(&broker) {
+        Some(ip) => *ip,
+        None => {
+            let ip = resolve_peer_host(&reg.peer_host, broker).await;
+            resolved.insert(broker, ip);
+            ip
+        }
+    };
+    Some(SocketAddr::new(ip?, port))
+}
+
+/// A broker's peer host as an address: an IP literal as it is, a host name looked up on a
+/// blocking thread (getaddrinfo blocks; on the shard's thread it would stall every
+/// partition of the shard for as long as the lookup takes). The first address wins, as
+/// for the controller's voters.
+async fn resolve_peer_host(host: &str, broker: NodeId) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
     }
-    // A host name: resolved here (rare; registrations usually carry addresses).
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next(),
+    match (host, 0).to_socket_addrs_async().await {
+        Ok(mut addrs) => {
+            let ip = addrs.next().map(|a| a.ip());
+            if ip.is_none() {
+                tracing::warn!(broker, host, "a broker's peer host has no address");
+            }
+            ip
+        }
         Err(e) => {
             tracing::warn!(broker, host, error = %e, "cannot resolve a broker's peer host");
             None
@@ -554,6 +583,7 @@ pub(crate) async fn apply_view(shard: &Rc<Shard>, view: &Arc<ClusterView>) {
     let me = view.me;
     let partitions: Vec<Rc<Partition>> = shard.partitions.borrow().values().cloned().collect();
     let mut wanted: WantedFetchers = HashMap::new();
+    let mut resolved = ResolvedHosts::new();
     for p in partitions {
         p.replica.me.set(me);
         let state = view.state.partition(&p.topic, p.index);
@@ -634,7 +664,8 @@ pub(crate) async fn apply_view(shard: &Rc<Shard>, view: &Arc<ClusterView>) {
                         .map_or(0, |b| usize::from(b.registration.shards));
                     if leader_shards > 0 {
                         let lshard = shard_for(&p.topic, p.index, leader_shards);
-                        if let Some(addr) = replica_addr(&view.state, leader, lshard) {
+                        let addr = replica_addr(&view.state, &mut resolved, leader, lshard).await;
+                        if let Some(addr) = addr {
                             wanted
                                 .entry((leader, lshard))
                                 .or_insert_with(|| (addr, BTreeMap::new()))
@@ -815,6 +846,23 @@ mod tests {
         assert_eq!(min_insync(&state, "c"), 1);
         assert_eq!(min_insync(&state, "d"), 1);
         assert_eq!(min_insync(&state, "missing"), 1);
+    }
+
+    #[test]
+    fn peer_hosts_resolve_off_the_shard_thread_or_are_taken_as_addresses() {
+        compio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let v4 = resolve_peer_host("127.0.0.1", 1).await;
+                assert_eq!(v4, Some(IpAddr::from([127, 0, 0, 1])));
+                let v6 = resolve_peer_host("::1", 1).await;
+                assert_eq!(v6, Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)));
+                // A name (every resolver knows localhost), looked up on a blocking thread.
+                let named = resolve_peer_host("localhost", 1).await;
+                assert!(named.is_some_and(|ip| ip.is_loopback()), "{named:?}");
+                // `.invalid` never resolves (RFC 6761): no address, and no panic.
+                assert_eq!(resolve_peer_host("no-such-peer.invalid", 1).await, None);
+            });
     }
 
     #[test]
