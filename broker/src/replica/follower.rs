@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{Either, select};
+use futures_util::future::{Either, join_all, select};
 use sluice_proto::protocol::ErrorCode;
 use sluice_proto::{BatchHeader, Limits, Offset, peek_batch_length};
 use sluice_replication::NodeId;
@@ -19,7 +19,7 @@ use sluice_replication::replica::{
     REPLICA_FETCH_PARTITIONS_MAX,
 };
 use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, TransportError};
-use sluice_storage::{LogError, system_clock_ms};
+use sluice_storage::{Durable, LogError, system_clock_ms};
 
 use super::{REPLICA_BACKOFF_MAX, REPLICA_BACKOFF_MIN, REPLICA_FETCH_WAIT_MS, Role};
 use crate::shard::Shard;
@@ -124,6 +124,9 @@ pub(super) async fn run(
         };
         let mut progress = false;
         let mut errors = false;
+        // Every partition's batches are appended first, then all are made durable at once:
+        // each log's fdatasync runs beside the others' instead of one after another.
+        let mut appended = Vec::with_capacity(response.partitions.len());
         for (asked, got) in request.partitions.iter().zip(&response.partitions) {
             if asked.topic != got.topic || asked.partition != got.partition {
                 errors = true;
@@ -133,6 +136,13 @@ pub(super) async fn run(
                 continue;
             };
             match apply(&p, leader, asked, got).await {
+                Ok(Applied::Moved(moved)) => progress |= moved,
+                Ok(Applied::Appended(done)) => appended.push(done),
+                Err(()) => errors = true,
+            }
+        }
+        for done in join_all(appended.into_iter().map(AppendedAnswer::finish)).await {
+            match done {
                 Ok(moved) => progress |= moved,
                 Err(()) => errors = true,
             }
@@ -222,15 +232,54 @@ fn follows(p: &Partition, leader: NodeId, epoch: u32) -> bool {
         Role::Follower { leader: l, leader_epoch } if *l == leader && *leader_epoch == epoch)
 }
 
-/// Applies one partition's answer. `Ok(true)`: the log moved (appended or truncated).
+/// What applying one partition's answer did.
+enum Applied {
+    /// Done; whether the log moved (truncated).
+    Moved(bool),
+    /// Its batches (if any) are appended; [`AppendedAnswer::finish`] completes it.
+    Appended(AppendedAnswer),
+}
+
+/// A partition whose fetched batches are appended, not yet durable.
+struct AppendedAnswer {
+    p: Rc<Partition>,
+    /// Resolves when the last appended batch is durable; `None`: nothing was appended.
+    durable: Option<Durable>,
+    /// The leader's high watermark in the answer.
+    high_watermark: u64,
+}
+
+impl AppendedAnswer {
+    /// Waits until the batches are durable, then takes the leader's high watermark. The next
+    /// fetch reports the durable end that the leader's high watermark counts: waiting here
+    /// keeps an acks=all producer from waiting for one more long poll. `Ok(true)`: batches
+    /// were appended.
+    async fn finish(self) -> Result<bool, ()> {
+        let p = &self.p;
+        let appended = self.durable.is_some();
+        if let Some(durable) = self.durable
+            && let Err(e) = durable.await
+        {
+            tracing::error!(topic = %p.topic, partition = p.index, error = %e, "replica batches not durable");
+            return Err(());
+        }
+        let before = p.log.high_watermark();
+        if p.log.set_high_watermark(Offset(self.high_watermark)) != before {
+            p.replica.notify();
+        }
+        Ok(appended)
+    }
+}
+
+/// Applies one partition's answer: truncates, or appends its batches.
 async fn apply(
     p: &Rc<Partition>,
     leader: NodeId,
     asked: &FetchPartition,
     got: &FetchedPartition,
-) -> Result<bool, ()> {
+) -> Result<Applied, ()> {
     if !follows(p, leader, asked.leader_epoch) {
-        return Ok(false);
+        return Ok(Applied::Moved(false));
     }
     let code = ErrorCode(got.error);
     if code == ErrorCode::OFFSET_OUT_OF_RANGE && asked.fetch_offset < got.log_start {
@@ -242,7 +291,7 @@ async fn apply(
             .truncate_fully_and_start_at(Offset(got.log_start))
             .await
         {
-            Ok(()) => rebuild_producers(p).await,
+            Ok(()) => rebuild_producers(p).await.map(Applied::Moved),
             Err(e) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot start over");
                 Err(())
@@ -276,10 +325,10 @@ async fn apply(
             leader_end_offset = d.end_offset, log_end = end, truncate_to = to,
             "log diverges from the leader's; truncating");
         return match p.log.truncate_to(Offset(to)).await {
-            Ok(_) => rebuild_producers(p).await,
+            Ok(_) => rebuild_producers(p).await.map(Applied::Moved),
             Err(LogError::OffsetOutOfRange { .. }) => {
                 match p.log.truncate_fully_and_start_at(Offset(to)).await {
-                    Ok(()) => rebuild_producers(p).await,
+                    Ok(()) => rebuild_producers(p).await.map(Applied::Moved),
                     Err(e) => {
                         tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot truncate");
                         Err(())
@@ -335,18 +384,9 @@ async fn apply(
             }
         }
     }
-    // The next fetch reports the durable end the leader's high watermark counts: wait for
-    // it, so an acks=all producer does not wait for one more long poll.
-    let appended = last.is_some();
-    if let Some(durable) = last
-        && let Err(e) = durable.await
-    {
-        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "replica batches not durable");
-        return Err(());
-    }
-    let before = p.log.high_watermark();
-    if p.log.set_high_watermark(Offset(got.high_watermark)) != before {
-        p.replica.notify();
-    }
-    Ok(appended)
+    Ok(Applied::Appended(AppendedAnswer {
+        p: p.clone(),
+        durable: last,
+        high_watermark: got.high_watermark,
+    }))
 }
