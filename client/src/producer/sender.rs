@@ -298,6 +298,21 @@ fn settle_request(
                         let seq = b.complete(Some(p.base_offset));
                         shared.lock().finished(&tp, seq);
                     }
+                    Some(p)
+                        if p.error == ErrorCode::DUPLICATE_SEQUENCE_NUMBER
+                            && b.sequence.is_some() =>
+                    {
+                        // Kafka's rule: the partition has this batch already (its sequence
+                        // is below the last one written, older than the batches whose
+                        // offsets it keeps), so it is in the log, at an offset no longer
+                        // known: delivered, offset -1. A retry of a batch whose answer was
+                        // lost, after later batches landed, gets this.
+                        tracing::debug!(tp = %b.tp, sequence = ?b.sequence,
+                            "the partition had this batch already; delivered, offset unknown");
+                        let tp = b.tp.clone();
+                        let seq = b.complete(None);
+                        shared.lock().finished(&tp, seq);
+                    }
                     Some(p) => {
                         let error = partition_error(shared, &b, p.error, &p.message);
                         settle_failure(shared, b, error);
