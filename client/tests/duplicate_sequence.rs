@@ -5,33 +5,18 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+mod fake_broker;
+
+use fake_broker::{answer, read_request};
 use sluice_client::{Acks, Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use sluice_proto::protocol::{
-    ApiKey, ApiVersionsResponse, BrokerMetadata, ErrorCode, FRAME_PREFIX_BYTES,
-    InitProducerIdResponse, MetadataResponse, PartitionMetadata, ProducePartitionResult,
-    ProduceResponse, ProduceTopicResult, Reader, RequestHeader, ShardAddress, TopicMetadata, Wire,
-    api_version_ranges, encode_response,
+    ApiKey, ApiVersionsResponse, BrokerMetadata, ErrorCode, InitProducerIdResponse,
+    MetadataResponse, PartitionMetadata, ProducePartitionResult, ProduceResponse,
+    ProduceTopicResult, ShardAddress, TopicMetadata, api_version_ranges,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const TOPIC: &str = "dup";
-
-/// Reads one request frame's header; `None` at end of stream.
-async fn read_request(stream: &mut TcpStream) -> Option<RequestHeader> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    stream.read_exact(&mut prefix).await.ok()?;
-    let mut payload = BytesMut::zeroed(u32::from_le_bytes(prefix) as usize);
-    stream.read_exact(&mut payload).await.ok()?;
-    RequestHeader::decode(&mut Reader::new(payload)).ok()
-}
-
-async fn answer<T: Wire>(stream: &mut TcpStream, correlation_id: u32, body: &T) {
-    for chunk in encode_response(correlation_id, body) {
-        stream.write_all(&chunk).await.expect("write");
-    }
-}
 
 /// One node, one shard, topic `dup` with one partition; every Produce is answered `code`
 /// for partition 0 (base offset 41 when that is NONE).

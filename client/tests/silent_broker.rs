@@ -5,23 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use sluice_client::{Client, ClientConfig, ClientError};
-use sluice_proto::protocol::{
-    ApiVersionsResponse, FRAME_PREFIX_BYTES, Reader, RequestHeader, api_version_ranges,
-    encode_response,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+mod fake_broker;
 
-/// Reads one request frame; `None` at end of stream.
-async fn read_request(stream: &mut TcpStream) -> Option<RequestHeader> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    stream.read_exact(&mut prefix).await.ok()?;
-    let mut payload = BytesMut::zeroed(u32::from_le_bytes(prefix) as usize);
-    stream.read_exact(&mut payload).await.ok()?;
-    RequestHeader::decode(&mut Reader::new(payload)).ok()
-}
+use fake_broker::{answer, read_request};
+use sluice_client::{Client, ClientConfig, ClientError};
+use sluice_proto::protocol::{ApiVersionsResponse, api_version_ranges};
+use tokio::net::TcpListener;
 
 /// Answers ApiVersions when `handshake` is set, then reads and ignores everything.
 async fn serve(listener: TcpListener, handshake: bool, accepted: Arc<AtomicUsize>) {
@@ -39,9 +28,7 @@ async fn serve(listener: TcpListener, handshake: bool, accepted: Arc<AtomicUsize
                         shard: 0,
                         shard_count: 1,
                     };
-                    for chunk in encode_response(header.correlation_id, &body) {
-                        stream.write_all(&chunk).await.expect("write");
-                    }
+                    answer(&mut stream, header.correlation_id, &body).await;
                 }
             }
         });
