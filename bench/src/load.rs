@@ -278,6 +278,11 @@ pub(crate) struct LoadArgs {
     /// Send everything to the bootstrap address and let the broker forward between shards.
     #[arg(long)]
     no_shard_aware: bool,
+    /// Worker threads of the load generator's runtime [default: one per producer and
+    /// consumer, at most the machine's cores]. On a machine it shares with the broker, every
+    /// extra thread's hand-offs cost CPU the broker could have used.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -327,6 +332,8 @@ pub(crate) struct LoadOutput {
     pub partitions: u32,
     pub producers: usize,
     pub consumers: usize,
+    /// Worker threads of the load generator's runtime (`--threads`).
+    pub bench_threads: usize,
     pub acks: AcksArg,
     pub compression: CompressionArg,
     pub keys: String,
@@ -588,8 +595,29 @@ impl Clock {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// `--threads`, or one worker per producer and consumer of `mode`, at most the machine's
+/// cores.
+fn worker_threads(mode: Mode, args: &LoadArgs) -> usize {
+    if let Some(n) = args.threads {
+        return usize::from(n);
+    }
+    let producers = if mode == Mode::Consume {
+        0
+    } else {
+        args.producers
+    };
+    let consumers = if mode == Mode::Produce {
+        0
+    } else {
+        args.consumers
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (producers + consumers).clamp(1, cores)
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))
@@ -648,7 +676,7 @@ pub(crate) fn run(mode: Mode, args: &LoadArgs) -> Result<LoadOutput, String> {
             }
         }
     };
-    let rt = runtime()?;
+    let rt = runtime(worker_threads(mode, args))?;
     let result = rt.block_on(async {
         tokio::select! {
             r = workload(mode, args, &brokers, broker_pid, pid_source) => r,
@@ -1072,6 +1100,7 @@ async fn workload(
         } else {
             args.consumers
         },
+        bench_threads: tokio::runtime::Handle::current().metrics().num_workers(),
         acks: args.acks,
         compression: args.compression,
         keys,

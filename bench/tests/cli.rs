@@ -116,6 +116,8 @@ fn produce_spawn_prints_one_json_object_with_sane_figures_and_cleans_up() {
     assert_eq!(u(&v, "records"), 2048, "1 MiB of 512-byte records");
     assert_eq!(u(&v, "errors"), 0);
     assert_eq!(u(&v, "partitions"), 2);
+    // One producer: one worker thread by default.
+    assert_eq!(u(&v, "bench_threads"), 1, "{v}");
     assert!(f(&v, "records_per_s") > 0.0);
     assert!(f(&v, "mb_per_s") > 0.0);
     let (p50, p99, max) = (u(&v, "p50_us"), u(&v, "p99_us"), u(&v, "max_us"));
@@ -158,11 +160,14 @@ fn open_loop_reaches_a_low_rate_and_e2e_measures_consumers() {
         "1",
         "--record-bytes",
         "100",
+        "--threads",
+        "3",
         "--json",
         "--quiet",
     ]);
     let v = json_of(&out);
     assert_eq!(v["loop_mode"], "open");
+    assert_eq!(u(&v, "bench_threads"), 3, "{v}");
     assert_eq!(v["rate_reached"], true, "{v}");
     let rate = f(&v, "records_per_s");
     assert!((360.0..=440.0).contains(&rate), "400/s ± 10%: {rate}");
