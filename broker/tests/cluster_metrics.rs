@@ -159,6 +159,26 @@ fn the_leader_reports_isr_lag_and_under_replication() {
         !on_follower.contains_key(&part("sluice_partition_isr_size")),
         "a follower reports no ISR size"
     );
+    // The follower's fetch rounds: every written batch came through them, and each phase
+    // of a round that brought batches was timed. The leader follows nothing here.
+    let produced = samples[&part("sluice_partition_produce_bytes_total")];
+    assert!(produced > 0.0, "{samples:?}");
+    assert!(
+        on_follower["sluice_replica_fetched_bytes_total"] >= produced,
+        "the follower fetched {} bytes of the {produced} written",
+        on_follower["sluice_replica_fetched_bytes_total"]
+    );
+    let rounds = |s: &BTreeMap<String, f64>, phase: &str| {
+        s[&format!("sluice_replica_fetch_phase_seconds_count{{phase=\"{phase}\"}}")]
+    };
+    for phase in ["round_trip", "append", "durable"] {
+        assert!(
+            rounds(&on_follower, phase) >= 1.0,
+            "{phase}: {on_follower:?}"
+        );
+        assert_eq!(rounds(&samples, phase), 0.0, "the leader fetched: {phase}");
+    }
+    assert_eq!(samples["sluice_replica_fetched_bytes_total"], 0.0);
     assert_eq!(
         on_follower.get("sluice_under_replicated_partitions"),
         Some(&0.0)

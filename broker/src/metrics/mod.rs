@@ -71,6 +71,39 @@ struct ShardMetrics {
     throttle_us: Cell<u64>,
     /// Consumer-group lag: (group, topic, partition) → records behind the high watermark.
     group_lag: RefCell<HashMap<(String, String, u32), i64>>,
+    /// The follower's fetch rounds, by phase ([`FetchPhase`]).
+    replica_fetch: RefCell<[LatencyHistogram; FetchPhase::ALL.len()]>,
+    /// Record-batch bytes this shard's followers fetched from leaders.
+    replica_fetched_bytes: Cell<u64>,
+}
+
+/// The phases of one follower fetch round, one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FetchPhase {
+    /// From sending the fetch request to holding the whole answer (the leader's long poll,
+    /// its read and the transfer).
+    RoundTrip,
+    /// Appending the answer's batches to the logs (waits for write buffers included).
+    Append,
+    /// Waiting for the appended batches to be durable (their fdatasyncs).
+    Durable,
+}
+
+impl FetchPhase {
+    pub(crate) const ALL: [FetchPhase; 3] = [
+        FetchPhase::RoundTrip,
+        FetchPhase::Append,
+        FetchPhase::Durable,
+    ];
+
+    /// The `phase` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FetchPhase::RoundTrip => "round_trip",
+            FetchPhase::Append => "append",
+            FetchPhase::Durable => "durable",
+        }
+    }
 }
 
 thread_local! {
@@ -159,6 +192,19 @@ pub(crate) fn error(api: &'static str, code: ErrorCode) {
         return;
     }
     SHARD.with(|m| *m.errors.borrow_mut().entry((api, code)).or_default() += 1);
+}
+
+/// A follower fetch round spent `took` in `phase`.
+pub(crate) fn replica_fetch_phase(phase: FetchPhase, took: Duration) {
+    SHARD.with(|m| m.replica_fetch.borrow_mut()[phase as usize].record(took));
+}
+
+/// A follower's fetch answer brought `bytes` of record batches.
+pub(crate) fn replica_fetched(bytes: u64) {
+    SHARD.with(|m| {
+        m.replica_fetched_bytes
+            .set(m.replica_fetched_bytes.get().saturating_add(bytes));
+    });
 }
 
 /// A reader waited `waited` for a budget (request bytes or fetch bytes).
@@ -294,6 +340,10 @@ pub(crate) struct ShardSnapshot {
     pub(crate) committed: Vec<(String, String, u32, i64)>,
     /// Replication state of the partitions the shard holds, at most [`PARTITION_SERIES_MAX`].
     pub(crate) replicas: Vec<ReplicaSample>,
+    /// The follower fetch rounds' phases, indexed by [`FetchPhase`].
+    pub(crate) replica_fetch: [LatencyHistogram; FetchPhase::ALL.len()],
+    /// Record-batch bytes fetched from leaders.
+    pub(crate) replica_fetched_bytes: u64,
     /// Partitions the shard leads whose committed ISR is smaller than their replica list
     /// (every one of them, not bounded by the series limit).
     pub(crate) under_replicated: u64,
@@ -397,6 +447,8 @@ pub(crate) fn snapshot(shard: &Shard) -> ShardSnapshot {
             committed,
             replicas,
             under_replicated,
+            replica_fetch: m.replica_fetch.borrow().clone(),
+            replica_fetched_bytes: m.replica_fetched_bytes.get(),
         }
     })
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use sluice_storage::{LATENCY_BUCKETS_US, LatencyHistogram};
 
-use super::{LeaderSample, ReplicaSample, ShardSnapshot, Traffic};
+use super::{FetchPhase, LeaderSample, ReplicaSample, ShardSnapshot, Traffic};
 
 /// A label value with `\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
@@ -356,6 +356,33 @@ fn replication(out: &mut String, snapshots: &[ShardSnapshot]) {
     );
     let under: u64 = snapshots.iter().map(|s| s.under_replicated).sum();
     let _ = writeln!(out, "sluice_under_replicated_partitions {under}");
+
+    header(
+        out,
+        "sluice_replica_fetch_phase_seconds",
+        "histogram",
+        "This node's follower fetch rounds by phase: round_trip (request to whole answer: the leader's long poll, read and transfer), append (the answer's batches into the logs), durable (their fdatasyncs).",
+    );
+    for phase in FetchPhase::ALL {
+        let mut h = LatencyHistogram::default();
+        for s in snapshots {
+            h.merge(&s.replica_fetch[phase as usize]);
+        }
+        histogram(
+            out,
+            "sluice_replica_fetch_phase_seconds",
+            &format!("phase=\"{}\"", phase.label()),
+            &h,
+        );
+    }
+    header(
+        out,
+        "sluice_replica_fetched_bytes_total",
+        "counter",
+        "Record-batch bytes this node's followers fetched from leaders.",
+    );
+    let fetched: u64 = snapshots.iter().map(|s| s.replica_fetched_bytes).sum();
+    let _ = writeln!(out, "sluice_replica_fetched_bytes_total {fetched}");
 
     // A partition lives on one shard; sorted for a stable output.
     let mut samples: Vec<&ReplicaSample> = snapshots.iter().flat_map(|s| &s.replicas).collect();

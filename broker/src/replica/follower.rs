@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{Either, join_all, select};
@@ -22,6 +22,7 @@ use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, Tra
 use sluice_storage::{Durable, LogError, system_clock_ms};
 
 use super::{REPLICA_BACKOFF_MAX, REPLICA_BACKOFF_MIN, REPLICA_FETCH_WAIT_MS, Role};
+use crate::metrics::{self, FetchPhase};
 use crate::shard::Shard;
 use crate::shard::partition::Partition;
 use crate::shard::producer_state::ProducerStates;
@@ -94,6 +95,7 @@ pub(super) async fn run(
             }
             continue;
         }
+        let asked_at = Instant::now();
         let sent = Box::pin(c.request(FrameKind::ReplicaFetchRequest, request.encode()));
         let frame = match select(sent, Box::pin(stop.recv_async())).await {
             Either::Left((Ok(f), _)) => f,
@@ -122,6 +124,15 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let answered_at = Instant::now();
+        metrics::replica_fetch_phase(FetchPhase::RoundTrip, answered_at - asked_at);
+        metrics::replica_fetched(
+            response
+                .partitions
+                .iter()
+                .map(|p| p.records.len() as u64)
+                .sum(),
+        );
         let mut progress = false;
         let mut errors = false;
         // Every partition's batches are appended first, then all are made durable at once:
@@ -141,12 +152,15 @@ pub(super) async fn run(
                 Err(()) => errors = true,
             }
         }
+        let appended_at = Instant::now();
+        metrics::replica_fetch_phase(FetchPhase::Append, appended_at - answered_at);
         for done in join_all(appended.into_iter().map(AppendedAnswer::finish)).await {
             match done {
                 Ok(moved) => progress |= moved,
                 Err(()) => errors = true,
             }
         }
+        metrics::replica_fetch_phase(FetchPhase::Durable, appended_at.elapsed());
         if errors && !progress {
             if sleep_or_stop(fail(&mut backoff), &stop).await {
                 break;
