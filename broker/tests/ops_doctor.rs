@@ -972,3 +972,50 @@ fn kubernetes_statefulset_parses_and_its_config_is_accepted() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["shards"], 4, "the config's shards were read");
 }
+
+/// A cluster node's doctor looks at `net.core.rmem_max` (the cap on the replication
+/// sockets' receive buffers); a broker running alone has no replication socket to size.
+#[test]
+fn a_cluster_node_checks_the_udp_receive_buffer_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\ncluster = \"127.0.0.1:9192,127.0.0.1:9193,127.0.0.1:9194\"\n\
+             node_id = 0\ncert_dir = \"{}\"\n",
+            data.display(),
+            dir.path().join("certs").display()
+        ),
+    )
+    .expect("write config");
+    let (code, report) = doctor_json(&["--config", config.to_str().expect("utf8")], None);
+    assert_eq!(code, 0, "{report:#}");
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("read rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let f = finding(&report, "udp_recv_buffer");
+    let wanted = sluice_replication::transport::PEER_SOCKET_RECV_BUFFER_BYTES as u64;
+    let expected = if rmem_max >= wanted { "ok" } else { "warning" };
+    assert_eq!(f["severity"], expected, "rmem_max {rmem_max}: {f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&rmem_max.to_string())),
+        "{f}"
+    );
+
+    let alone = tempfile::tempdir().expect("tempdir");
+    let (_, report) = doctor_json(&["--data-dir", alone.path().to_str().expect("utf8")], None);
+    assert!(
+        report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .all(|f| f["check"] != "udp_recv_buffer"),
+        "{report:#}"
+    );
+}

@@ -20,8 +20,8 @@ use sluice_replication::cert::{self, node_cert_file, node_key_file};
 use sluice_replication::tls::{PEER_ALPN, PeerTls, ring_provider};
 use sluice_replication::transport::{
     CloseCode, ErrorBody, Frame, FrameKind, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_FRAME_BYTES_MAX,
-    PeerConfig, PeerConnection, PeerEndpoint, PeerEndpointStats, PeerIncoming, StreamCode,
-    TransportError,
+    PEER_SOCKET_RECV_BUFFER_BYTES, PeerConfig, PeerConnection, PeerEndpoint, PeerEndpointStats,
+    PeerIncoming, StreamCode, TransportError,
 };
 
 const SERVER_NODE: NodeId = 0;
@@ -1118,3 +1118,26 @@ fn dropping_the_runtime_frees_the_port() {
 
 /// How long the kernel may take to release a dropped runtime's sockets.
 const RING_TEARDOWN_MAX: Duration = Duration::from_secs(1);
+
+/// The endpoint asks for a receive buffer of `PEER_SOCKET_RECV_BUFFER_BYTES`: Linux grants
+/// up to `net.core.rmem_max` and reports twice what it granted.
+#[test]
+fn the_endpoint_asks_for_a_large_socket_receive_buffer() {
+    let dir = certs(&[0]);
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("read net.core.rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    runtime().block_on(async {
+        let tls = PeerTls::load(dir.path(), 0).expect("tls");
+        let endpoint = PeerEndpoint::bind(any_addr(), &tls, &[])
+            .await
+            .expect("bind");
+        assert_eq!(
+            endpoint.recv_buffer_bytes(),
+            2 * PEER_SOCKET_RECV_BUFFER_BYTES.min(rmem_max),
+            "net.core.rmem_max = {rmem_max}"
+        );
+    });
+}

@@ -369,6 +369,40 @@ pub(crate) fn cpus(shards: usize, available: usize) -> Finding {
     }
 }
 
+/// `net.core.rmem_max`, which caps the replication endpoints' UDP receive buffers.
+pub(crate) fn rmem_max_sysctl() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the kernel lets the replication endpoints have the receive buffer they ask for.
+pub(crate) fn udp_recv_buffer(rmem_max: Option<usize>) -> Finding {
+    const WANTED: usize = sluice_replication::transport::PEER_SOCKET_RECV_BUFFER_BYTES;
+    match rmem_max {
+        None => Finding::warning(
+            "udp_recv_buffer",
+            "cannot read net.core.rmem_max",
+            "check /proc/sys/net/core/rmem_max is readable",
+        ),
+        Some(max) if max < WANTED => Finding::warning(
+            "udp_recv_buffer",
+            format!(
+                "net.core.rmem_max is {max} bytes: replication (QUIC over UDP) gets that much \
+                 receive buffer instead of {WANTED}, and drops datagrams (each one halves the \
+                 flow's congestion window) whenever a shard reads its socket late"
+            ),
+            format!("sysctl -w net.core.rmem_max={WANTED} (and in /etc/sysctl.d/ to keep it)"),
+        ),
+        Some(max) => Finding::ok(
+            "udp_recv_buffer",
+            format!("net.core.rmem_max is {max} bytes (replication asks for {WANTED})"),
+        ),
+    }
+}
+
 /// The directory the filesystem checks look at: `data_dir`, or its nearest existing
 /// ancestor when it does not exist yet (serve creates it).
 pub(crate) fn existing_dir(data_dir: &Path) -> Result<PathBuf, Finding> {
@@ -775,6 +809,20 @@ mod tests {
         assert_eq!(free_space(100 * GIB, 200 * GIB).severity, Severity::Ok);
         assert_eq!(free_space(GIB / 2, 200 * GIB).severity, Severity::Warning);
         assert_eq!(free_space(5 * GIB, 100 * GIB).severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_small_rmem_max_is_a_warning_naming_the_sysctl() {
+        let wanted = sluice_replication::transport::PEER_SOCKET_RECV_BUFFER_BYTES;
+        let small = udp_recv_buffer(Some(212_992));
+        assert_eq!(small.severity, Severity::Warning);
+        assert!(
+            small.fix.contains(&format!("net.core.rmem_max={wanted}")),
+            "{}",
+            small.fix
+        );
+        assert_eq!(udp_recv_buffer(Some(wanted)).severity, Severity::Ok);
+        assert_eq!(udp_recv_buffer(None).severity, Severity::Warning);
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub(crate) struct CheckInput<'a> {
     pub(crate) allow_epoll_fallback: bool,
     /// Run the disk probe (doctor only).
     pub(crate) probe_disk: bool,
+    /// Whether the broker is configured as a cluster node (replication over QUIC).
+    pub(crate) cluster: bool,
 }
 
 /// Every finding, and the I/O driver the broker would run on.
@@ -169,6 +171,9 @@ pub(crate) fn run_checks(input: &CheckInput<'_>) -> Report {
     ));
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     findings.push(checks::cpus(input.shards, available));
+    if input.cluster {
+        findings.push(checks::udp_recv_buffer(checks::rmem_max_sysctl()));
+    }
     findings.extend(filesystem_checks(input));
     Report {
         findings,
@@ -289,6 +294,7 @@ pub fn doctor_main(args: DoctorArgs) -> ExitCode {
         shards: config.shards,
         allow_epoll_fallback: config.allow_epoll_fallback,
         probe_disk: args.probe_disk,
+        cluster: config.cluster.is_some(),
     });
     let text = if args.json {
         let errors = report.with(Severity::Error).count();
@@ -361,6 +367,7 @@ pub(crate) fn startup_checks(config: &BrokerConfig) -> Result<IoDriver, Vec<Stri
         shards: config.shards,
         allow_epoll_fallback: config.allow_epoll_fallback,
         probe_disk: false,
+        cluster: config.cluster.is_some(),
     });
     let errors: Vec<String> = report
         .with(Severity::Error)

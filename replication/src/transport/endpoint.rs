@@ -16,8 +16,8 @@ use futures_util::{FutureExt, StreamExt};
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use super::config::{
-    PEER_CONNECTIONS_MAX, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_PENDING_HANDSHAKES_MAX, PeerConfig,
-    transport_config,
+    PEER_CONNECTIONS_MAX, PEER_ENDPOINT_SHUTDOWN_TIMEOUT, PEER_PENDING_HANDSHAKES_MAX,
+    PEER_SOCKET_RECV_BUFFER_BYTES, PeerConfig, transport_config,
 };
 use super::connection::PeerConnection;
 use super::error::{CloseCode, TransportError};
@@ -40,6 +40,22 @@ pub struct PeerEndpointStats {
     pub refused_busy: u64,
 }
 
+/// Asks for a receive buffer of [`PEER_SOCKET_RECV_BUFFER_BYTES`] and returns the size the
+/// kernel reports (`net.core.rmem_max` caps it). Not fatal: the endpoint works with any
+/// buffer, it only drops more datagrams under load.
+fn size_recv_buffer(socket: &compio::net::UdpSocket, local: SocketAddr) -> usize {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(PEER_SOCKET_RECV_BUFFER_BYTES) {
+        tracing::warn!(%local, error = %e, "cannot size the peer socket's receive buffer");
+    }
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice the granted size; `sluice doctor` warns when net.core.rmem_max
+    // holds it under what is asked.
+    tracing::debug!(%local, granted_bytes = granted / 2, wanted_bytes = PEER_SOCKET_RECV_BUFFER_BYTES,
+        "peer socket receive buffer");
+    granted
+}
+
 /// A QUIC endpoint with mutual TLS on the current compio runtime.
 ///
 /// Dropping it is [`shutdown`](Self::shutdown) without the wait: it closes every connection
@@ -50,6 +66,8 @@ pub struct PeerEndpoint {
     endpoint: Endpoint,
     node: NodeId,
     addr: SocketAddr,
+    /// The socket's receive buffer as the kernel reports it.
+    recv_buffer_bytes: usize,
     client_config: ClientConfig,
     config: PeerConfig,
     state: Rc<AcceptState>,
@@ -165,6 +183,7 @@ impl PeerEndpoint {
         let local = socket
             .local_addr()
             .map_err(|source| TransportError::Bind { addr, source })?;
+        let recv_buffer_bytes = size_recv_buffer(&socket, local);
         let endpoint = Endpoint::new(
             socket,
             EndpointConfig::default(),
@@ -210,6 +229,7 @@ impl PeerEndpoint {
             endpoint,
             node: tls.node_id(),
             addr: local,
+            recv_buffer_bytes,
             client_config,
             config,
             state,
@@ -233,6 +253,12 @@ impl PeerEndpoint {
     /// Replaces the set of nodes that may connect (existing connections stay).
     pub fn set_allowed_nodes(&self, nodes: &[NodeId]) {
         *self.state.allowed.borrow_mut() = nodes.iter().copied().collect();
+    }
+
+    /// The UDP socket's receive buffer in bytes as the kernel reports it (on Linux twice
+    /// what it granted of [`PEER_SOCKET_RECV_BUFFER_BYTES`]).
+    pub fn recv_buffer_bytes(&self) -> usize {
+        self.recv_buffer_bytes
     }
 
     /// The counters so far.
