@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use compio::runtime::JoinHandle;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Offset, RecordBatch};
@@ -295,6 +295,24 @@ struct Shared {
     io: RefCell<LogIoStats>,
 }
 
+/// A batch to append: a producer's, on which the log stamps its offsets and epoch in place,
+/// or one fetched from the leader, kept as it is (no copy of the fetched bytes).
+enum Incoming {
+    Stamp(BytesMut),
+    AsIs(Bytes),
+}
+
+impl std::ops::Deref for Incoming {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Incoming::Stamp(b) => b,
+            Incoming::AsIs(b) => b,
+        }
+    }
+}
+
 /// One partition's log. Not `Send`: it belongs to the shard that opened it.
 pub struct PartitionLog {
     shared: Rc<Shared>,
@@ -538,7 +556,7 @@ impl PartitionLog {
     /// After [`PartitionLog::become_leader`] each batch is also stamped with the leader
     /// epoch (a field outside the CRC, like the base offset).
     pub async fn append(&self, batch: BytesMut) -> LogResult<Appended> {
-        self.append_inner(batch, false).await
+        self.append_inner(Incoming::Stamp(batch)).await
     }
 
     /// The checks every appended batch passes before anything is written: its size against
@@ -562,10 +580,11 @@ impl PartitionLog {
         Ok(header)
     }
 
-    /// `append` (`replica == false`: offsets and epoch stamped here) or `append_replica`
-    /// (`true`: the batch keeps them, and must start at the log end).
-    async fn append_inner(&self, batch: BytesMut, replica: bool) -> LogResult<Appended> {
+    /// `append` ([`Incoming::Stamp`]: offsets and epoch stamped here) or `append_replica`
+    /// ([`Incoming::AsIs`]: the batch keeps them, and must start at the log end).
+    async fn append_inner(&self, batch: Incoming) -> LogResult<Appended> {
         let config = &self.shared.config;
+        let replica = matches!(batch, Incoming::AsIs(_));
         let header = self.check_batch_frame(&batch)?;
         let len = batch.len();
         loop {
@@ -609,7 +628,7 @@ impl PartitionLog {
                     file.set_allocating(true);
                     Step::Allocate(file, to)
                 } else {
-                    return self.append_now(&mut st, batch, now, replica);
+                    return self.append_now(&mut st, batch, now);
                 }
             };
             match step {
@@ -621,22 +640,20 @@ impl PartitionLog {
         }
     }
 
-    fn append_now(
-        &self,
-        st: &mut State,
-        mut batch: BytesMut,
-        now: i64,
-        replica: bool,
-    ) -> LogResult<Appended> {
+    fn append_now(&self, st: &mut State, batch: Incoming, now: i64) -> LogResult<Appended> {
         let config = &self.shared.config;
         let base_offset = st.next_offset;
-        if !replica {
-            sluice_proto::stamp_base_offset(&mut batch, base_offset);
-            if let Some(epoch) = st.repl.leader_epoch {
-                sluice_proto::stamp_leader_epoch(&mut batch, epoch);
+        let batch = match batch {
+            Incoming::Stamp(mut batch) => {
+                sluice_proto::stamp_base_offset(&mut batch, base_offset);
+                if let Some(epoch) = st.repl.leader_epoch {
+                    sluice_proto::stamp_leader_epoch(&mut batch, epoch);
+                }
+                batch.freeze()
             }
-        }
-        let batch = RecordBatch::from_bytes(batch.freeze(), &config.limits)?;
+            Incoming::AsIs(batch) => batch,
+        };
+        let batch = RecordBatch::from_bytes(batch, &config.limits)?;
         let next = batch.next_offset();
         let file = st.active().file.clone();
         let position = st.active().size;

@@ -249,7 +249,7 @@ fn a_leaders_log_refuses_replica_batches() {
         let batches = all_batches(&leader).await;
         other.become_leader(4).await.expect("the other log leads");
         let err = other
-            .append_replica(BytesMut::from(batches[0].as_bytes().as_ref()))
+            .append_replica(batches[0].as_bytes().clone())
             .await
             .err()
             .expect("replica batch on a leader's log refused");
@@ -257,7 +257,7 @@ fn a_leaders_log_refuses_replica_batches() {
         assert_eq!(other.offsets().log_end, Offset(0));
         other.become_follower();
         let a = other
-            .append_replica(BytesMut::from(batches[0].as_bytes().as_ref()))
+            .append_replica(batches[0].as_bytes().clone())
             .await
             .expect("a follower's log takes it");
         a.durable.await.expect("durable");
@@ -285,7 +285,7 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
         let batches = all_batches(&leader).await;
         for b in &batches[..3] {
             let a = follower
-                .append_replica(BytesMut::from(b.as_bytes().as_ref()))
+                .append_replica(b.as_bytes().clone())
                 .await
                 .expect("replica append");
             assert_eq!(a.base_offset, b.base_offset());
@@ -295,7 +295,7 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
         let end = follower.offsets().log_end;
         // A gap.
         let err = follower
-            .append_replica(BytesMut::from(batches[4].as_bytes().as_ref()))
+            .append_replica(batches[4].as_bytes().clone())
             .await
             .err()
             .expect("gap refused");
@@ -306,7 +306,7 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
         );
         // An overlap.
         let err = follower
-            .append_replica(BytesMut::from(batches[1].as_bytes().as_ref()))
+            .append_replica(batches[1].as_bytes().clone())
             .await
             .err()
             .expect("overlap refused");
@@ -316,7 +316,7 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
         let last = bad.len() - 1;
         bad[last] ^= 0x01;
         let err = follower
-            .append_replica(bad)
+            .append_replica(bad.freeze())
             .await
             .err()
             .expect("corrupt refused");
@@ -331,7 +331,7 @@ fn append_replica_refuses_gaps_overlaps_and_corruption() {
         assert_eq!(bytes_of(&all_batches(&follower).await), before);
         // The follower kept offsets and epochs as they were.
         let a = follower
-            .append_replica(BytesMut::from(batches[3].as_bytes().as_ref()))
+            .append_replica(batches[3].as_bytes().clone())
             .await
             .expect("next batch");
         a.durable.await.expect("durable");
@@ -498,7 +498,10 @@ fn truncate_fully_and_start_at_starts_an_empty_log_past_the_old_end() {
             let mut b = batch(tag);
             sluice_proto::stamp_base_offset(&mut b, Offset(base));
             sluice_proto::stamp_leader_epoch(&mut b, 7);
-            let a = log.append_replica(b.clone()).await.expect("replica append");
+            let a = log
+                .append_replica(b.clone().freeze())
+                .await
+                .expect("replica append");
             a.durable.await.expect("durable");
             base = a.last_offset.get() + 1;
             expected.push(b.to_vec());
@@ -852,7 +855,7 @@ impl Cluster {
         let batches = leader.read(from, 1 << 20).await.expect("leader read");
         for b in batches.into_iter().take(max) {
             let a = follower
-                .append_replica(BytesMut::from(b.as_bytes().as_ref()))
+                .append_replica(b.as_bytes().clone())
                 .await
                 .expect("replica append");
             a.durable.await.expect("durable");

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::{Either, join_all, select};
 use sluice_proto::protocol::ErrorCode;
 use sluice_proto::{BatchHeader, Limits, Offset, peek_batch_length};
@@ -380,7 +380,7 @@ async fn apply(
                 return Err(());
             }
         };
-        match p.log.append_replica(BytesMut::from(&batch[..])).await {
+        match p.log.append_replica(batch).await {
             Ok(appended) => {
                 // Idempotent producers' state follows the log, so that this replica
                 // deduplicates retries as the leader did if it takes over.

@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use sluice_proto::{BATCH_HEADER_BYTES, BatchHeader, Offset};
 
-use super::{Appended, PartitionLog, Shared, read_tail_block, wait_progress};
+use super::{Appended, Incoming, PartitionLog, Shared, read_tail_block, wait_progress};
 use crate::aligned::{align_down, align_up};
 use crate::config::READ_BYTES_MAX;
 use crate::epoch::{
@@ -212,7 +212,7 @@ impl PartitionLog {
     /// log (between [`PartitionLog::become_leader`] and [`PartitionLog::become_follower`])
     /// refuses it with [`LogError::LeaderLog`]: a fetch answer of the previous leader that
     /// lands after this log took over must not write into it.
-    pub async fn append_replica(&self, batch: BytesMut) -> LogResult<Appended> {
+    pub async fn append_replica(&self, batch: Bytes) -> LogResult<Appended> {
         let header = self.check_batch_frame(&batch)?;
         sluice_proto::verify_crc(&batch)?;
         loop {
@@ -255,7 +255,7 @@ impl PartitionLog {
             wait_progress(&self.shared).await;
         }
         self.checkpoint_epochs_if_dirty().await?;
-        self.append_inner(batch, true).await
+        self.append_inner(Incoming::AsIs(batch)).await
     }
 
     /// The high watermark: consumers read below it. Equal to the durable end until the log
