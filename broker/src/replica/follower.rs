@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use sluice_replication::replica::{
     FetchPartition, FetchRequest, FetchResponse, FetchedPartition, REPLICA_FETCH_BYTES_MAX,
     REPLICA_FETCH_PARTITIONS_MAX,
 };
+use sluice_replication::tls::PeerTls;
 use sluice_replication::transport::{FrameKind, PeerConnection, PeerEndpoint, TransportError};
 use sluice_storage::{Durable, LogError, system_clock_ms};
 
@@ -35,6 +36,15 @@ pub(super) struct Target {
     pub(super) addr: SocketAddr,
 }
 
+/// Where a fetcher connects from: a client-only endpoint of its own on `ip` (ephemeral
+/// port), with the node's TLS identity.
+pub(super) struct Origin {
+    /// The shard's replication IP.
+    pub(super) ip: IpAddr,
+    /// The node's certificates.
+    pub(super) tls: PeerTls,
+}
+
 /// Partitions to fetch, with the leader epoch of each.
 type Parts = Rc<RefCell<BTreeMap<(String, u32), u32>>>;
 
@@ -48,12 +58,13 @@ async fn sleep_or_stop(d: Duration, stop: &flume::Receiver<()>) -> bool {
 /// The fetcher task; ends when `stop`'s sender is dropped.
 pub(super) async fn run(
     shard: Rc<Shard>,
-    endpoint: Rc<PeerEndpoint>,
+    origin: Origin,
     target: Target,
     parts: Parts,
     stop: flume::Receiver<()>,
 ) {
     let Target { leader, addr } = target;
+    let mut endpoint: Option<PeerEndpoint> = None;
     let mut conn: Option<PeerConnection> = None;
     let mut backoff = REPLICA_BACKOFF_MIN;
     let mut rotate = 0usize;
@@ -66,10 +77,26 @@ pub(super) async fn run(
         if stop.is_disconnected() || shard.replication.stopped.get() {
             break;
         }
+        if endpoint.is_none() {
+            match PeerEndpoint::bind(SocketAddr::new(origin.ip, 0), &origin.tls, &[]).await {
+                Ok(ep) => endpoint = Some(ep),
+                Err(e) => {
+                    tracing::warn!(shard = shard.id, leader, ip = %origin.ip, error = %e,
+                        "cannot bind the fetcher's endpoint; retrying");
+                    if sleep_or_stop(fail(&mut backoff), &stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(ep) = endpoint.as_ref() else {
+            continue;
+        };
         let c = match conn.clone() {
             Some(c) => c,
             None => {
-                let connecting = Box::pin(endpoint.connect(addr, leader));
+                let connecting = Box::pin(ep.connect(addr, leader));
                 match select(connecting, Box::pin(stop.recv_async())).await {
                     Either::Left((Ok(c), _)) => {
                         tracing::info!(shard = shard.id, leader, %addr, "connected to leader");
@@ -171,6 +198,9 @@ pub(super) async fn run(
     }
     if let Some(c) = conn {
         c.close();
+    }
+    if let Some(ep) = endpoint {
+        ep.close();
     }
     tracing::info!(shard = shard.id, leader, %addr, "replica fetcher stopped");
 }

@@ -7,7 +7,10 @@
 //!   committed ISR) and asks the controller to shrink or expand the ISR;
 //! - follower: one fetcher task per (leader node, leader shard) fetches every partition this
 //!   shard follows from there (`follower.rs`), appends the leader's batches as they are,
-//!   truncates a divergent suffix and follows the leader's high watermark.
+//!   truncates a divergent suffix and follows the leader's high watermark. Each fetcher
+//!   connects from a client-only endpoint of its own (same IP, ephemeral port): compio-quic
+//!   keeps one receive in flight per endpoint, so fetchers sharing the shard's endpoint read
+//!   every leader's answers through one socket, one datagram batch at a time.
 //!
 //! Producers and consumers talk to the leader only; consumers read below the high watermark;
 //! acks=all waits until it covers the append ([`wait_committed`]). See "Replication" in
@@ -403,6 +406,9 @@ struct FetcherHandle {
 pub(crate) struct ShardReplication {
     /// The shard's replication endpoint, once bound.
     endpoint: RefCell<Option<Rc<PeerEndpoint>>>,
+    /// The node's TLS material the endpoint was bound with; fetchers bind their own
+    /// endpoints with it.
+    tls: RefCell<Option<PeerTls>>,
     /// The port it is bound to (a new registration with another port rebinds).
     port: Cell<u16>,
     /// When binding last failed: retried at the next view after a second.
@@ -525,6 +531,7 @@ async fn ensure_endpoint(shard: &Rc<Shard>, view: &ClusterView) {
             tracing::info!(shard = shard.id, %addr, "replication endpoint listening");
             let ep = Rc::new(ep);
             *repl.endpoint.borrow_mut() = Some(ep.clone());
+            *repl.tls.borrow_mut() = Some(tls.clone());
             repl.port.set(port);
             repl.bind_failed_at.set(None);
             let accept = compio::runtime::spawn(leader::accept_loop(shard.clone(), ep));
@@ -700,6 +707,16 @@ fn reconcile_fetchers(shard: &Rc<Shard>, mut wanted: WantedFetchers) {
     let Some(endpoint) = repl.endpoint() else {
         return;
     };
+    let Some(tls) = repl.tls.borrow().clone() else {
+        return;
+    };
+    let ip = match endpoint.local_addr() {
+        Ok(a) => a.ip(),
+        Err(e) => {
+            tracing::error!(shard = shard.id, error = %e, "replication endpoint has no address");
+            return;
+        }
+    };
     for (key, (addr, parts)) in wanted.drain() {
         if let Some(f) = fetchers.get(&key) {
             *f.parts.borrow_mut() = parts;
@@ -711,7 +728,10 @@ fn reconcile_fetchers(shard: &Rc<Shard>, mut wanted: WantedFetchers) {
             partitions = parts.borrow().len(), "starting replica fetcher");
         compio::runtime::spawn(follower::run(
             shard.clone(),
-            endpoint.clone(),
+            follower::Origin {
+                ip,
+                tls: tls.clone(),
+            },
             follower::Target {
                 leader: key.0,
                 addr,
