@@ -601,6 +601,13 @@ fn worker_threads(mode: Mode, args: &LoadArgs) -> usize {
     if let Some(n) = args.threads {
         return usize::from(n);
     }
+    let (producers, consumers) = clients(mode, args);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (producers + consumers).clamp(1, cores)
+}
+
+/// The producers and consumers `mode` runs: (producers, consumers).
+fn clients(mode: Mode, args: &LoadArgs) -> (usize, usize) {
     let producers = if mode == Mode::Consume {
         0
     } else {
@@ -611,8 +618,7 @@ fn worker_threads(mode: Mode, args: &LoadArgs) -> usize {
     } else {
         args.consumers
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (producers + consumers).clamp(1, cores)
+    (producers, consumers)
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
@@ -1090,16 +1096,8 @@ async fn workload(
         rate_reached,
         topics: args.topics,
         partitions,
-        producers: if mode == Mode::Consume {
-            0
-        } else {
-            args.producers
-        },
-        consumers: if mode == Mode::Produce {
-            0
-        } else {
-            args.consumers
-        },
+        producers: clients(mode, args).0,
+        consumers: clients(mode, args).1,
         bench_threads: tokio::runtime::Handle::current().metrics().num_workers(),
         acks: args.acks,
         compression: args.compression,

@@ -77,9 +77,11 @@ pub(super) async fn run(
         if stop.is_disconnected() || shard.replication.stopped.get() {
             break;
         }
-        if endpoint.is_none() {
-            match PeerEndpoint::bind(SocketAddr::new(origin.ip, 0), &origin.tls, &[]).await {
-                Ok(ep) => endpoint = Some(ep),
+        let ep = match endpoint {
+            Some(ref ep) => ep,
+            None => match PeerEndpoint::bind(SocketAddr::new(origin.ip, 0), &origin.tls, &[]).await
+            {
+                Ok(ep) => endpoint.insert(ep),
                 Err(e) => {
                     tracing::warn!(shard = shard.id, leader, ip = %origin.ip, error = %e,
                         "cannot bind the fetcher's endpoint; retrying");
@@ -88,10 +90,7 @@ pub(super) async fn run(
                     }
                     continue;
                 }
-            }
-        }
-        let Some(ep) = endpoint.as_ref() else {
-            continue;
+            },
         };
         let c = match conn.clone() {
             Some(c) => c,
