@@ -7,8 +7,9 @@
 //!   group's offsets partition, and the other nodes refuse group requests with
 //!   NOT_COORDINATOR;
 //! - the coordinator node is SIGKILLed; another node takes the offsets partition over, loads
-//!   the group from its log and answers the offsets committed before the kill; the members
-//!   rediscover it, rejoin and consume what is produced next;
+//!   the group from its log (the members, their generation and assignments, and the offsets
+//!   committed before the kill) and answers for it; the members rediscover it and carry on
+//!   in the same generation, and consume what is produced next;
 //! - no record is lost, and none is consumed twice unless it was at or past its partition's
 //!   acknowledged commit when it was consumed again (the uncommitted tail).
 
@@ -31,8 +32,9 @@ use sluice_client::{
     TopicPartition,
 };
 use sluice_proto::protocol::{
-    ApiKey, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, DescribedGroup, ErrorCode,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    MetadataRequest, MetadataResponse, OffsetFetchRequest, OffsetFetchResponse, group_state,
 };
 
 /// Shards per broker.
@@ -108,6 +110,25 @@ fn find(addr: SocketAddr) -> FindCoordinatorResponse {
         &FindCoordinatorRequest {
             group: GROUP.into(),
         },
+    )
+}
+
+/// The group as `addr` describes it.
+fn describe(addr: SocketAddr) -> DescribedGroup {
+    let r: DescribeGroupsResponse = Conn::connect(addr).call(
+        ApiKey::DescribeGroups,
+        &DescribeGroupsRequest {
+            groups: vec![GROUP.into()],
+        },
+    );
+    r.groups.into_iter().next().expect("one group")
+}
+
+/// Generation and member ids of a stable group.
+fn membership(d: &DescribedGroup) -> (i32, BTreeSet<String>) {
+    (
+        d.generation_id,
+        d.members.iter().map(|m| m.member_id.clone()).collect(),
     )
 }
 
@@ -410,6 +431,17 @@ async fn a_group_keeps_its_committed_offsets_when_the_coordinator_node_is_killed
             .collect::<BTreeSet<_>>()
     };
     eprintln!("members that consumed in round 1: {both:?}");
+    // Both members in one stable generation (the second may have joined after the first
+    // consumed everything).
+    let before = wait_until("a stable group of two", || {
+        let d = describe(addrs[old]);
+        (d.error == ErrorCode::NONE && d.state == group_state::STABLE && d.members.len() == 2)
+            .then(|| membership(&d))
+    });
+    eprintln!(
+        "before the kill: generation {} members {:?}",
+        before.0, before.1
+    );
 
     // SIGKILL the coordinator node.
     let killed_at = Instant::now();
@@ -426,6 +458,17 @@ async fn a_group_keeps_its_committed_offsets_when_the_coordinator_node_is_killed
         moved.node_id,
         moved.shard,
         killed_at.elapsed()
+    );
+    // It restored the membership: the same members in the same generation, so nobody is
+    // handed partitions another member still reads.
+    let after = wait_until("the group at the new coordinator", || {
+        let d = describe(addrs[moved.node_id as usize]);
+        (d.error == ErrorCode::NONE).then_some(d)
+    });
+    assert_eq!(
+        (after.state.as_str(), membership(&after)),
+        (group_state::STABLE, before.clone()),
+        "the group after the failover: {after:?}"
     );
     // It answers the offsets committed before the kill.
     let survivor_brokers = survivors

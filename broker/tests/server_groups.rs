@@ -433,15 +433,23 @@ fn session_timeout_evicts_a_silent_member() {
     );
 }
 
-/// Committed offsets are durable: after SIGKILL and a restart they come back; a deleted
-/// group's offsets stay deleted.
+/// Committed offsets and the membership are durable: after SIGKILL and a restart the offsets
+/// come back and the member keeps its id, generation and partitions (until its session times
+/// out); a deleted group's offsets stay deleted; a group whose members left comes back empty.
 #[test]
 fn committed_offsets_survive_sigkill_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut broker = Broker::start(dir.path(), 2);
     let mut conn = Conn::connect(broker.addr);
     assert_eq!(conn.create_topic("orders", 4, &[]).error, ErrorCode::NONE);
-    let ja = join(&mut conn, "");
+    // A session long enough to outlast the restarts below.
+    let ja: JoinGroupResponse = conn.call(
+        ApiKey::JoinGroup,
+        &JoinGroupRequest {
+            session_timeout_ms: 60_000,
+            ..join_request("", &[ASSIGNOR_RANGE])
+        },
+    );
     let s: SyncGroupResponse = conn.call(
         ApiKey::SyncGroup,
         &sync_request(
@@ -486,7 +494,7 @@ fn committed_offsets_survive_sigkill_and_restart() {
     );
 
     broker.kill9();
-    let broker = Broker::start(dir.path(), 2);
+    let mut broker = Broker::start(dir.path(), 2);
     let mut conn = Conn::connect(broker.addr);
     assert_eq!(fetch_offsets(&mut conn), vec![200, 201, 202, 203]);
     let r: OffsetFetchResponse = conn.call(
@@ -500,8 +508,30 @@ fn committed_offsets_survive_sigkill_and_restart() {
     assert_eq!(r.topics[0].partitions[2].metadata, "m202");
     let d = describe(&mut conn);
     assert_eq!(
-        (d.error, d.state.as_str()),
-        (ErrorCode::NONE, group_state::EMPTY)
+        (d.error, d.state.as_str(), d.generation_id),
+        (ErrorCode::NONE, group_state::STABLE, ja.generation_id)
+    );
+    assert_eq!(
+        d.members
+            .iter()
+            .map(|m| m.member_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![ja.member_id.as_str()]
+    );
+    // The member carries on where it was: heartbeats, its assignment, its commits.
+    assert_eq!(
+        heartbeat(&mut conn, ja.generation_id, &ja.member_id),
+        ErrorCode::NONE
+    );
+    let s: SyncGroupResponse = conn.call(
+        ApiKey::SyncGroup,
+        &sync_request(ja.generation_id, &ja.member_id, &[]),
+    );
+    assert_eq!(s.error, ErrorCode::NONE, "{}", s.message);
+    assert_eq!(s.assignment, d.members[0].assignment);
+    assert_eq!(
+        commit(&mut conn, ja.generation_id, &ja.member_id, &[(3, 213)]),
+        vec![ErrorCode::NONE]
     );
     let r: OffsetFetchResponse = conn.call(
         ApiKey::OffsetFetch,
@@ -539,13 +569,35 @@ fn committed_offsets_survive_sigkill_and_restart() {
         },
     );
     assert_eq!(refused.topics[0].error, ErrorCode::INVALID_TOPIC);
-    assert_eq!(fetch_offsets(&mut conn), vec![200, 201, 202, 203]);
-    // The restored group takes new members, and the old member is unknown.
+    assert_eq!(fetch_offsets(&mut conn), vec![200, 201, 202, 213]);
+    // The member leaves: the group is empty, and stays so across another SIGKILL.
+    let left: LeaveGroupResponse = conn.call(
+        ApiKey::LeaveGroup,
+        &LeaveGroupRequest {
+            group: GROUP.into(),
+            member_id: ja.member_id.clone(),
+        },
+    );
+    assert_eq!(left.error, ErrorCode::NONE);
+    let emptied = describe(&mut conn);
+    assert_eq!(emptied.state, group_state::EMPTY);
+    broker.kill9();
+    let broker = Broker::start(dir.path(), 2);
+    let mut conn = Conn::connect(broker.addr);
+    let d = describe(&mut conn);
+    assert_eq!(
+        (d.state.as_str(), d.generation_id),
+        (group_state::EMPTY, emptied.generation_id),
+        "{d:?}"
+    );
+    assert!(d.members.is_empty());
+    assert_eq!(fetch_offsets(&mut conn), vec![200, 201, 202, 213]);
+    // The old member is unknown now; a new one joins a later generation.
     assert_eq!(
         heartbeat(&mut conn, ja.generation_id, &ja.member_id),
         ErrorCode::UNKNOWN_MEMBER_ID
     );
     let again = join(&mut conn, "");
     assert_eq!(again.error, ErrorCode::NONE);
-    assert!(again.generation_id > 0);
+    assert!(again.generation_id > emptied.generation_id);
 }

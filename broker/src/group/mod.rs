@@ -5,15 +5,20 @@
 //! rebuilds them from the partition at start-up. Other shards forward group requests to it
 //! (`ShardMsg::Group`).
 //!
+//! It also writes each group's membership as a group record (`record.rs`) when a
+//! generation's assignments are handed out (before any sync is answered) and when the group
+//! becomes empty, so a restarted broker or a new coordinator restores the members.
+//!
 //! Cluster mode (`Shard::view` installed): the coordinator of a group is the node that leads
 //! the group's `__consumer_offsets` partition, on the shard that owns that partition there.
 //! [`on_view`] takes up the groups of each offsets partition this node starts leading
 //! (reading the partition to its log end, in a background task; requests meanwhile get
 //! `COORDINATOR_LOAD_IN_PROGRESS`) and drops those of partitions it stops leading (their
-//! members rejoin at the new coordinator). Requests for a group this shard does not
+//! members carry on at the new coordinator, which restores them). Requests for a group this shard does not
 //! coordinate get `NOT_COORDINATOR`; commits wait until the offsets partition's in-sync
 //! replicas hold them ([`crate::replica::wait_committed`]).
 
+mod record;
 pub(crate) mod state;
 
 use std::collections::HashMap;
@@ -26,13 +31,16 @@ use std::time::{Duration, Instant};
 use compio::runtime::JoinHandle;
 
 use bytes::BytesMut;
+use record::{
+    Key, decode_group_value, decode_key, decode_offset_value, group_key, group_value, offset_key,
+    offset_value,
+};
 use sluice_proto::protocol::{
     DeleteGroupResult, DescribedGroup, ErrorCode, GENERATION_NONE, GROUP_ID_BYTES_MAX,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListedGroup, OFFSET_NONE, OffsetCommitPartitionResult, OffsetCommitRequest,
     OffsetCommitResponse, OffsetCommitTopicResult, OffsetFetchPartition, OffsetFetchRequest,
-    OffsetFetchResponse, OffsetFetchTopicResult, Reader, SyncGroupRequest, SyncGroupResponse,
-    Writer, group_state,
+    OffsetFetchResponse, OffsetFetchTopicResult, SyncGroupRequest, SyncGroupResponse, group_state,
 };
 use sluice_proto::{BatchBuilder, Compression, Limits, Offset};
 use sluice_storage::system_clock_ms;
@@ -42,7 +50,7 @@ use crate::metadata::{Metadata, TopicMeta};
 use crate::placement::ShardId;
 use crate::shard::Shard;
 use crate::shard::partition::{Partition, log_error};
-use state::{Committed, Group};
+use state::{Committed, Group, Synced};
 
 /// Named bounds of the coordinator.
 pub(crate) mod limits {
@@ -88,8 +96,6 @@ use limits::*;
 pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Its partition count unless the configuration says otherwise.
 pub(crate) const OFFSETS_TOPIC_PARTITIONS_DEFAULT: u32 = 16;
-/// Version of the offset record key and value layouts.
-const OFFSET_RECORD_VERSION: u16 = 1;
 
 /// Adds `__consumer_offsets` (compacted, `partitions` partitions) to `metadata` if it is
 /// missing. Returns whether it was added (the caller persists).
@@ -408,11 +414,40 @@ async fn tick_loop(shard: Rc<Shard>) {
     loop {
         compio::time::sleep(Duration::from_millis(GROUP_TICK_MS)).await;
         let now = Instant::now();
-        let mut c = shard.groups.borrow_mut();
-        for group in c.groups.values_mut() {
-            group.tick(now);
+        let cluster = shard.cluster.config.cluster.is_some();
+        let emptied: Vec<String> = {
+            let mut c = shard.groups.borrow_mut();
+            let Coordinator {
+                groups,
+                led,
+                led_partitions,
+                ..
+            } = &mut *c;
+            // Cluster mode: not the groups of a partition still loading (their members'
+            // sessions start when it is served).
+            let serving = |id: &str| {
+                !cluster
+                    || led
+                        .get(&offsets_partition(id, *led_partitions))
+                        .is_some_and(|l| l.state == LoadState::Loaded)
+            };
+            for (id, group) in groups.iter_mut() {
+                if serving(id) {
+                    group.tick(now);
+                }
+            }
+            // A group whose empty record is still to be written stays until it is.
+            c.groups
+                .retain(|_, g| !g.is_vacant() || g.empty_unwritten());
+            c.groups
+                .iter()
+                .filter(|(_, g)| g.empty_unwritten())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in emptied {
+            write_empty_record(&shard, &id);
         }
-        c.groups.retain(|_, g| !g.is_vacant());
     }
 }
 
@@ -443,9 +478,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, op: GroupOp) -> GroupReply {
     }
     match op {
         GroupOp::Join(req, host) => GroupReply::Join(join(&shard, req, host).await),
-        GroupOp::Sync(req) => GroupReply::Sync(sync(&shard, req).await),
+        GroupOp::Sync(req) => GroupReply::Sync(sync(&shard, req, load).await),
         GroupOp::Heartbeat(req) => GroupReply::Heartbeat(heartbeat(&shard, &req)),
-        GroupOp::Leave(req) => GroupReply::Leave(leave(&shard, &req)),
+        GroupOp::Leave(req) => GroupReply::Leave(leave(&shard, &req, load).await),
         GroupOp::Commit(req) => GroupReply::Commit(commit(&shard, req, load).await),
         GroupOp::Fetch(req) => GroupReply::Fetch(fetch(&shard, &req)),
         GroupOp::List => GroupReply::List(list(&shard)),
@@ -590,7 +625,7 @@ async fn join(shard: &Rc<Shard>, req: JoinGroupRequest, host: String) -> JoinGro
     })
 }
 
-async fn sync(shard: &Rc<Shard>, req: SyncGroupRequest) -> SyncGroupResponse {
+async fn sync(shard: &Rc<Shard>, req: SyncGroupRequest, load: Option<u64>) -> SyncGroupResponse {
     let refused = |(error, message): (ErrorCode, String)| SyncGroupResponse {
         error,
         message,
@@ -598,13 +633,29 @@ async fn sync(shard: &Rc<Shard>, req: SyncGroupRequest) -> SyncGroupResponse {
     };
     let id = req.group.clone();
     let (tx, rx) = flume::bounded(1);
-    {
+    let synced = {
         let mut c = shard.groups.borrow_mut();
         let Some(group) = c.groups.get_mut(&req.group) else {
             return refused(unknown_member(&req.group, &req.member_id));
         };
-        if let Err(e) = group.sync(req, tx, Instant::now()) {
-            return refused(e);
+        match group.sync(req, tx, Instant::now()) {
+            Ok(synced) => synced,
+            Err(e) => return refused(e),
+        }
+    };
+    if let Synced::Persist(generation) = synced {
+        // The syncs are answered once the group record holding the assignments is
+        // committed: a coordinator taking the group over knows every member that holds
+        // partitions.
+        let written = write_group_record(shard, &id, load).await;
+        if still_loaded(shard, &id, load) {
+            let mut c = shard.groups.borrow_mut();
+            if let Some(group) = c.groups.get_mut(&id) {
+                match written {
+                    Ok(()) => group.assignments_persisted(generation),
+                    Err(e) => group.assignments_not_persisted(generation, e, Instant::now()),
+                }
+            }
         }
     }
     rx.recv_async().await.unwrap_or_else(|_| {
@@ -634,72 +685,60 @@ fn heartbeat(shard: &Rc<Shard>, req: &HeartbeatRequest) -> HeartbeatResponse {
     }
 }
 
-fn leave(shard: &Rc<Shard>, req: &LeaveGroupRequest) -> LeaveGroupResponse {
-    let mut c = shard.groups.borrow_mut();
-    let outcome = match c.groups.get_mut(&req.group) {
-        Some(g) => g.remove_member(&req.member_id, Instant::now(), "left the group"),
-        None => Err(unknown_member(&req.group, &req.member_id)),
+/// Removes the member; the last one to leave has the empty group record written before the
+/// answer.
+async fn leave(
+    shard: &Rc<Shard>,
+    req: &LeaveGroupRequest,
+    load: Option<u64>,
+) -> LeaveGroupResponse {
+    let (outcome, emptied) = {
+        let mut c = shard.groups.borrow_mut();
+        match c.groups.get_mut(&req.group) {
+            Some(g) => (
+                g.remove_member(&req.member_id, Instant::now(), "left the group"),
+                g.take_empty_unwritten(),
+            ),
+            None => (Err(unknown_member(&req.group, &req.member_id)), false),
+        }
     };
+    if emptied && let Err((error, message)) = write_group_record(shard, &req.group, load).await {
+        tracing::warn!(group = %req.group, %error, "the empty group's record was not written: {message}");
+    }
     match outcome {
         Ok(()) => LeaveGroupResponse::default(),
         Err((error, message)) => LeaveGroupResponse { error, message },
     }
 }
 
-/// Encodes the key of an offset record: version, group, topic, partition.
-fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.u16(OFFSET_RECORD_VERSION);
-    w.string(group);
-    w.string(topic);
-    w.u32(partition);
-    w.into_chunks().concat()
+/// A record for `__consumer_offsets`: key and value (`None`: a tombstone), encoded by
+/// `record.rs`.
+type OffsetsRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// Offset records for `records` (`None`: a tombstone).
+fn offset_records(group: &str, records: &[(String, u32, Option<Committed>)]) -> Vec<OffsetsRecord> {
+    records
+        .iter()
+        .map(|(topic, partition, value)| {
+            (
+                offset_key(group, topic, *partition),
+                value.as_ref().map(offset_value),
+            )
+        })
+        .collect()
 }
 
-/// Encodes the value of an offset record: version, offset, metadata, commit time.
-fn offset_value(c: &Committed) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.u16(OFFSET_RECORD_VERSION);
-    w.i64(c.offset);
-    w.string(&c.metadata);
-    w.i64(c.commit_ms);
-    w.into_chunks().concat()
-}
-
-type OffsetKey = (String, String, u32);
-
-fn decode_key(key: &[u8]) -> Option<OffsetKey> {
-    let mut r = Reader::new(BytesMut::from(key));
-    if r.u16("version").ok()? != OFFSET_RECORD_VERSION {
-        return None;
-    }
-    let group = r.string("group").ok()?;
-    let topic = r.string("topic").ok()?;
-    let partition = r.u32("partition").ok()?;
-    Some((group, topic, partition))
-}
-
-fn decode_value(value: &[u8]) -> Option<Committed> {
-    let mut r = Reader::new(BytesMut::from(value));
-    if r.u16("version").ok()? != OFFSET_RECORD_VERSION {
-        return None;
-    }
-    Some(Committed {
-        offset: r.i64("offset").ok()?,
-        metadata: r.string("metadata").ok()?,
-        commit_ms: r.i64("commit_ms").ok()?,
-    })
-}
-
-/// Writes offset records (`None`: a tombstone) to `group`'s offsets partition and waits
-/// until they are committed ([`crate::replica::wait_committed`]: durable here, and in
-/// cluster mode below the partition's high watermark), at most
-/// [`OFFSET_COMMIT_TIMEOUT_MS`].
-async fn write_offsets(
+/// Writes `records` to `group`'s offsets partition and waits until they are committed
+/// ([`crate::replica::wait_committed`]: durable here, and in cluster mode below the
+/// partition's high watermark), at most [`OFFSET_COMMIT_TIMEOUT_MS`]. Everything up to the
+/// partition's admission ticket happens in the first poll, so records written by callers
+/// that snapshot the group and call this in one turn of the shard reach the log in the order
+/// of those snapshots.
+async fn write_records(
     shard: &Rc<Shard>,
     group: &str,
     load: Option<u64>,
-    records: &[(String, u32, Option<Committed>)],
+    records: &[OffsetsRecord],
 ) -> Result<(), (ErrorCode, String)> {
     let partitions = offsets_partitions(&shard.snapshot());
     let index = offsets_partition(group, partitions);
@@ -713,11 +752,9 @@ async fn write_offsets(
     let now = system_clock_ms();
     let mut batches = Vec::new();
     let mut builder = BatchBuilder::new(Compression::None, Limits::DEFAULT);
-    for (topic, partition, value) in records {
-        let key = offset_key(group, topic, *partition);
-        let value = value.as_ref().map(offset_value);
+    for (key, value) in records {
         builder
-            .push(now, Some(&key), value.as_deref(), &[])
+            .push(now, Some(key), value.as_deref(), &[])
             .map_err(|e| {
                 (
                     ErrorCode::UNKNOWN_SERVER_ERROR,
@@ -833,6 +870,63 @@ fn still_loaded(shard: &Shard, group: &str, load: Option<u64>) -> bool {
     }
 }
 
+/// Writes `id`'s group record as the group is now (see `record.rs`); nothing mid-rebalance.
+/// The snapshot and the write's admission ticket are taken in one turn of the shard.
+async fn write_group_record(
+    shard: &Rc<Shard>,
+    id: &str,
+    load: Option<u64>,
+) -> Result<(), (ErrorCode, String)> {
+    let record = shard.groups.borrow().groups.get(id).and_then(Group::record);
+    let Some(record) = record else {
+        return Ok(());
+    };
+    write_records(
+        shard,
+        id,
+        load,
+        &[(group_key(id), Some(group_value(&record)))],
+    )
+    .await
+}
+
+/// If group `id` became empty since its record was last written, writes its empty record in
+/// the background, so a restart or a new coordinator does not bring back members who left
+/// (they would only be evicted a session timeout later).
+fn write_empty_record(shard: &Rc<Shard>, id: &str) {
+    let unwritten = shard
+        .groups
+        .borrow()
+        .groups
+        .get(id)
+        .is_some_and(Group::empty_unwritten);
+    if !unwritten {
+        return;
+    }
+    let shard = shard.clone();
+    let id = id.to_string();
+    compio::runtime::spawn(async move {
+        let Ok(load) = coordinating(&shard, &id) else {
+            return;
+        };
+        // Checked and cleared in the same turn as the snapshot: a newer generation's record
+        // (written meanwhile) cleared it already.
+        let taken = shard
+            .groups
+            .borrow_mut()
+            .groups
+            .get_mut(&id)
+            .is_some_and(Group::take_empty_unwritten);
+        if !taken {
+            return;
+        }
+        if let Err((error, message)) = write_group_record(&shard, &id, load).await {
+            tracing::warn!(group = %id, %error, "the empty group's record was not written: {message}");
+        }
+    })
+    .detach();
+}
+
 async fn commit(
     shard: &Rc<Shard>,
     req: OffsetCommitRequest,
@@ -938,7 +1032,14 @@ async fn commit(
         })
         .collect();
     if !records.is_empty() {
-        match write_offsets(shard, &req.group, load, &records).await {
+        match write_records(
+            shard,
+            &req.group,
+            load,
+            &offset_records(&req.group, &records),
+        )
+        .await
+        {
             Ok(()) if !still_loaded(shard, &req.group, load) => {
                 tracing::info!(group = %req.group, "offsets committed while the coordinator moved: the next coordinator reads them");
             }
@@ -1096,9 +1197,11 @@ async fn delete(shard: &Rc<Shard>, id: &str, load: Option<u64>) -> DeleteGroupRe
                 .collect(),
         }
     };
-    if !keys.is_empty()
-        && let Err((error, message)) = write_offsets(shard, id, load, &keys).await
-    {
+    // The offsets' tombstones and the group record's: the group stays deleted after a
+    // restart or a coordinator move.
+    let mut records = offset_records(id, &keys);
+    records.push((group_key(id), None));
+    if let Err((error, message)) = write_records(shard, id, load, &records).await {
         return result(error, message);
     }
     let loaded = still_loaded(shard, id, load);
@@ -1110,7 +1213,7 @@ async fn delete(shard: &Rc<Shard>, id: &str, load: Option<u64>) -> DeleteGroupRe
     result(ErrorCode::NONE, String::new())
 }
 
-/// Rebuilds the committed offsets of the groups whose `__consumer_offsets` partitions this
+/// Rebuilds the committed offsets and memberships of the groups whose `__consumer_offsets` partitions this
 /// shard owns, reading each from its start (latest record per key wins; a tombstone
 /// deletes). Runs at start-up, before the shard serves (in cluster mode no log is open yet:
 /// [`on_view`] loads the partitions this node leads).
@@ -1163,35 +1266,56 @@ async fn read_offsets(shard: &Rc<Shard>, p: &Partition, end: Offset) -> Result<u
                 .map_err(|e| format!("{OFFSETS_TOPIC}/{}: {e}", p.index))?;
             for record in records {
                 let record = record.map_err(|e| format!("{OFFSETS_TOPIC}/{}: {e}", p.index))?;
-                let Some((group, topic, partition)) = record.key.as_deref().and_then(decode_key)
-                else {
+                let Some(key) = record.key.as_deref().and_then(decode_key) else {
                     tracing::warn!(
                         partition = p.index,
-                        "skipping an offset record with an unknown key"
+                        "skipping an offsets record with an unknown key"
                     );
                     continue;
                 };
                 let mut c = shard.groups.borrow_mut();
-                match record.value.as_deref().map(decode_value) {
-                    None => {
-                        if let Some(g) = c.groups.get_mut(&group) {
-                            g.offsets.remove(&(topic, partition));
+                match key {
+                    Key::Offset {
+                        group,
+                        topic,
+                        partition,
+                    } => match record.value.as_deref().map(decode_offset_value) {
+                        None => {
+                            if let Some(g) = c.groups.get_mut(&group) {
+                                g.offsets.remove(&(topic, partition));
+                            }
                         }
-                    }
-                    Some(None) => {
-                        tracing::warn!(partition = p.index, %group, "skipping an offset record with an unknown value");
-                    }
-                    Some(Some(value)) => {
-                        if let Ok(g) = c.group_mut(&group) {
-                            let key = (topic, partition);
-                            if g.offsets.contains_key(&key)
-                                || g.offsets.len() < OFFSETS_PER_GROUP_MAX
-                            {
-                                g.offsets.insert(key, value);
+                        Some(None) => {
+                            tracing::warn!(partition = p.index, %group, "skipping an offset record with an unknown value");
+                        }
+                        Some(Some(value)) => {
+                            if let Ok(g) = c.group_mut(&group) {
+                                let key = (topic, partition);
+                                if g.offsets.contains_key(&key)
+                                    || g.offsets.len() < OFFSETS_PER_GROUP_MAX
+                                {
+                                    g.offsets.insert(key, value);
+                                    applied += 1;
+                                }
+                            }
+                        }
+                    },
+                    Key::Group { group } => match record.value.as_deref().map(decode_group_value) {
+                        None => {
+                            if let Some(g) = c.groups.get_mut(&group) {
+                                g.forget();
+                            }
+                        }
+                        Some(None) => {
+                            tracing::warn!(partition = p.index, %group, "skipping a group record with an unknown value");
+                        }
+                        Some(Some(value)) => {
+                            if let Ok(g) = c.group_mut(&group) {
+                                g.restore(value, Instant::now());
                                 applied += 1;
                             }
                         }
-                    }
+                    },
                 }
             }
         }
@@ -1232,7 +1356,7 @@ fn led_under(view: &ClusterView, held: impl Iterator<Item = u32>) -> HashMap<u32
 /// says this node leads them or not (cluster mode; runs after `replica::apply_view`, so the
 /// logs of partitions led here are leaders' logs). A partition newly led (or led at a new
 /// leader epoch) is loaded from its log in a background task; one no longer led has its
-/// groups dropped (their members rejoin at the new coordinator).
+/// groups dropped (their members carry on at the new coordinator, which restores them).
 pub(crate) async fn on_view(shard: &Rc<Shard>, view: &Arc<ClusterView>) {
     let partitions = view
         .state
@@ -1364,6 +1488,15 @@ async fn take_up(shard: Rc<Shard>, p: Rc<Partition>, load: u64) {
             led.state = LoadState::Loaded;
             let epoch = led.epoch;
             c.groups.retain(|_, g| !g.is_vacant());
+            // The restored members' sessions start now that the coordinator serves them.
+            let now = Instant::now();
+            for (_, g) in c
+                .groups
+                .iter_mut()
+                .filter(|(id, _)| offsets_partition(id, partitions) == index)
+            {
+                g.restart_sessions(now);
+            }
             let groups = c
                 .groups
                 .keys()

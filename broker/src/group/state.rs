@@ -59,6 +59,50 @@ pub(crate) struct Committed {
     pub(crate) commit_ms: i64,
 }
 
+/// A group's membership as its group record keeps it (`record.rs`): what a coordinator
+/// taking the group over restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupRecord {
+    /// The generation.
+    pub(crate) generation: i32,
+    /// Its protocol (empty when the group is empty).
+    pub(crate) protocol: String,
+    /// Its leader (empty when the group is empty).
+    pub(crate) leader: String,
+    /// Its members with their assignments.
+    pub(crate) members: Vec<PersistedMember>,
+}
+
+/// One member in a [`GroupRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PersistedMember {
+    /// Member id.
+    pub(crate) id: String,
+    /// The client id it joined with.
+    pub(crate) client_id: String,
+    /// The address it joined from.
+    pub(crate) client_host: String,
+    /// Its session timeout.
+    pub(crate) session_timeout_ms: u32,
+    /// Its rebalance timeout.
+    pub(crate) rebalance_timeout_ms: u32,
+    /// Its metadata for the generation's protocol.
+    pub(crate) subscription: Bytes,
+    /// Its assignment.
+    pub(crate) assignment: Bytes,
+}
+
+/// What a SyncGroup did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Synced {
+    /// Answered or parked: the reply comes on the member's channel.
+    Waiting,
+    /// The leader's assignments are in place: the caller persists the group record of this
+    /// generation, then calls [`Group::assignments_persisted`] (or
+    /// [`Group::assignments_not_persisted`]), which answers the parked syncs.
+    Persist(i32),
+}
+
 /// One member.
 #[derive(Debug)]
 pub(crate) struct Member {
@@ -107,10 +151,20 @@ pub(crate) struct Group {
     pub(crate) offsets: BTreeMap<(String, u32), Committed>,
     /// Source of member ids.
     next_member: u64,
+    /// The leader's assignments are set and wait for their group record to be committed
+    /// before the syncs are answered (the group stays `CompletingRebalance` meanwhile).
+    persisting: bool,
+    /// The group became empty since its record was last written (the coordinator writes
+    /// the empty record, so a restart does not bring back members who left).
+    empty_unwritten: bool,
 }
 
 /// A refused request: code and message.
 pub(crate) type Refusal = (ErrorCode, String);
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
 
 fn join_error(error: ErrorCode, message: String, member_id: &str) -> JoinGroupResponse {
     JoinGroupResponse {
@@ -136,6 +190,8 @@ impl Group {
             join_deadline: None,
             offsets: BTreeMap::new(),
             next_member: 0,
+            persisting: false,
+            empty_unwritten: false,
         }
     }
 
@@ -279,6 +335,8 @@ impl Group {
     /// Opens a join round: the members must rejoin within the longest rebalance timeout.
     pub(crate) fn prepare_rebalance(&mut self, now: Instant, reason: &str) {
         tracing::debug!(group = %self.id, generation = self.generation, reason, "rebalance starts");
+        // Assignments waiting for their record are not handed out.
+        self.persisting = false;
         // Members waiting for a sync of the old round learn they must rejoin.
         for member in self.members.values_mut() {
             if let Some(reply) = member.sync_reply.take() {
@@ -306,8 +364,10 @@ impl Group {
     }
 
     fn become_empty(&mut self, reason: &str) {
+        self.persisting = false;
         if self.state != State::Empty {
             self.generation += 1;
+            self.empty_unwritten = true;
             tracing::info!(
                 group = %self.id,
                 generation = self.generation,
@@ -382,6 +442,7 @@ impl Group {
             return;
         };
         self.state = State::CompletingRebalance;
+        self.persisting = false;
         self.join_deadline = None;
         self.leader = Some(leader.clone());
         self.protocol = Some(protocol.clone());
@@ -467,7 +528,7 @@ impl Group {
         req: SyncGroupRequest,
         reply: SyncReply,
         now: Instant,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Synced, Refusal> {
         self.check_member(&req.member_id, req.generation_id, now)?;
         match self.state {
             State::Empty | State::PreparingRebalance => Err((
@@ -480,40 +541,205 @@ impl Group {
                     message: String::new(),
                     assignment: self.members[&req.member_id].assignment.clone(),
                 });
-                Ok(())
+                Ok(Synced::Waiting)
             }
             State::CompletingRebalance => {
-                if self.leader.as_deref() == Some(req.member_id.as_str()) {
+                let leads = self.leader.as_deref() == Some(req.member_id.as_str());
+                let step = if leads && !self.persisting {
                     let decoded = self.validate_assignments(&req)?;
                     for (id, member) in self.members.iter_mut() {
                         let (bytes, owned) = decoded.get(id).cloned().unwrap_or_default();
                         member.assignment = bytes;
                         member.owned = owned;
                     }
-                    self.state = State::Stable;
-                    tracing::debug!(group = %self.id, generation = self.generation, "assignments distributed");
-                    self.members
-                        .get_mut(&req.member_id)
-                        .expect("checked")
-                        .sync_reply = Some(reply);
-                    for member in self.members.values_mut() {
-                        if let Some(reply) = member.sync_reply.take() {
-                            let _ = reply.try_send(SyncGroupResponse {
-                                error: ErrorCode::NONE,
-                                message: String::new(),
-                                assignment: member.assignment.clone(),
-                            });
-                        }
-                    }
+                    self.persisting = true;
+                    Synced::Persist(self.generation)
                 } else {
-                    self.members
-                        .get_mut(&req.member_id)
-                        .expect("checked")
-                        .sync_reply = Some(reply);
-                }
-                Ok(())
+                    Synced::Waiting
+                };
+                self.members
+                    .get_mut(&req.member_id)
+                    .expect("checked")
+                    .sync_reply = Some(reply);
+                Ok(step)
             }
         }
+    }
+
+    /// The group record of `generation` is committed: the group is stable and every parked
+    /// sync gets its assignment. Nothing happens if the group moved on meanwhile (a
+    /// rebalance already told the parked syncs to rejoin).
+    pub(crate) fn assignments_persisted(&mut self, generation: i32) {
+        if !self.persisting
+            || self.generation != generation
+            || self.state != State::CompletingRebalance
+        {
+            return;
+        }
+        self.persisting = false;
+        self.state = State::Stable;
+        self.empty_unwritten = false;
+        tracing::debug!(group = %self.id, generation, "assignments distributed");
+        for member in self.members.values_mut() {
+            if let Some(reply) = member.sync_reply.take() {
+                let _ = reply.try_send(SyncGroupResponse {
+                    error: ErrorCode::NONE,
+                    message: String::new(),
+                    assignment: member.assignment.clone(),
+                });
+            }
+        }
+    }
+
+    /// The group record of `generation` could not be committed: the parked syncs get
+    /// `error` and the group rebalances (Kafka's coordinator does the same), so no member
+    /// holds an assignment a coordinator taking over would not know.
+    pub(crate) fn assignments_not_persisted(
+        &mut self,
+        generation: i32,
+        (error, message): Refusal,
+        now: Instant,
+    ) {
+        if !self.persisting
+            || self.generation != generation
+            || self.state != State::CompletingRebalance
+        {
+            return;
+        }
+        self.persisting = false;
+        tracing::warn!(group = %self.id, generation, %error, "assignments not handed out: their group record was not committed: {message}");
+        for member in self.members.values_mut() {
+            member.assignment = Bytes::new();
+            member.owned.clear();
+            if let Some(reply) = member.sync_reply.take() {
+                let _ = reply.try_send(SyncGroupResponse {
+                    error,
+                    message: message.clone(),
+                    assignment: Bytes::new(),
+                });
+            }
+        }
+        self.prepare_rebalance(now, "its assignments could not be persisted");
+    }
+
+    /// The membership to write as the group record: when the group is empty, stable, or its
+    /// assignments wait for their record; `None` mid-rebalance (the record written last
+    /// stays the one to restore).
+    pub(crate) fn record(&self) -> Option<GroupRecord> {
+        let handed_out = match self.state {
+            State::Empty => false,
+            State::Stable => true,
+            State::CompletingRebalance if self.persisting => true,
+            State::CompletingRebalance | State::PreparingRebalance => return None,
+        };
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let members = if handed_out {
+            self.members
+                .iter()
+                .map(|(id, m)| PersistedMember {
+                    id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: millis(m.session_timeout),
+                    rebalance_timeout_ms: millis(m.rebalance_timeout),
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(GroupRecord {
+            generation: self.generation,
+            protocol: if handed_out { protocol } else { String::new() },
+            leader: if handed_out {
+                self.leader.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            members,
+        })
+    }
+
+    /// Whether the group became empty since its record was last written.
+    pub(crate) fn empty_unwritten(&self) -> bool {
+        self.empty_unwritten
+    }
+
+    /// Starts every member's session anew at `now` (the coordinator starts serving groups it
+    /// restored).
+    pub(crate) fn restart_sessions(&mut self, now: Instant) {
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+        }
+    }
+
+    /// Whether the group became empty since its record was last written; clears the flag
+    /// (the caller writes the record).
+    pub(crate) fn take_empty_unwritten(&mut self) -> bool {
+        std::mem::take(&mut self.empty_unwritten)
+    }
+
+    /// Restores the membership from a group record read back from the log (`now`: when,
+    /// which starts every member's session anew). An older generation than the group's
+    /// is ignored. A member gets the record's assignment and may commit what it owns.
+    pub(crate) fn restore(&mut self, record: GroupRecord, now: Instant) {
+        if record.generation < self.generation {
+            return;
+        }
+        self.generation = record.generation;
+        self.members.clear();
+        self.join_order.clear();
+        self.join_deadline = None;
+        self.persisting = false;
+        self.empty_unwritten = false;
+        for m in record.members {
+            let owned = ConsumerAssignment::from_bytes(&m.assignment)
+                .map(|a| {
+                    a.partitions
+                        .iter()
+                        .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.members.insert(
+                m.id,
+                Member {
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: Duration::from_millis(u64::from(m.session_timeout_ms)),
+                    rebalance_timeout: Duration::from_millis(u64::from(m.rebalance_timeout_ms)),
+                    protocols: vec![(record.protocol.clone(), m.subscription)],
+                    assignment: m.assignment,
+                    owned,
+                    last_seen: now,
+                    join_reply: None,
+                    sync_reply: None,
+                },
+            );
+        }
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.protocol = None;
+            self.leader = None;
+        } else {
+            self.state = State::Stable;
+            self.protocol = Some(record.protocol);
+            self.leader = Some(record.leader).filter(|l| self.members.contains_key(l));
+        }
+    }
+
+    /// Forgets the membership (the group record's tombstone: the group was deleted).
+    pub(crate) fn forget(&mut self) {
+        *self = Group {
+            offsets: std::mem::take(&mut self.offsets),
+            ..Group::new(self.id.clone())
+        };
     }
 
     /// The leader's assignments, checked: members of this generation only, within the size
@@ -755,6 +981,22 @@ mod tests {
         .to_bytes()
     }
 
+    /// A SyncGroup of `generation` from `member` with `plan`: member id, partitions of "t".
+    fn sync_req(generation: i32, member: &str, plan: &[(&str, &[u32])]) -> SyncGroupRequest {
+        SyncGroupRequest {
+            group: "g".into(),
+            generation_id: generation,
+            member_id: member.into(),
+            assignments: plan
+                .iter()
+                .map(|(id, parts)| SyncGroupAssignment {
+                    member_id: (*id).into(),
+                    assignment: assignment(parts),
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn two_members_join_sync_and_a_double_assignment_is_refused() {
         let now = Instant::now();
@@ -849,23 +1091,19 @@ mod tests {
             now,
         )
         .expect("parked");
-        let good = SyncGroupRequest {
-            group: "g".into(),
-            generation_id: 2,
-            member_id: a.member_id.clone(),
-            assignments: vec![
-                SyncGroupAssignment {
-                    member_id: a.member_id.clone(),
-                    assignment: assignment(&[0]),
-                },
-                SyncGroupAssignment {
-                    member_id: b.member_id.clone(),
-                    assignment: assignment(&[1]),
-                },
-            ],
-        };
+        let good = sync_req(
+            2,
+            &a.member_id,
+            &[(&a.member_id, &[0]), (&b.member_id, &[1])],
+        );
         let (txl, rxl) = flume::bounded(1);
-        g.sync(good, txl, now).expect("sync");
+        assert_eq!(g.sync(good, txl, now).expect("sync"), Synced::Persist(2));
+        // Nobody hears the assignments before their group record is committed.
+        assert_eq!(g.state, State::CompletingRebalance);
+        assert!(rxl.try_recv().is_err() && rxf.try_recv().is_err());
+        let record = g.record().expect("the assignments are to be persisted");
+        assert_eq!((record.generation, record.members.len()), (2, 2));
+        g.assignments_persisted(2);
         assert_eq!(g.state, State::Stable);
         assert_eq!(rxl.try_recv().expect("leader").assignment, assignment(&[0]));
         assert_eq!(
@@ -892,5 +1130,127 @@ mod tests {
         )
         .expect("rejoin");
         assert_eq!(rx1.try_recv().expect("alone").generation_id, 3);
+    }
+
+    /// Two members joined, one partition each handed out; returns their ids.
+    fn stable_pair(g: &mut Group, now: Instant) -> Vec<String> {
+        let (tx, rx) = flume::bounded(1);
+        g.join(join_req("", &["range"]), "h".into(), tx, now, 1)
+            .expect("join");
+        let first = rx.try_recv().expect("alone");
+        let (tx2, rx2) = flume::bounded(1);
+        g.join(join_req("", &["range"]), "h".into(), tx2, now, 1)
+            .expect("join");
+        let (tx, rx) = flume::bounded(1);
+        g.join(
+            join_req(&first.member_id, &["range"]),
+            "h".into(),
+            tx,
+            now,
+            1,
+        )
+        .expect("rejoin");
+        let (a, b) = (rx.try_recv().expect("a"), rx2.try_recv().expect("b"));
+        let generation = a.generation_id;
+        let (tx, _rx) = flume::bounded(1);
+        let plan: [(&str, &[u32]); 2] = [(&a.member_id, &[0]), (&b.member_id, &[1])];
+        let step = g
+            .sync(sync_req(generation, &a.leader_id, &plan), tx, now)
+            .expect("sync");
+        assert_eq!(step, Synced::Persist(generation));
+        g.assignments_persisted(generation);
+        assert_eq!(g.state, State::Stable);
+        vec![a.member_id, b.member_id]
+    }
+
+    #[test]
+    fn a_restored_group_keeps_its_members_and_a_newcomer_waits_for_them() {
+        let now = Instant::now();
+        let mut g = Group::new("g".into());
+        let ids = stable_pair(&mut g, now);
+        let record = g.record().expect("stable");
+        let generation = g.generation;
+
+        // Another coordinator restores it: same members, generation and partitions.
+        let later = now + Duration::from_secs(30);
+        let mut r = Group::new("g".into());
+        r.restore(record.clone(), later);
+        assert_eq!((r.state, r.generation), (State::Stable, generation));
+        for (id, p) in ids.iter().zip(0u32..) {
+            assert_eq!(r.heartbeat(id, generation, later).error, ErrorCode::NONE);
+            assert!(r.owns(id, "t", p), "{id} owns t/{p}");
+            r.check_commit(id, generation, later).expect("may commit");
+        }
+        // An older record does not undo a newer one.
+        let stale = GroupRecord {
+            generation: generation - 1,
+            members: Vec::new(),
+            ..record.clone()
+        };
+        r.restore(stale, later);
+        assert_eq!(r.members.len(), 2);
+
+        // A newcomer opens a round; it completes only when the restored members rejoin.
+        let (tx, rx) = flume::bounded(1);
+        r.join(join_req("", &["range"]), "h".into(), tx, later, 2)
+            .expect("join");
+        assert_eq!(r.state, State::PreparingRebalance);
+        assert!(
+            rx.try_recv().is_err(),
+            "handed a generation before the others rejoined"
+        );
+        assert_eq!(
+            r.heartbeat(&ids[0], generation, later).error,
+            ErrorCode::REBALANCE_IN_PROGRESS
+        );
+        let mut rejoins = Vec::new();
+        for id in &ids {
+            let (tx, rx) = flume::bounded(1);
+            r.join(join_req(id, &["range"]), "h".into(), tx, later, 2)
+                .expect("rejoin");
+            rejoins.push(rx);
+        }
+        let newcomer = rx.try_recv().expect("the round completed");
+        assert_eq!(newcomer.generation_id, generation + 1);
+        assert!(rejoins.iter().all(|rx| rx.try_recv().is_ok()));
+
+        // Silent restored members are evicted after their session timeout from the restore.
+        let mut silent = Group::new("g".into());
+        silent.restore(record, later);
+        assert!(silent.tick(later + Duration::from_millis(900)).is_empty());
+        assert_eq!(silent.tick(later + Duration::from_millis(1100)).len(), 2);
+        assert_eq!(silent.state, State::Empty);
+        assert!(silent.take_empty_unwritten());
+        let empty = silent.record().expect("empty groups are written");
+        assert!(empty.members.is_empty() && empty.generation > generation);
+    }
+
+    #[test]
+    fn assignments_that_could_not_be_persisted_are_not_handed_out() {
+        let now = Instant::now();
+        let mut g = Group::new("g".into());
+        let (tx, rx) = flume::bounded(1);
+        g.join(join_req("", &["range"]), "h".into(), tx, now, 1)
+            .expect("join");
+        let j = rx.try_recv().expect("alone");
+        let (tx, rx) = flume::bounded(1);
+        let plan: [(&str, &[u32]); 1] = [(&j.member_id, &[0])];
+        let step = g
+            .sync(sync_req(j.generation_id, &j.member_id, &plan), tx, now)
+            .expect("sync");
+        assert_eq!(step, Synced::Persist(j.generation_id));
+        g.assignments_not_persisted(
+            j.generation_id,
+            (ErrorCode::NOT_COORDINATOR, "moved".into()),
+            now,
+        );
+        let answer = rx.try_recv().expect("answered");
+        assert_eq!(answer.error, ErrorCode::NOT_COORDINATOR);
+        assert!(answer.assignment.is_empty());
+        assert!(!g.owns(&j.member_id, "t", 0));
+        assert_eq!(g.state, State::PreparingRebalance);
+        // A late confirmation of that generation changes nothing.
+        g.assignments_persisted(j.generation_id);
+        assert_eq!(g.state, State::PreparingRebalance);
     }
 }
