@@ -1213,9 +1213,9 @@ async fn delete(shard: &Rc<Shard>, id: &str, load: Option<u64>) -> DeleteGroupRe
     result(ErrorCode::NONE, String::new())
 }
 
-/// Rebuilds the committed offsets and memberships of the groups whose `__consumer_offsets` partitions this
-/// shard owns, reading each from its start (latest record per key wins; a tombstone
-/// deletes). Runs at start-up, before the shard serves (in cluster mode no log is open yet:
+/// Rebuilds the committed offsets and memberships of the groups whose `__consumer_offsets`
+/// partitions this shard owns, reading each from its start (latest record per key wins; a
+/// tombstone deletes). Runs at start-up, before the shard serves (in cluster mode no log is open yet:
 /// [`on_view`] loads the partitions this node leads).
 pub(crate) async fn restore(shard: &Rc<Shard>) -> Result<(), String> {
     let partitions: Vec<Rc<Partition>> = shard
