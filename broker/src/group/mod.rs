@@ -14,9 +14,9 @@
 //! [`on_view`] takes up the groups of each offsets partition this node starts leading
 //! (reading the partition to its log end, in a background task; requests meanwhile get
 //! `COORDINATOR_LOAD_IN_PROGRESS`) and drops those of partitions it stops leading (their
-//! members carry on at the new coordinator, which restores them). Requests for a group this shard does not
-//! coordinate get `NOT_COORDINATOR`; commits wait until the offsets partition's in-sync
-//! replicas hold them ([`crate::replica::wait_committed`]).
+//! members carry on at the new coordinator, which restores them). Requests for a group this
+//! shard does not coordinate get `NOT_COORDINATOR`; commits wait until the offsets
+//! partition's in-sync replicas hold them ([`crate::replica::wait_committed`]).
 
 mod record;
 pub(crate) mod state;
@@ -445,8 +445,15 @@ async fn tick_loop(shard: Rc<Shard>) {
                 .map(|(id, _)| id.clone())
                 .collect()
         };
+        // In the background: a write waits for the offsets partition, the ticker must not.
         for id in emptied {
-            write_empty_record(&shard, &id);
+            let shard = shard.clone();
+            compio::runtime::spawn(async move {
+                if let Ok(load) = coordinating(&shard, &id) {
+                    write_empty_record(&shard, &id, load).await;
+                }
+            })
+            .detach();
         }
     }
 }
@@ -692,19 +699,11 @@ async fn leave(
     req: &LeaveGroupRequest,
     load: Option<u64>,
 ) -> LeaveGroupResponse {
-    let (outcome, emptied) = {
-        let mut c = shard.groups.borrow_mut();
-        match c.groups.get_mut(&req.group) {
-            Some(g) => (
-                g.remove_member(&req.member_id, Instant::now(), "left the group"),
-                g.take_empty_unwritten(),
-            ),
-            None => (Err(unknown_member(&req.group, &req.member_id)), false),
-        }
+    let outcome = match shard.groups.borrow_mut().groups.get_mut(&req.group) {
+        Some(g) => g.remove_member(&req.member_id, Instant::now(), "left the group"),
+        None => Err(unknown_member(&req.group, &req.member_id)),
     };
-    if emptied && let Err((error, message)) = write_group_record(shard, &req.group, load).await {
-        tracing::warn!(group = %req.group, %error, "the empty group's record was not written: {message}");
-    }
+    write_empty_record(shard, &req.group, load).await;
     match outcome {
         Ok(()) => LeaveGroupResponse::default(),
         Err((error, message)) => LeaveGroupResponse { error, message },
@@ -890,41 +889,20 @@ async fn write_group_record(
     .await
 }
 
-/// If group `id` became empty since its record was last written, writes its empty record in
-/// the background, so a restart or a new coordinator does not bring back members who left
-/// (they would only be evicted a session timeout later).
-fn write_empty_record(shard: &Rc<Shard>, id: &str) {
-    let unwritten = shard
+/// If group `id` became empty since its record was last written, writes its empty record, so
+/// a restart or a new coordinator does not bring back members who left (they would only be
+/// evicted a session timeout later). The flag is taken in the same turn of the shard as the
+/// snapshot: a newer generation's record, written meanwhile, cleared it already.
+async fn write_empty_record(shard: &Rc<Shard>, id: &str, load: Option<u64>) {
+    let taken = shard
         .groups
-        .borrow()
+        .borrow_mut()
         .groups
-        .get(id)
-        .is_some_and(Group::empty_unwritten);
-    if !unwritten {
-        return;
+        .get_mut(id)
+        .is_some_and(Group::take_empty_unwritten);
+    if taken && let Err((error, message)) = write_group_record(shard, id, load).await {
+        tracing::warn!(group = %id, %error, "the empty group's record was not written: {message}");
     }
-    let shard = shard.clone();
-    let id = id.to_string();
-    compio::runtime::spawn(async move {
-        let Ok(load) = coordinating(&shard, &id) else {
-            return;
-        };
-        // Checked and cleared in the same turn as the snapshot: a newer generation's record
-        // (written meanwhile) cleared it already.
-        let taken = shard
-            .groups
-            .borrow_mut()
-            .groups
-            .get_mut(&id)
-            .is_some_and(Group::take_empty_unwritten);
-        if !taken {
-            return;
-        }
-        if let Err((error, message)) = write_group_record(&shard, &id, load).await {
-            tracing::warn!(group = %id, %error, "the empty group's record was not written: {message}");
-        }
-    })
-    .detach();
 }
 
 async fn commit(
@@ -1215,8 +1193,8 @@ async fn delete(shard: &Rc<Shard>, id: &str, load: Option<u64>) -> DeleteGroupRe
 
 /// Rebuilds the committed offsets and memberships of the groups whose `__consumer_offsets`
 /// partitions this shard owns, reading each from its start (latest record per key wins; a
-/// tombstone deletes). Runs at start-up, before the shard serves (in cluster mode no log is open yet:
-/// [`on_view`] loads the partitions this node leads).
+/// tombstone deletes). Runs at start-up, before the shard serves (in cluster mode no log is
+/// open yet: [`on_view`] loads the partitions this node leads).
 pub(crate) async fn restore(shard: &Rc<Shard>) -> Result<(), String> {
     let partitions: Vec<Rc<Partition>> = shard
         .partitions

@@ -570,13 +570,9 @@ impl Group {
     /// sync gets its assignment. Nothing happens if the group moved on meanwhile (a
     /// rebalance already told the parked syncs to rejoin).
     pub(crate) fn assignments_persisted(&mut self, generation: i32) {
-        if !self.persisting
-            || self.generation != generation
-            || self.state != State::CompletingRebalance
-        {
+        if !self.stop_persisting(generation) {
             return;
         }
-        self.persisting = false;
         self.state = State::Stable;
         self.empty_unwritten = false;
         tracing::debug!(group = %self.id, generation, "assignments distributed");
@@ -600,13 +596,9 @@ impl Group {
         (error, message): Refusal,
         now: Instant,
     ) {
-        if !self.persisting
-            || self.generation != generation
-            || self.state != State::CompletingRebalance
-        {
+        if !self.stop_persisting(generation) {
             return;
         }
-        self.persisting = false;
         tracing::warn!(group = %self.id, generation, %error, "assignments not handed out: their group record was not committed: {message}");
         for member in self.members.values_mut() {
             member.assignment = Bytes::new();
@@ -622,46 +614,50 @@ impl Group {
         self.prepare_rebalance(now, "its assignments could not be persisted");
     }
 
-    /// The membership to write as the group record: when the group is empty, stable, or its
-    /// assignments wait for their record; `None` mid-rebalance (the record written last
-    /// stays the one to restore).
+    /// Whether the assignments of `generation` wait for their record; if so they no longer
+    /// do. A late answer for an older generation leaves a newer one waiting.
+    fn stop_persisting(&mut self, generation: i32) -> bool {
+        let waiting = self.persisting
+            && self.generation == generation
+            && self.state == State::CompletingRebalance;
+        if waiting {
+            self.persisting = false;
+        }
+        waiting
+    }
+
+    /// The membership to write as the group record: when the group is empty (no members,
+    /// protocol or leader), stable, or its assignments wait for their record; `None`
+    /// mid-rebalance (the record written last stays the one to restore).
     pub(crate) fn record(&self) -> Option<GroupRecord> {
-        let handed_out = match self.state {
-            State::Empty => false,
-            State::Stable => true,
-            State::CompletingRebalance if self.persisting => true,
+        match self.state {
+            State::Empty | State::Stable => {}
+            State::CompletingRebalance if self.persisting => {}
             State::CompletingRebalance | State::PreparingRebalance => return None,
-        };
+        }
         let protocol = self.protocol.clone().unwrap_or_default();
-        let members = if handed_out {
-            self.members
-                .iter()
-                .map(|(id, m)| PersistedMember {
-                    id: id.clone(),
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    session_timeout_ms: millis(m.session_timeout),
-                    rebalance_timeout_ms: millis(m.rebalance_timeout),
-                    subscription: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default(),
-                    assignment: m.assignment.clone(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let members = self
+            .members
+            .iter()
+            .map(|(id, m)| PersistedMember {
+                id: id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout_ms: millis(m.session_timeout),
+                rebalance_timeout_ms: millis(m.rebalance_timeout),
+                subscription: m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, md)| md.clone())
+                    .unwrap_or_default(),
+                assignment: m.assignment.clone(),
+            })
+            .collect();
         Some(GroupRecord {
             generation: self.generation,
-            protocol: if handed_out { protocol } else { String::new() },
-            leader: if handed_out {
-                self.leader.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
+            protocol,
+            leader: self.leader.clone().unwrap_or_default(),
             members,
         })
     }
@@ -1252,5 +1248,22 @@ mod tests {
         // A late confirmation of that generation changes nothing.
         g.assignments_persisted(j.generation_id);
         assert_eq!(g.state, State::PreparingRebalance);
+        // Nor does it release the next generation's assignments early.
+        let (tx, rx) = flume::bounded(1);
+        g.join(join_req(&j.member_id, &["range"]), "h".into(), tx, now, 1)
+            .expect("rejoin");
+        let next = rx.try_recv().expect("alone").generation_id;
+        let (tx, rx) = flume::bounded(1);
+        let step = g
+            .sync(sync_req(next, &j.member_id, &plan), tx, now)
+            .expect("sync");
+        assert_eq!(step, Synced::Persist(next));
+        g.assignments_persisted(j.generation_id);
+        assert!(rx.try_recv().is_err(), "answered before its own record");
+        g.assignments_persisted(next);
+        assert_eq!(
+            rx.try_recv().expect("answered").assignment,
+            assignment(&[0])
+        );
     }
 }
